@@ -1,0 +1,59 @@
+// vecwal-bench: how fast vecwal is, beside what it competes with, measured in
+// one run on one disk.
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include "bench/wal_bench.h"
+#include "io/crc32c.h"
+#include "io/file_system.h"
+
+using namespace vecwal::bench;
+
+int main(int argc, char** argv) {
+  CLI::App app{"vecwal-bench: durable vector-log benchmarks, each beside its baseline"};
+  app.require_subcommand(1);
+  std::string json_path;
+  app.add_option("--json", json_path, "also write the results as JSON to this file");
+
+  WalBenchConfig wc;
+  auto* wal = app.add_subcommand("wal", "durable appends: 64 writers, batches, latency; vs RocksDB, naive, raw device");
+  wal->add_option("--dir", wc.dir, "directory on the disk to measure (required)")->required();
+  wal->add_option("--threads", wc.threads, "writer threads in workload 1")->capture_default_str();
+  wal->add_option("--dim", wc.dim, "float32 components per vector")->capture_default_str();
+  wal->add_option("--batch", wc.batch, "records per batch in workload 2")->capture_default_str();
+  wal->add_option("--seconds", wc.seconds, "duration of each measurement")->capture_default_str();
+  wal->add_option("--repeat", wc.repeat, "runs per measurement; medians are reported")->capture_default_str();
+  wal->add_option("--inflight", wc.inflight, "durable writes in flight")->capture_default_str();
+  wal->add_option("--max-write-kib", wc.max_write_kib, "largest write the log issues")->capture_default_str();
+  wal->add_option("--segment-mib", wc.segment_mib, "segment size")->capture_default_str();
+  wal->add_flag("!--no-rocksdb", wc.rocksdb, "skip the RocksDB baseline");
+  wal->add_flag("!--no-fio", wc.fio, "skip the fio baseline");
+  CLI11_PARSE(app, argc, argv);
+
+  auto fs = vecwal::NewPosixFileSystem();
+  fmt::print("vecwal-bench wal: dir {}, backend {}, crc32c {}, {} s x {} per measurement\n", wc.dir,
+             fs->backend_name(), vecwal::crc32c::IsHardwareAccelerated() ? "sse4.2" : "table", wc.seconds, wc.repeat);
+  std::vector<Row> rows;
+  try {
+    rows = RunWalBench(wc);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "vecwal-bench: {}\n", e.what());
+    return 1;
+  }
+  PrintTable(rows);
+  if (!json_path.empty()) {
+    std::ofstream out(json_path);
+    out << ToJson(rows).dump(2) << "\n";
+    if (!out) {
+      fmt::print(stderr, "vecwal-bench: cannot write {}\n", json_path);
+      return 1;
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,91 @@
+// Small measurement helpers for vecwal-bench: timed multi-threaded loops,
+// latency percentiles, medians of repeats, and the result table.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace vecwal::bench {
+
+using Clock = std::chrono::steady_clock;
+
+inline double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Runs `op(thread_index)` on `threads` threads for `seconds`; returns ops/s.
+// op returns the number of records it completed (0 on failure stops it).
+inline double RunFor(int threads, double seconds, const std::function<uint64_t(int)>& op) {
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> total{0};
+  std::vector<std::thread> ts;
+  auto start = Clock::now();
+  for (int t = 0; t < threads; ++t)
+    ts.emplace_back([&, t] {
+      uint64_t mine = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        uint64_t n = op(t);
+        if (n == 0) break;
+        mine += n;
+      }
+      total += mine;
+    });
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  stop = true;
+  for (auto& t : ts) t.join();
+  return static_cast<double>(total.load()) / Seconds(Clock::now() - start);
+}
+
+struct Latency {
+  double p50_us = 0, p99_us = 0, p999_us = 0;
+  uint64_t samples = 0;
+};
+
+// Calls op() back to back for `seconds`, timing each call.
+inline Latency MeasureLatency(double seconds, const std::function<bool()>& op) {
+  std::vector<double> us;
+  auto end = Clock::now() + std::chrono::duration<double>(seconds);
+  while (Clock::now() < end) {
+    auto t0 = Clock::now();
+    if (!op()) break;
+    us.push_back(Seconds(Clock::now() - t0) * 1e6);
+  }
+  Latency l;
+  l.samples = us.size();
+  if (us.empty()) return l;
+  std::sort(us.begin(), us.end());
+  auto pct = [&](double p) { return us[std::min(us.size() - 1, static_cast<size_t>(p * us.size()))]; };
+  l.p50_us = pct(0.50);
+  l.p99_us = pct(0.99);
+  l.p999_us = pct(0.999);
+  return l;
+}
+
+inline double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// One row of the result table: our figure, the baseline's, and the ratio.
+struct Row {
+  std::string workload;
+  std::string metric;  // e.g. "records/s"
+  double ours = 0;
+  std::string baseline_name;
+  double baseline = 0;
+  bool higher_is_better = true;
+  std::string target;  // e.g. ">= 9x"
+};
+
+void PrintTable(const std::vector<Row>& rows);
+nlohmann::json ToJson(const std::vector<Row>& rows);
+
+}  // namespace vecwal::bench

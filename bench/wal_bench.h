@@ -1,0 +1,27 @@
+// `vecwal-bench wal`: durable ingest through the log, beside its baselines.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "bench/measure.h"
+
+namespace vecwal::bench {
+
+struct WalBenchConfig {
+  std::string dir;
+  int threads = 64;         // workload 1 writers
+  size_t dim = 768;         // float32 components per vector: a 3 KiB record
+  size_t batch = 1024;      // workload 2 records per AppendMany
+  double seconds = 3;       // per measurement
+  int repeat = 1;           // medians over this many runs
+  unsigned inflight = 8;    // durable writes in flight
+  size_t max_write_kib = 1024;
+  uint64_t segment_mib = 64;
+  bool rocksdb = true;
+  bool fio = true;
+};
+
+std::vector<Row> RunWalBench(const WalBenchConfig& c);
+
+}  // namespace vecwal::bench

@@ -1,0 +1,121 @@
+// Helpers shared by vecwal's tests: temporary directories, deterministic
+// payloads, and a small language for reading and damaging a log (after
+// leveldb's LogTest: Write/Read/IncrementByte/ShrinkSize).
+#pragma once
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "io/file_system.h"
+#include "wal/log_reader.h"
+#include "wal/wal.h"
+
+namespace vecwal {
+inline std::ostream& operator<<(std::ostream& os, Status::Code c) { return os << static_cast<int>(c); }
+}  // namespace vecwal
+
+namespace vecwal::test {
+
+// The backend under test: VECWAL_TEST_BACKEND=portable selects the fallback.
+inline IoBackend BackendUnderTest() {
+  const char* b = std::getenv("VECWAL_TEST_BACKEND");
+  if (b && std::string(b) == "portable") return IoBackend::kPortable;
+  if (b && std::string(b) == "uring") return IoBackend::kIoUring;
+  return IoBackend::kAuto;
+}
+
+// A directory removed at scope exit, under VECWAL_TEST_DIR (default /tmp):
+// point it at tmpfs to test the buffered fallback.
+class TempDir {
+ public:
+  TempDir() {
+    const char* root = std::getenv("VECWAL_TEST_DIR");
+    std::string tmpl = std::string(root ? root : "/tmp") + "/vecwal-test-XXXXXX";
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    if (::mkdtemp(buf.data()) == nullptr) std::abort();
+    path_ = buf.data();
+  }
+  ~TempDir() {
+    std::error_code ec;
+    if (!std::getenv("VECWAL_KEEP")) std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+inline std::vector<std::byte> Payload(uint64_t key, size_t size) {
+  std::vector<std::byte> p(size);
+  uint64_t x = key * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < size; ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    p[i] = static_cast<std::byte>(x);
+  }
+  return p;
+}
+
+struct ReadBack {
+  uint64_t lsn;
+  wal::RecordType type;
+  std::vector<std::byte> payload;
+  uint64_t segment_id;
+  uint64_t offset;
+};
+
+// Reads the whole log without opening it for writing.
+inline Result<std::vector<ReadBack>> ReadLog(const std::string& dir, wal::RecoveryMode mode,
+                                             wal::LogScanReport* report = nullptr) {
+  std::vector<ReadBack> out;
+  auto fs = NewPosixFileSystem(BackendUnderTest());
+  auto rep = wal::ScanLog(*fs, dir, 1, mode, [&](const wal::LogRecord& r) {
+    out.push_back({r.lsn, r.type, {r.payload.begin(), r.payload.end()}, r.segment_id, r.offset});
+    return Status::OK();
+  });
+  if (!rep.ok()) return rep.status();
+  if (report) *report = *rep;
+  return out;
+}
+
+inline std::string SegmentPath(const std::string& dir, uint64_t id) { return dir + "/" + wal::SegmentFileName(id); }
+
+// Flips the bits of `mask` in the byte at `offset` of `path` (buffered I/O).
+inline void XorByte(const std::string& path, uint64_t offset, uint8_t mask = 0x01) {
+  int fd = ::open(path.c_str(), O_RDWR);
+  unsigned char b = 0;
+  if (fd < 0 || ::pread(fd, &b, 1, static_cast<off_t>(offset)) != 1) std::abort();
+  b ^= mask;
+  if (::pwrite(fd, &b, 1, static_cast<off_t>(offset)) != 1) std::abort();
+  ::fsync(fd);
+  ::close(fd);
+}
+
+// Overwrites [offset, offset+len) of `path` with `byte`.
+inline void Fill(const std::string& path, uint64_t offset, size_t len, unsigned char byte) {
+  int fd = ::open(path.c_str(), O_RDWR);
+  std::vector<unsigned char> b(len, byte);
+  if (fd < 0 || ::pwrite(fd, b.data(), len, static_cast<off_t>(offset)) != static_cast<ssize_t>(len)) std::abort();
+  ::fsync(fd);
+  ::close(fd);
+}
+
+inline wal::WalOptions SmallLogOptions() {
+  wal::WalOptions o;
+  o.fs = NewPosixFileSystem(BackendUnderTest());
+  o.segment_bytes = 256 << 10;
+  o.max_write_bytes = 64 << 10;
+  o.lock_wait_ms = 200;
+  return o;
+}
+
+}  // namespace vecwal::test

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# vecwal's one entry point on a fresh Debian 12 machine:
+#   ./vecwal.sh bench   install what is missing, build, run vecwal-bench's default workload
+#   ./vecwal.sh test    install what is missing, build, run every test (plain, ASan+UBSan, TSan)
+# Extra arguments after `bench` go to vecwal-bench.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+DEPS=(build-essential cmake ninja-build pkg-config
+      liburing-dev libfmt-dev libboost-test-dev libcli11-dev nlohmann-json3-dev
+      librocksdb-dev fio)
+
+install_deps() {
+  local missing=()
+  for p in "${DEPS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  echo "vecwal: installing ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+build() {  # build DIR [cmake args...]
+  local dir=$1; shift
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+  cmake --build "$dir" -j "$(nproc)"
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  bench)
+    install_deps
+    build build
+    work=$(mktemp -d "${TMPDIR:-/var/tmp}/vecwal-bench-XXXXXX")
+    trap 'rm -rf "$work"' EXIT
+    ./build/bench/vecwal-bench wal --dir "$work" "$@"
+    ;;
+  test)
+    install_deps
+    build build
+    (cd build && ctest --output-on-failure -j 2)
+    # Memory errors and undefined behaviour, then data races, on the same suites.
+    build build-asan -DVECWAL_SANITIZE=address -DVECWAL_BUILD_BENCH=OFF
+    (cd build-asan && VECWAL_CRASH_POINTS=60 ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j 2)
+    build build-tsan -DVECWAL_SANITIZE=thread -DVECWAL_BUILD_BENCH=OFF
+    (cd build-tsan && VECWAL_CRASH_POINTS=30 TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j 2)
+    ;;
+  *)
+    echo "usage: $0 bench [vecwal-bench options] | test" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,135 @@
+#include "wal/format.h"
+
+#include <bit>
+#include <cstdio>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <random>
+
+#include "io/crc32c.h"
+
+namespace vecwal::wal {
+namespace {
+
+template <typename T>
+void Put(std::byte* dst, size_t off, T v) {
+  std::memcpy(dst + off, &v, sizeof(T));  // x86-64 and arm64 Linux are little-endian
+}
+template <typename T>
+T Get(const std::byte* src, size_t off) {
+  T v;
+  std::memcpy(&v, src + off, sizeof(T));
+  return v;
+}
+
+}  // namespace
+
+static_assert(std::endian::native == std::endian::little, "vecwal's on-disk format is little-endian");
+
+bool IsKnownRecordType(uint8_t t) { return t >= 1 && t <= 5; }
+
+const char* ToString(RecordType t) {
+  switch (t) {
+    case RecordType::kUpsert: return "upsert";
+    case RecordType::kDelete: return "delete";
+    case RecordType::kBatch: return "batch";
+    case RecordType::kCheckpointMarker: return "checkpoint";
+    case RecordType::kOpaque: return "opaque";
+  }
+  return "unknown";
+}
+
+// Segment header layout (64 bytes, at offsets 0 and 2048 of block 0):
+//   0 u64 magic  8 u32 version  12 u32 block_size  16 u64 segment_id
+//  24 u64 epoch  32 u64 first_lsn  40 u64 segment_bytes  48 u64 created_unix_ns
+//  56 u32 zero   60 u32 crc32c of bytes [0,60)
+void EncodeSegmentHeader(const SegmentHeader& h, std::byte* dst) {
+  std::memset(dst, 0, kSegmentHeaderSize);
+  Put(dst, 0, kSegmentMagic);
+  Put(dst, 8, kFormatVersion);
+  Put(dst, 12, h.block_size);
+  Put(dst, 16, h.segment_id);
+  Put(dst, 24, h.epoch);
+  Put(dst, 32, h.first_lsn);
+  Put(dst, 40, h.segment_bytes);
+  Put(dst, 48, h.created_unix_ns);
+  Put(dst, 60, crc32c::Value(dst, 60));
+}
+
+std::optional<SegmentHeader> DecodeSegmentHeader(const std::byte* src) {
+  if (Get<uint64_t>(src, 0) != kSegmentMagic || Get<uint32_t>(src, 8) != kFormatVersion) return std::nullopt;
+  if (Get<uint32_t>(src, 60) != crc32c::Value(src, 60) || Get<uint32_t>(src, 56) != 0) return std::nullopt;
+  SegmentHeader h;
+  h.block_size = Get<uint32_t>(src, 12);
+  h.segment_id = Get<uint64_t>(src, 16);
+  h.epoch = Get<uint64_t>(src, 24);
+  h.first_lsn = Get<uint64_t>(src, 32);
+  h.segment_bytes = Get<uint64_t>(src, 40);
+  h.created_unix_ns = Get<uint64_t>(src, 48);
+  return h;
+}
+
+void EncodeRecordHeader(const RecordHeader& h, std::byte* dst) {
+  Put(dst, 0, h.crc);
+  Put(dst, 4, h.length);
+  Put(dst, 8, h.lsn);
+  Put(dst, 16, h.acked);
+  Put(dst, 24, h.segment_id);
+  std::memset(dst + 32, 0, 8);
+  Put(dst, 32, h.type);
+}
+
+RecordHeader DecodeRecordHeader(const std::byte* src) {
+  RecordHeader h;
+  h.crc = Get<uint32_t>(src, 0);
+  h.length = Get<uint32_t>(src, 4);
+  h.lsn = Get<uint64_t>(src, 8);
+  h.acked = Get<uint64_t>(src, 16);
+  h.segment_id = Get<uint64_t>(src, 24);
+  h.type = Get<uint8_t>(src, 32);
+  for (int i = 33; i < 40; ++i)
+    if (src[i] != std::byte{0}) h.type = 0;  // nonzero reserved bytes: never a valid record
+  return h;
+}
+
+uint32_t RecordCrc(uint32_t payload_crc, const std::byte* header, uint64_t epoch) {
+  uint32_t c = crc32c::Extend(payload_crc, header + 4, kRecordHeaderSize - 4);
+  return crc32c::Extend(c, &epoch, sizeof(epoch));
+}
+
+bool IsZeroHeader(const std::byte* src) {
+  uint64_t acc = 0;
+  for (size_t i = 0; i < kRecordHeaderSize; i += 8) acc |= Get<uint64_t>(src, i);
+  return acc == 0;
+}
+
+uint64_t NewSegmentEpoch() {
+  static std::mutex mu;
+  static std::mt19937_64 rng(std::random_device{}() ^
+                             static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()));
+  std::lock_guard lk(mu);
+  uint64_t e;
+  do e = rng(); while (e == 0);
+  return e;
+}
+
+std::string SegmentFileName(uint64_t segment_id) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "wal-%016llx.log", static_cast<unsigned long long>(segment_id));
+  return buf;
+}
+
+std::optional<uint64_t> ParseSegmentFileName(const std::string& name) {
+  if (name.size() != 24 || name.compare(0, 4, "wal-") != 0 || name.compare(20, 4, ".log") != 0) return std::nullopt;
+  uint64_t id = 0;
+  for (size_t i = 4; i < 20; ++i) {
+    char c = name[i];
+    int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+    if (d < 0) return std::nullopt;
+    id = id << 4 | static_cast<uint64_t>(d);
+  }
+  return id;
+}
+
+}  // namespace vecwal::wal

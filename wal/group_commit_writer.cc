@@ -1,0 +1,349 @@
+#include "wal/group_commit_writer.h"
+
+#include <chrono>
+#include <cstring>
+
+#include "io/crc32c.h"
+#include "wal/segment_files.h"
+
+namespace vecwal::wal {
+namespace {
+
+uint64_t NowNs() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+}
+
+}  // namespace
+
+GroupCommitWriter::GroupCommitWriter(FileSystem& fs, std::string dir, const WriterOptions& opts,
+                                     std::unique_ptr<DurableWriteQueue> q, SegmentAllocator& alloc, WriterStart start)
+    : fs_(fs),
+      dir_(std::move(dir)),
+      opts_(opts),
+      queue_(std::move(q)),
+      alloc_(alloc),
+      next_lsn_(start.next_lsn),
+      seg_id_(start.segment_id),
+      epoch_(start.epoch),
+      seg_used_(start.offset),
+      durable_(start.next_lsn - 1),
+      active_file_(std::move(start.file)),
+      active_id_(start.segment_id),
+      live_(std::move(start.live_first_lsn)) {
+  alloc_.PrepareAsync(seg_id_ + 1);
+  loop_ = std::thread([this] { Loop(); });
+}
+
+GroupCommitWriter::~GroupCommitWriter() { (void)Close(); }
+
+Status GroupCommitWriter::Close() {
+  {
+    std::lock_guard lk(mu_);
+    stopping_ = true;
+  }
+  queue_->Wake();
+  if (loop_.joinable()) loop_.join();
+  std::lock_guard lk(mu_);
+  return failed_;
+}
+
+Status GroupCommitWriter::status() const {
+  std::lock_guard lk(mu_);
+  return failed_;
+}
+
+WriterStats GroupCommitWriter::stats() const {
+  std::lock_guard lk(mu_);
+  return stats_;
+}
+
+Status GroupCommitWriter::CheckRecordSize(size_t payload_len) const {
+  const uint64_t room = opts_.segment_bytes - opts_.block_size;
+  if (payload_len > UINT32_MAX || RecordFootprint(payload_len) > room)
+    return Status::InvalidArgument("record of " + std::to_string(payload_len) + " bytes does not fit in a segment (" +
+                                   std::to_string(room - kRecordHeaderSize) +
+                                   " bytes at most); raise segment_bytes");
+  return Status::OK();
+}
+
+// Invariant: open_, when set, belongs to segment seg_id_ and starts at
+// seg_used_; seg_used_ only moves past sealed flushes.
+Status GroupCommitWriter::Place(const RecordView& rec, uint32_t payload_crc, uint64_t* lsn) {
+  if (!failed_.ok()) return failed_;
+  if (stopping_) return Status::Unavailable("the log is closing");
+  const uint64_t block = opts_.block_size;
+  const uint64_t fp = RecordFootprint(rec.payload.size());
+  if (open_ && (open_->used + fp > open_->buf.size() ||
+                open_->offset + AlignUp(open_->used + fp, block) > opts_.segment_bytes))
+    Seal();
+  if (!open_) {
+    if (seg_used_ + AlignUp(fp, block) > opts_.segment_bytes) {
+      ++seg_id_;  // rotate: the submission thread activates it after draining
+      epoch_ = NewSegmentEpoch();
+      seg_used_ = block;
+    }
+    size_t cap = std::max<size_t>(opts_.max_write_bytes, AlignUp(fp, block));
+    auto f = std::make_unique<Flush>();
+    if (!free_buffers_.empty() && free_buffers_.back().size() >= cap) {
+      f->buf = std::move(free_buffers_.back());
+      free_buffers_.pop_back();
+    } else {
+      f->buf = AlignedBuffer(cap, 4096);
+    }
+    f->segment_id = seg_id_;
+    f->epoch = epoch_;
+    f->offset = seg_used_;
+    f->first_lsn = next_lsn_;
+    open_ = std::move(f);
+  }
+  std::byte* p = open_->buf.data() + open_->used;
+  RecordHeader h;
+  h.length = static_cast<uint32_t>(rec.payload.size());
+  h.lsn = next_lsn_++;
+  h.acked = durable_.load(std::memory_order_acquire);
+  h.segment_id = open_->segment_id;
+  h.type = static_cast<uint8_t>(rec.type);
+  EncodeRecordHeader(h, p);
+  if (!rec.payload.empty()) std::memcpy(p + kRecordHeaderSize, rec.payload.data(), rec.payload.size());
+  h.crc = RecordCrc(payload_crc, p, open_->epoch);
+  std::memcpy(p, &h.crc, sizeof(h.crc));
+  // Alignment gap after the payload: zeros, so a reader never sees stale bytes.
+  std::memset(p + kRecordHeaderSize + h.length, 0, fp - kRecordHeaderSize - h.length);
+  open_->used += fp;
+  open_->last_lsn = h.lsn;
+  ++stats_.records;
+  stats_.payload_bytes += h.length;
+  *lsn = h.lsn;
+  return Status::OK();
+}
+
+void GroupCommitWriter::Seal() {
+  size_t padded = AlignUp(open_->used, opts_.block_size);
+  std::memset(open_->buf.data() + open_->used, 0, padded - open_->used);
+  seg_used_ = open_->offset + padded;
+  sealed_.push_back(std::move(open_));
+}
+
+void GroupCommitWriter::WakeLoopIfIdle(std::unique_lock<std::mutex>& lk) {
+  if (!loop_idle_) return;
+  loop_idle_ = false;  // one wake per sleep
+  lk.unlock();
+  queue_->Wake();
+}
+
+Status GroupCommitWriter::WaitDurable(uint64_t lsn) {
+  std::unique_lock lk(mu_);
+  durable_cv_.wait(lk, [&] { return durable_.load(std::memory_order_acquire) >= lsn || !failed_.ok(); });
+  if (durable_.load(std::memory_order_acquire) >= lsn) return Status::OK();
+  return failed_;
+}
+
+Result<uint64_t> GroupCommitWriter::Append(const RecordView& rec) {
+  VECWAL_RETURN_IF_ERROR(CheckRecordSize(rec.payload.size()));
+  uint32_t crc = crc32c::Value(rec.payload);
+  uint64_t lsn = 0;
+  {
+    std::unique_lock lk(mu_);
+    VECWAL_RETURN_IF_ERROR(Place(rec, crc, &lsn));
+    WakeLoopIfIdle(lk);
+  }
+  VECWAL_RETURN_IF_ERROR(WaitDurable(lsn));
+  return lsn;
+}
+
+Status GroupCommitWriter::AppendMany(std::span<const RecordView> recs, std::vector<uint64_t>* lsns) {
+  for (const auto& r : recs) VECWAL_RETURN_IF_ERROR(CheckRecordSize(r.payload.size()));
+  uint64_t last = 0;
+  size_t i = 0;
+  while (i < recs.size()) {
+    // Checksums outside the lock; copies under it, a few hundred KiB at a time
+    // so the submission thread can take sealed buffers meanwhile.
+    size_t end = i, bytes = 0;
+    while (end < recs.size() && bytes < (256u << 10)) bytes += recs[end++].payload.size() + kRecordHeaderSize;
+    std::vector<uint32_t> crcs(end - i);
+    for (size_t k = i; k < end; ++k) crcs[k - i] = crc32c::Value(recs[k].payload);
+    std::unique_lock lk(mu_);
+    for (size_t k = i; k < end; ++k) {
+      VECWAL_RETURN_IF_ERROR(Place(recs[k], crcs[k - i], &last));
+      if (lsns) lsns->push_back(last);
+    }
+    WakeLoopIfIdle(lk);
+    i = end;
+  }
+  return recs.empty() ? Status::OK() : WaitDurable(last);
+}
+
+void GroupCommitWriter::AppendAsync(const RecordView& rec, AppendCallback done) {
+  Status s = CheckRecordSize(rec.payload.size());
+  if (!s.ok()) return done(s, 0);
+  uint32_t crc = crc32c::Value(rec.payload);
+  std::unique_lock lk(mu_);
+  uint64_t lsn = 0;
+  s = Place(rec, crc, &lsn);
+  if (!s.ok()) {
+    lk.unlock();
+    return done(s, 0);
+  }
+  callbacks_.emplace_back(lsn, std::move(done));
+  WakeLoopIfIdle(lk);
+}
+
+Result<size_t> GroupCommitWriter::ReleaseBefore(uint64_t lsn) {
+  std::lock_guard lk(seg_mu_);
+  size_t released = 0;
+  while (live_.size() > 1) {
+    auto first = live_.begin();
+    auto second = std::next(first);
+    // The segment holds LSNs [first->second, second->second); wholly below lsn?
+    if (second->second > lsn) break;
+    VECWAL_RETURN_IF_ERROR(alloc_.Retire(dir_ + "/" + SegmentFileName(first->first)));
+    live_.erase(first);
+    ++released;
+  }
+  if (released > 0) {
+    VECWAL_RETURN_IF_ERROR(fs_.SyncDir(dir_));
+    std::lock_guard slk(mu_);
+    stats_.segments_released += released;
+  }
+  return released;
+}
+
+// ---- submission thread ----
+
+std::vector<std::unique_ptr<GroupCommitWriter::Flush>> GroupCommitWriter::TakeReady(bool* idle) {
+  std::vector<std::unique_ptr<Flush>> out;
+  std::lock_guard lk(mu_);
+  *idle = !failed_.ok();  // a failed log submits nothing more; it only reaps
+  if (*idle) return out;
+  size_t room = opts_.max_writes_in_flight - inflight_.size();
+  while (out.size() < room) {
+    if (sealed_.empty() && open_ && open_->used > 0) Seal();
+    if (sealed_.empty()) break;
+    const Flush& f = *sealed_.front();
+    uint64_t seg = out.empty() ? active_id_ : out.front()->segment_id;
+    // A new segment starts only once every write to the old one completed.
+    if (f.segment_id != seg && (!out.empty() || !inflight_.empty())) break;
+    out.push_back(std::move(sealed_.front()));
+    sealed_.pop_front();
+  }
+  loop_idle_ = false;
+  if (out.empty()) {
+    loop_idle_ = inflight_.size() < opts_.max_writes_in_flight;
+    *idle = true;
+  }
+  return out;
+}
+
+Status GroupCommitWriter::Activate(const Flush& first) {
+  auto file = alloc_.Take(first.segment_id);
+  if (!file.ok()) return file.status();
+  SegmentHeader h;
+  h.segment_id = first.segment_id;
+  h.epoch = first.epoch;
+  h.first_lsn = first.first_lsn;
+  h.segment_bytes = opts_.segment_bytes;
+  h.block_size = opts_.block_size;
+  h.created_unix_ns = NowNs();
+  AlignedBuffer block(opts_.block_size, 4096);
+  EncodeHeaderBlock(h, block.span());
+  VECWAL_RETURN_IF_ERROR((*file)->WriteAt(0, block.span()));
+  VECWAL_RETURN_IF_ERROR((*file)->Sync());
+  active_file_ = std::move(file).value();
+  active_id_ = first.segment_id;
+  {
+    std::lock_guard lk(seg_mu_);
+    live_[first.segment_id] = first.first_lsn;
+  }
+  {
+    std::lock_guard lk(mu_);
+    ++stats_.rotations;
+  }
+  alloc_.PrepareAsync(active_id_ + 1);
+  return Status::OK();
+}
+
+void GroupCommitWriter::Fail(const Status& s) {
+  std::lock_guard lk(mu_);
+  if (failed_.ok()) failed_ = s.WithContext("the log has failed and accepts no more appends");
+  // Nothing unsubmitted will be written; its appenders get the error.
+  open_.reset();
+  sealed_.clear();
+}
+
+void GroupCommitWriter::Complete(const WriteCompletion& c) {
+  auto* f = reinterpret_cast<Flush*>(c.tag);
+  f->done = true;
+  if (!c.status.ok()) Fail(c.status);
+}
+
+// Advances the durable LSN over the completed prefix; wakes waiters and runs
+// callbacks outside the lock.
+void GroupCommitWriter::Publish() {
+  std::vector<std::pair<uint64_t, AppendCallback>> ready;
+  Status failed;
+  bool changed = false;
+  {
+    std::lock_guard lk(mu_);
+    bool ok = failed_.ok();
+    changed = !ok;
+    while (!inflight_.empty() && inflight_.front()->done) {
+      if (ok) durable_.store(inflight_.front()->last_lsn, std::memory_order_release);
+      changed = true;
+      free_buffers_.push_back(std::move(inflight_.front()->buf));
+      inflight_.pop_front();
+    }
+    uint64_t d = durable_.load(std::memory_order_acquire);
+    while (!callbacks_.empty() && (callbacks_.front().first <= d || !ok)) {
+      ready.push_back(std::move(callbacks_.front()));
+      callbacks_.pop_front();
+    }
+    failed = failed_;
+  }
+  if (changed) durable_cv_.notify_all();
+  const uint64_t d = durable_.load(std::memory_order_acquire);
+  for (auto& [lsn, cb] : ready) cb(lsn <= d ? Status::OK() : failed, lsn);
+}
+
+void GroupCommitWriter::Loop() {
+  std::vector<WriteCompletion> done;
+  for (;;) {
+    bool idle = false;
+    auto batch = TakeReady(&idle);
+    for (auto& f : batch) {
+      if (f->segment_id != active_id_) {
+        Status s = Activate(*f);
+        if (!s.ok()) {
+          Fail(s);
+          break;
+        }
+      }
+      {
+        std::lock_guard lk(mu_);
+        ++stats_.flushes;
+        stats_.bytes_written += AlignUp(f->used, opts_.block_size);
+      }
+      WriteRequest req{active_file_.get(), f->offset, f->buf.span().first(AlignUp(f->used, opts_.block_size)),
+                       reinterpret_cast<uint64_t>(f.get())};
+      Status s = queue_->Submit(req);
+      if (!s.ok()) {
+        Fail(s);
+        break;
+      }
+      inflight_.push_back(std::move(f));
+    }
+    if (idle) {
+      std::lock_guard lk(mu_);
+      bool drained = sealed_.empty() && (!open_ || open_->used == 0) && inflight_.empty();
+      if (stopping_ && (drained || !failed_.ok()) && inflight_.empty()) break;
+    }
+    done.clear();
+    Status s = queue_->Wait(done, idle);
+    if (!s.ok()) Fail(s);
+    for (const auto& c : done) Complete(c);
+    Publish();
+  }
+  Publish();
+}
+
+}  // namespace vecwal::wal

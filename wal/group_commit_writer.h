@@ -1,0 +1,158 @@
+// GroupCommitWriter: appends records from any number of threads and
+// acknowledges each one only once it is durable.
+//
+// Appenders copy their record, under one mutex, into the open flush buffer of
+// the active segment and get the next LSN. One submission thread seals
+// whatever is gathered whenever a write slot is free, pads it with zeros to
+// the block size, and keeps up to `max_writes_in_flight` durable writes in
+// flight. Writes complete out of order; the durable LSN advances only over a
+// contiguous prefix of completed writes, and an append returns (or its
+// callback runs) only when its LSN is inside that prefix.
+//
+// A rotation drains every write to the old segment, then writes the new
+// segment's header durably before any record goes there: the reader relies on
+// it to tell a torn tail from a hole.
+//
+// Failure is sticky: the first failed write or sync fails every append not
+// yet acknowledged and every later one, and nothing is retried.
+//
+// Thread safety: every public method may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <thread>
+#include <vector>
+
+#include "io/aligned_buffer.h"
+#include "io/file_system.h"
+#include "wal/format.h"
+#include "wal/segment_allocator.h"
+
+namespace vecwal::wal {
+
+struct RecordView {
+  RecordType type = RecordType::kOpaque;
+  std::span<const std::byte> payload;
+};
+
+// Runs on the submission thread once the record is durable (OK) or the log
+// has failed; it must not block for long.
+using AppendCallback = std::function<void(const Status&, uint64_t lsn)>;
+
+struct WriterOptions {
+  uint64_t segment_bytes = 0;
+  uint32_t block_size = 0;
+  unsigned max_writes_in_flight = 8;
+  size_t max_write_bytes = 1 << 20;
+};
+
+// Where the writer starts: an activated segment and the next free offset.
+struct WriterStart {
+  uint64_t next_lsn = 1;
+  uint64_t segment_id = 0;
+  uint64_t epoch = 0;
+  uint64_t offset = 0;
+  std::unique_ptr<File> file;
+  std::map<uint64_t, uint64_t> live_first_lsn;  // segment id -> first LSN, for release
+};
+
+struct WriterStats {
+  uint64_t records = 0;
+  uint64_t payload_bytes = 0;
+  uint64_t flushes = 0;
+  uint64_t bytes_written = 0;
+  uint64_t rotations = 0;
+  uint64_t segments_released = 0;
+};
+
+class GroupCommitWriter {
+ public:
+  GroupCommitWriter(FileSystem& fs, std::string dir, const WriterOptions& opts, std::unique_ptr<DurableWriteQueue> q,
+                    SegmentAllocator& alloc, WriterStart start);
+  ~GroupCommitWriter();  // Close()
+  GroupCommitWriter(const GroupCommitWriter&) = delete;
+  GroupCommitWriter& operator=(const GroupCommitWriter&) = delete;
+
+  // Appends one record and waits until it is durable. Returns its LSN.
+  Result<uint64_t> Append(const RecordView& rec);
+  // Appends records in order and waits until all are durable. `lsns`, when
+  // given, receives each record's LSN (consecutive unless other threads append).
+  Status AppendMany(std::span<const RecordView> recs, std::vector<uint64_t>* lsns);
+  // Appends without waiting; `done` runs when durable or failed.
+  void AppendAsync(const RecordView& rec, AppendCallback done);
+
+  // Releases every segment whose records all have LSN < lsn; never the
+  // active one. Returns how many were released.
+  Result<size_t> ReleaseBefore(uint64_t lsn);
+
+  uint64_t durable_lsn() const { return durable_.load(std::memory_order_acquire); }
+  Status status() const;
+  WriterStats stats() const;
+  // Writes what is pending, stops the submission thread; returns the failure,
+  // if the log failed.
+  Status Close();
+
+ private:
+  struct Flush {
+    AlignedBuffer buf;
+    size_t used = 0;
+    uint64_t segment_id = 0, epoch = 0, offset = 0;
+    uint64_t first_lsn = 0, last_lsn = 0;
+    bool done = false;
+  };
+
+  // Under mu_.
+  Status Place(const RecordView& rec, uint32_t payload_crc, uint64_t* lsn);
+  void Seal();
+  Status CheckRecordSize(size_t payload_len) const;
+  Status WaitDurable(uint64_t lsn);
+  void WakeLoopIfIdle(std::unique_lock<std::mutex>& lk);
+
+  // Submission thread.
+  void Loop();
+  std::vector<std::unique_ptr<Flush>> TakeReady(bool* idle);
+  Status Activate(const Flush& first);
+  void Complete(const WriteCompletion& c);
+  void Fail(const Status& s);
+  void Publish();
+
+  FileSystem& fs_;
+  const std::string dir_;
+  const WriterOptions opts_;
+  std::unique_ptr<DurableWriteQueue> queue_;
+  SegmentAllocator& alloc_;
+
+  mutable std::mutex mu_;
+  std::condition_variable durable_cv_;
+  std::unique_ptr<Flush> open_;
+  std::deque<std::unique_ptr<Flush>> sealed_;
+  std::vector<AlignedBuffer> free_buffers_;
+  std::deque<std::pair<uint64_t, AppendCallback>> callbacks_;
+  uint64_t next_lsn_;
+  uint64_t seg_id_, epoch_, seg_used_;  // where new records go
+  bool loop_idle_ = false;
+  bool stopping_ = false;
+  Status failed_;
+  WriterStats stats_;
+  std::atomic<uint64_t> durable_;
+
+  // Submission thread only.
+  std::deque<std::unique_ptr<Flush>> inflight_;
+  std::unique_ptr<File> active_file_;
+  uint64_t active_id_;
+
+  std::mutex seg_mu_;  // guards live_ and the retiring of files
+  std::map<uint64_t, uint64_t> live_;
+
+  std::thread loop_;
+};
+
+}  // namespace vecwal::wal

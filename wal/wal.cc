@@ -1,0 +1,141 @@
+#include "wal/wal.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "wal/segment_files.h"
+
+namespace vecwal::wal {
+namespace {
+
+Status ValidateOptions(const WalOptions& o) {
+  if (o.segment_bytes < (64u << 10) || o.segment_bytes % kMinBlockSize != 0)
+    return Status::InvalidArgument("segment_bytes must be a multiple of 4096 and at least 64 KiB, not " +
+                                   std::to_string(o.segment_bytes));
+  if (o.max_writes_in_flight < 1 || o.max_writes_in_flight > 256)
+    return Status::InvalidArgument("max_writes_in_flight must be 1..256, not " + std::to_string(o.max_writes_in_flight));
+  if (o.max_write_bytes < kMinBlockSize)
+    return Status::InvalidArgument("max_write_bytes must be at least 4096, not " + std::to_string(o.max_write_bytes));
+  return Status::OK();
+}
+
+uint64_t NowNs() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Wal>> Wal::Open(const std::string& dir, WalOptions opts, const RecordVisitor& visit,
+                                       uint64_t replay_from) {
+  VECWAL_RETURN_IF_ERROR(ValidateOptions(opts));
+  if (!opts.fs) opts.fs = NewPosixFileSystem();
+  FileSystem& fs = *opts.fs;
+  std::unique_ptr<Wal> wal(new Wal());
+  wal->dir_ = dir;
+  wal->opts_ = opts;
+  VECWAL_RETURN_IF_ERROR(fs.CreateDir(dir));
+  VECWAL_ASSIGN_OR_RETURN(wal->lock_, fs.LockDir(dir, opts.lock_wait_ms));
+
+  VECWAL_ASSIGN_OR_RETURN(wal->report_, ScanLog(fs, dir, replay_from, opts.recovery_mode, visit));
+  const LogScanReport& rep = wal->report_;
+  for (const auto& path : rep.files_to_drop) VECWAL_RETURN_IF_ERROR(fs.Remove(path));
+
+  wal->alloc_ = std::make_unique<SegmentAllocator>(fs, dir, opts.segment_bytes, opts.spare_segments);
+  WriterStart start;
+  start.next_lsn = rep.last_lsn + 1;
+  VECWAL_ASSIGN_OR_RETURN(auto files, ListSegmentFiles(fs, dir));
+  const SegmentFileInfo* last = nullptr;
+  size_t spares = 0;
+  for (const auto& f : files) {
+    if (f.state == SegmentFileInfo::State::kLive) {
+      start.live_first_lsn[f.id] = f.header.first_lsn;
+      if (f.id == rep.last_segment_id) last = &f;
+    } else if (f.state == SegmentFileInfo::State::kBlank && f.file_bytes == opts.segment_bytes &&
+               spares++ < opts.spare_segments + 1) {
+      wal->alloc_->AdoptSpare(f.path);
+    } else if (f.state == SegmentFileInfo::State::kBlank) {
+      VECWAL_RETURN_IF_ERROR(fs.Remove(f.path));  // a reservation cut short, or one too many
+    }
+  }
+
+  uint32_t block = 0;
+  if (rep.append_in_place && last != nullptr && last->file_bytes == opts.segment_bytes) {
+    FileOpenOptions rw;
+    rw.writable = true;
+    VECWAL_ASSIGN_OR_RETURN(start.file, fs.Open(last->path, rw));
+    start.segment_id = last->id;
+    start.epoch = last->header.epoch;
+    start.offset = rep.append_offset;
+    block = last->header.block_size;
+  } else {
+    // A torn or full last segment is never appended to: its end stays where
+    // the new segment's first LSN says it is.
+    uint64_t id = rep.highest_file_id + 1;
+    VECWAL_ASSIGN_OR_RETURN(start.file, wal->alloc_->Take(id));
+    block = static_cast<uint32_t>(std::max<size_t>(kMinBlockSize, start.file->alignment()));
+    SegmentHeader h{id, NewSegmentEpoch(), start.next_lsn, opts.segment_bytes, block, NowNs()};
+    AlignedBuffer hb(block, 4096);
+    EncodeHeaderBlock(h, hb.span());
+    VECWAL_RETURN_IF_ERROR(start.file->WriteAt(0, hb.span()));
+    VECWAL_RETURN_IF_ERROR(start.file->Sync());
+    start.segment_id = id;
+    start.epoch = h.epoch;
+    start.offset = block;
+    start.live_first_lsn[id] = start.next_lsn;
+  }
+  if (block < start.file->alignment() || block % start.file->alignment() != 0)
+    return Status::NotSupported(start.file->path() + ": block size " + std::to_string(block) +
+                                " does not suit the device's direct I/O alignment " +
+                                std::to_string(start.file->alignment()));
+
+  VECWAL_ASSIGN_OR_RETURN(auto queue, fs.NewWriteQueue(opts.max_writes_in_flight, opts.durable_mode));
+  WriterOptions wo{opts.segment_bytes, block, opts.max_writes_in_flight, opts.max_write_bytes};
+  wal->writer_ = std::make_unique<GroupCommitWriter>(fs, dir, wo, std::move(queue), *wal->alloc_, std::move(start));
+  return wal;
+}
+
+Wal::~Wal() { (void)Close(); }
+
+Status Wal::Close() {
+  if (!writer_) return Status::OK();
+  Status s = writer_->Close();
+  alloc_->Quiesce();
+  return s;
+}
+
+Result<uint64_t> Wal::Append(RecordType type, std::span<const std::byte> payload) {
+  return writer_->Append({type, payload});
+}
+
+Result<uint64_t> Wal::Append(const Op& op) {
+  std::vector<std::byte> buf;
+  EncodeOp(op, buf);
+  return writer_->Append({TypeOf(op), buf});
+}
+
+Status Wal::AppendMany(std::span<const RecordView> recs, std::vector<uint64_t>* lsns) {
+  return writer_->AppendMany(recs, lsns);
+}
+
+void Wal::AppendAsync(RecordType type, std::span<const std::byte> payload, AppendCallback done) {
+  writer_->AppendAsync({type, payload}, std::move(done));
+}
+
+std::future<Result<uint64_t>> Wal::AppendAsync(RecordType type, std::span<const std::byte> payload) {
+  auto promise = std::make_shared<std::promise<Result<uint64_t>>>();
+  auto fut = promise->get_future();
+  writer_->AppendAsync({type, payload}, [promise](const Status& s, uint64_t lsn) {
+    if (s.ok()) promise->set_value(lsn);
+    else promise->set_value(s);
+  });
+  return fut;
+}
+
+Result<size_t> Wal::ReleaseBefore(uint64_t lsn) { return writer_->ReleaseBefore(lsn); }
+
+WalStats Wal::stats() const {
+  return {writer_->stats(), writer_->durable_lsn(), opts_.fs->backend_name()};
+}
+
+}  // namespace vecwal::wal

@@ -1,0 +1,78 @@
+// Wal: vecwal's write-ahead log, the one header a user of wal/ needs.
+//
+// Open() locks the directory, reads the log back (verifying every record and
+// handing each to an optional visitor), cuts a torn tail, and starts the
+// group-commit writer where the valid log ends. Appends return once durable.
+//
+// Thread safety: every method may be called from any thread. A directory is
+// held by one Wal at a time, across processes (a LOCK file, flock).
+#pragma once
+
+#include <cstdint>
+#include <future>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "io/file_system.h"
+#include "wal/format.h"
+#include "wal/group_commit_writer.h"
+#include "wal/log_reader.h"
+#include "wal/record_ops.h"
+
+namespace vecwal::wal {
+
+struct WalOptions {
+  std::shared_ptr<FileSystem> fs;  // null: the real one, io_uring where allowed
+  uint64_t segment_bytes = 64ull << 20;
+  unsigned max_writes_in_flight = 8;
+  size_t max_write_bytes = 1 << 20;  // a flush gathers at most this much
+  DurableWriteMode durable_mode = DurableWriteMode::kDsyncWrite;
+  RecoveryMode recovery_mode = RecoveryMode::kTolerateTail;
+  size_t spare_segments = 2;  // retired segments kept for recycling
+  int lock_wait_ms = 2000;
+};
+
+struct WalStats {
+  WriterStats writer;
+  uint64_t durable_lsn = 0;
+  std::string backend;
+};
+
+class Wal {
+ public:
+  // Opens or creates the log in `dir`. `visit`, when given, sees every record
+  // with LSN >= replay_from before the writer starts.
+  static Result<std::unique_ptr<Wal>> Open(const std::string& dir, WalOptions opts,
+                                           const RecordVisitor& visit = {}, uint64_t replay_from = 1);
+  ~Wal();
+
+  Result<uint64_t> Append(RecordType type, std::span<const std::byte> payload);
+  Result<uint64_t> Append(const Op& op);
+  Status AppendMany(std::span<const RecordView> recs, std::vector<uint64_t>* lsns = nullptr);
+  void AppendAsync(RecordType type, std::span<const std::byte> payload, AppendCallback done);
+  std::future<Result<uint64_t>> AppendAsync(RecordType type, std::span<const std::byte> payload);
+
+  // Releases (recycles or removes) every segment whose LSNs are all < lsn.
+  Result<size_t> ReleaseBefore(uint64_t lsn);
+
+  uint64_t durable_lsn() const { return writer_->durable_lsn(); }
+  const LogScanReport& open_report() const { return report_; }
+  const std::string& dir() const { return dir_; }
+  Status status() const { return writer_->status(); }
+  WalStats stats() const;
+  // Writes what is pending and stops; the destructor does it too.
+  Status Close();
+
+ private:
+  Wal() = default;
+  std::string dir_;
+  WalOptions opts_;
+  std::unique_ptr<DirectoryLock> lock_;
+  std::unique_ptr<SegmentAllocator> alloc_;
+  std::unique_ptr<GroupCommitWriter> writer_;
+  LogScanReport report_;
+};
+
+}  // namespace vecwal::wal
