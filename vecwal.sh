@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 DEPS=(build-essential cmake ninja-build pkg-config
-      liburing-dev libfmt-dev libboost-test-dev libcli11-dev nlohmann-json3-dev
+      liburing-dev libisal-dev libfmt-dev libboost-test-dev libcli11-dev nlohmann-json3-dev
       librocksdb-dev fio)
 
 install_deps() {

@@ -10,7 +10,6 @@
 #include <fmt/core.h>
 
 #include "bench/wal_bench.h"
-#include "io/crc32c.h"
 #include "io/file_system.h"
 
 using namespace vecwal::bench;
@@ -37,8 +36,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   auto fs = vecwal::NewPosixFileSystem();
-  fmt::print("vecwal-bench wal: dir {}, backend {}, crc32c {}, {} s x {} per measurement\n", wc.dir,
-             fs->backend_name(), vecwal::crc32c::IsHardwareAccelerated() ? "sse4.2" : "table", wc.seconds, wc.repeat);
+  fmt::print("vecwal-bench wal: dir {}, backend {}, {} s x {} per measurement\n", wc.dir, fs->backend_name(),
+             wc.seconds, wc.repeat);
   std::vector<Row> rows;
   try {
     rows = RunWalBench(wc);

@@ -1,8 +1,8 @@
 // CRC32C (Castagnoli), the checksum of every byte vecwal writes to disk.
 //
-// Uses the SSE4.2 crc32 instruction where the CPU has it, a table otherwise.
-// Debian 12 packages no CRC32C library with hardware support, so this is the
-// one checksum we carry ourselves; it is tested against RFC 3720's vectors.
+// Computed by Intel's ISA-L (crc32_iscsi), which picks the fastest kernel the
+// CPU has (PCLMULQDQ folding, SSE4.2, or a table) at run time; tested against
+// RFC 3720's vectors in tests/io_test.cc.
 #pragma once
 
 #include <cstddef>
@@ -17,8 +17,5 @@ uint32_t Extend(uint32_t init_crc, const void* data, size_t n);
 
 inline uint32_t Value(const void* data, size_t n) { return Extend(0, data, n); }
 inline uint32_t Value(std::span<const std::byte> s) { return Extend(0, s.data(), s.size()); }
-
-// True when Extend uses the hardware instruction.
-bool IsHardwareAccelerated();
 
 }  // namespace vecwal::crc32c

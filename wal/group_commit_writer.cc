@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <semaphore>
 
 #include "io/crc32c.h"
 #include "wal/segment_files.h"
@@ -132,23 +133,29 @@ void GroupCommitWriter::WakeLoopIfIdle(std::unique_lock<std::mutex>& lk) {
   queue_->Wake();
 }
 
-Status GroupCommitWriter::WaitDurable(uint64_t lsn) {
-  std::unique_lock lk(mu_);
-  durable_cv_.wait(lk, [&] { return durable_.load(std::memory_order_acquire) >= lsn || !failed_.ok(); });
-  if (durable_.load(std::memory_order_acquire) >= lsn) return Status::OK();
-  return failed_;
+// Blocking appends wait on their own semaphore, released by the submission
+// thread only once their LSN is durable: no thundering herd of waiters that
+// wake to find their record still in flight.
+Status GroupCommitWriter::RegisterAndWait(std::unique_lock<std::mutex>& lk, uint64_t lsn) {
+  std::binary_semaphore done{0};
+  Status result;
+  callbacks_.emplace_back(lsn, [&](const Status& s, uint64_t) {
+    result = s;
+    done.release();
+  });
+  WakeLoopIfIdle(lk);
+  if (lk.owns_lock()) lk.unlock();
+  done.acquire();
+  return result;
 }
 
 Result<uint64_t> GroupCommitWriter::Append(const RecordView& rec) {
   VECWAL_RETURN_IF_ERROR(CheckRecordSize(rec.payload.size()));
   uint32_t crc = crc32c::Value(rec.payload);
   uint64_t lsn = 0;
-  {
-    std::unique_lock lk(mu_);
-    VECWAL_RETURN_IF_ERROR(Place(rec, crc, &lsn));
-    WakeLoopIfIdle(lk);
-  }
-  VECWAL_RETURN_IF_ERROR(WaitDurable(lsn));
+  std::unique_lock lk(mu_);
+  VECWAL_RETURN_IF_ERROR(Place(rec, crc, &lsn));
+  VECWAL_RETURN_IF_ERROR(RegisterAndWait(lk, lsn));
   return lsn;
 }
 
@@ -168,10 +175,11 @@ Status GroupCommitWriter::AppendMany(std::span<const RecordView> recs, std::vect
       VECWAL_RETURN_IF_ERROR(Place(recs[k], crcs[k - i], &last));
       if (lsns) lsns->push_back(last);
     }
-    WakeLoopIfIdle(lk);
     i = end;
+    if (i == recs.size()) return RegisterAndWait(lk, last);
+    WakeLoopIfIdle(lk);
   }
-  return recs.empty() ? Status::OK() : WaitDurable(last);
+  return Status::OK();
 }
 
 void GroupCommitWriter::AppendAsync(const RecordView& rec, AppendCallback done) {
@@ -282,14 +290,11 @@ void GroupCommitWriter::Complete(const WriteCompletion& c) {
 void GroupCommitWriter::Publish() {
   std::vector<std::pair<uint64_t, AppendCallback>> ready;
   Status failed;
-  bool changed = false;
   {
     std::lock_guard lk(mu_);
     bool ok = failed_.ok();
-    changed = !ok;
     while (!inflight_.empty() && inflight_.front()->done) {
       if (ok) durable_.store(inflight_.front()->last_lsn, std::memory_order_release);
-      changed = true;
       free_buffers_.push_back(std::move(inflight_.front()->buf));
       inflight_.pop_front();
     }
@@ -300,7 +305,6 @@ void GroupCommitWriter::Publish() {
     }
     failed = failed_;
   }
-  if (changed) durable_cv_.notify_all();
   const uint64_t d = durable_.load(std::memory_order_acquire);
   for (auto& [lsn, cb] : ready) cb(lsn <= d ? Status::OK() : failed, lsn);
 }

@@ -20,7 +20,6 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -113,7 +112,7 @@ class GroupCommitWriter {
   Status Place(const RecordView& rec, uint32_t payload_crc, uint64_t* lsn);
   void Seal();
   Status CheckRecordSize(size_t payload_len) const;
-  Status WaitDurable(uint64_t lsn);
+  Status RegisterAndWait(std::unique_lock<std::mutex>& lk, uint64_t lsn);
   void WakeLoopIfIdle(std::unique_lock<std::mutex>& lk);
 
   // Submission thread.
@@ -131,7 +130,6 @@ class GroupCommitWriter {
   SegmentAllocator& alloc_;
 
   mutable std::mutex mu_;
-  std::condition_variable durable_cv_;
   std::unique_ptr<Flush> open_;
   std::deque<std::unique_ptr<Flush>> sealed_;
   std::vector<AlignedBuffer> free_buffers_;
