@@ -30,7 +30,11 @@ int main(int argc, char** argv) {
   wal->add_option("--repeat", wc.repeat, "runs per measurement; medians are reported")->capture_default_str();
   wal->add_option("--inflight", wc.inflight, "durable writes in flight")->capture_default_str();
   wal->add_option("--max-write-kib", wc.max_write_kib, "largest write the log issues")->capture_default_str();
+  wal->add_option("--min-concurrent-kib", wc.min_concurrent_kib,
+                  "bytes gathered before another write starts while writes are in flight")
+      ->capture_default_str();
   wal->add_option("--segment-mib", wc.segment_mib, "segment size")->capture_default_str();
+  wal->add_option("--only", wc.only, "workloads to run, e.g. 13")->capture_default_str();
   wal->add_flag("!--no-rocksdb", wc.rocksdb, "skip the RocksDB baseline");
   wal->add_flag("!--no-fio", wc.fio, "skip the fio baseline");
   CLI11_PARSE(app, argc, argv);

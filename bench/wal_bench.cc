@@ -43,6 +43,7 @@ std::unique_ptr<wal::Wal> OpenLog(const std::string& dir, const WalBenchConfig& 
   o.segment_bytes = c.segment_mib << 20;
   o.max_writes_in_flight = c.inflight;
   o.max_write_bytes = c.max_write_kib << 10;
+  o.min_concurrent_write_bytes = c.min_concurrent_kib << 10;
   o.durable_mode = mode;
   o.spare_segments = 4;
   auto w = wal::Wal::Open(dir, o);
@@ -121,6 +122,8 @@ std::vector<Row> RunWalBench(const WalBenchConfig& c) {
   const std::string w2 = fmt::format("2. 1 writer, batches of {}", c.batch);
   const std::string w3 = "3. 1 writer, append latency";
 
+  auto want = [&](char w) { return c.only.find(w) != std::string::npos; };
+  if (want('1')) {
   Progress("workload 1: vecwal (RWF_DSYNC)");
   double ours1 = MedianOf(c.repeat, [&] { return Workload1(c, DurableWriteMode::kDsyncWrite); });
   Progress("workload 1: vecwal (write + fdatasync)");
@@ -143,6 +146,8 @@ std::vector<Row> RunWalBench(const WalBenchConfig& c) {
   rows.push_back({w1, "records/s", ours1, "RocksDB WAL, sync=true", rocks.value_or(0), true, ">= 9x"});
   rows.push_back({w1, "records/s", ours1, "naive pwrite+fdatasync", naive1, true, ""});
   rows.push_back({w1, "records/s", ours1, "vecwal, write+fdatasync mode", ours1_fsync, true, "(mode choice)"});
+  }
+  if (want('2')) {
 
   Progress("workload 2: vecwal batches");
   double ours2 = MedianOf(c.repeat, [&] { return Workload2(c, DurableWriteMode::kDsyncWrite); });
@@ -170,6 +175,8 @@ std::vector<Row> RunWalBench(const WalBenchConfig& c) {
     return NaiveLogBatchBytesPerSec(s.path(), rec_bytes, c.batch, c.seconds);
   });
   rows.push_back({w2, "bytes/s", ours2, "naive pwrite+fdatasync per batch", naive2, true, ""});
+  }
+  if (!want('3')) return rows;
 
   Progress("workload 3: vecwal latency");
   std::vector<Latency> ours3, raw3;

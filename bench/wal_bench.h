@@ -17,9 +17,11 @@ struct WalBenchConfig {
   int repeat = 1;           // medians over this many runs
   unsigned inflight = 8;    // durable writes in flight
   size_t max_write_kib = 1024;
+  size_t min_concurrent_kib = 64;
   uint64_t segment_mib = 64;
   bool rocksdb = true;
   bool fio = true;
+  std::string only = "123";  // which workloads to run
 };
 
 std::vector<Row> RunWalBench(const WalBenchConfig& c);

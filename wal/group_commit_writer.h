@@ -51,6 +51,7 @@ struct WriterOptions {
   uint32_t block_size = 0;
   unsigned max_writes_in_flight = 8;
   size_t max_write_bytes = 1 << 20;
+  size_t min_concurrent_write_bytes = 64 << 10;
 };
 
 // Where the writer starts: an activated segment and the next free offset.
@@ -136,6 +137,7 @@ class GroupCommitWriter {
   std::deque<std::pair<uint64_t, AppendCallback>> callbacks_;
   uint64_t next_lsn_;
   uint64_t seg_id_, epoch_, seg_used_;  // where new records go
+  size_t inflight_count_ = 0;  // taken by the loop and not yet retired
   bool loop_idle_ = false;
   bool stopping_ = false;
   Status failed_;

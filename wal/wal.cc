@@ -90,7 +90,8 @@ Result<std::unique_ptr<Wal>> Wal::Open(const std::string& dir, WalOptions opts, 
                                 std::to_string(start.file->alignment()));
 
   VECWAL_ASSIGN_OR_RETURN(auto queue, fs.NewWriteQueue(opts.max_writes_in_flight, opts.durable_mode));
-  WriterOptions wo{opts.segment_bytes, block, opts.max_writes_in_flight, opts.max_write_bytes};
+  WriterOptions wo{opts.segment_bytes, block, opts.max_writes_in_flight, opts.max_write_bytes,
+                   opts.min_concurrent_write_bytes};
   wal->writer_ = std::make_unique<GroupCommitWriter>(fs, dir, wo, std::move(queue), *wal->alloc_, std::move(start));
   return wal;
 }

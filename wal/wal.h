@@ -28,6 +28,9 @@ struct WalOptions {
   uint64_t segment_bytes = 64ull << 20;
   unsigned max_writes_in_flight = 8;
   size_t max_write_bytes = 1 << 20;  // a flush gathers at most this much
+  // While writes are in flight, another starts only with this much gathered
+  // (or a full buffer); with none in flight, a write starts at once.
+  size_t min_concurrent_write_bytes = 64 << 10;
   DurableWriteMode durable_mode = DurableWriteMode::kDsyncWrite;
   RecoveryMode recovery_mode = RecoveryMode::kTolerateTail;
   size_t spare_segments = 2;  // retired segments kept for recycling
