@@ -2,6 +2,9 @@
 #define BOOST_TEST_MODULE io
 #include <boost/test/unit_test.hpp>
 
+#include <signal.h>
+#include <sys/resource.h>
+
 #include <cstring>
 #include <string>
 
@@ -153,4 +156,35 @@ BOOST_AUTO_TEST_CASE(fault_seam_fails_writes_and_syncs_on_command) {
   fs->FailReservations(true);
   o.zero_fill_bytes = 1 << 20;
   BOOST_TEST(fs->Open(dir / "y", o).status().IsNoSpace());
+}
+
+// RLIMIT_FSIZE makes the kernel write only up to the limit: a real short
+// write. The queue must resume the rest, which then fails (EFBIG), and report
+// the request as failed: never durable, never silently shortened.
+BOOST_AUTO_TEST_CASE(short_write_is_resumed_and_its_failure_reported) {
+  test::TempDir dir;
+  auto fs = NewPosixFileSystem(test::BackendUnderTest());
+  FileOpenOptions o;
+  o.create = o.writable = true;
+  auto f = fs->Open(dir / "short", o);
+  BOOST_REQUIRE(f.ok());
+  auto q = fs->NewWriteQueue(2, DurableWriteMode::kDsyncWrite);
+  BOOST_REQUIRE(q.ok());
+  AlignedBuffer buf(16384, 4096);
+  ::signal(SIGXFSZ, SIG_IGN);
+  rlimit old;
+  ::getrlimit(RLIMIT_FSIZE, &old);
+  rlimit lim = old;
+  lim.rlim_cur = 8192;
+  BOOST_REQUIRE(::setrlimit(RLIMIT_FSIZE, &lim) == 0);
+  std::vector<WriteCompletion> done;
+  Status submitted = (*q)->Submit({f->get(), 0, buf.span(), 7});
+  while (submitted.ok() && done.empty()) submitted = (*q)->Wait(done, true);
+  ::setrlimit(RLIMIT_FSIZE, &old);
+  BOOST_REQUIRE(submitted.ok());
+  BOOST_REQUIRE(done.size() == 1u);
+  BOOST_TEST(done[0].tag == 7u);
+  BOOST_TEST(!done[0].status.ok());
+  BOOST_TEST(done[0].status.sys_errno() == EFBIG, done[0].status.ToString());
+  BOOST_TEST(*(*f)->Size() == 8192u);  // the first part did land
 }
