@@ -129,7 +129,8 @@ void GroupCommitWriter::Seal() {
 void GroupCommitWriter::WakeLoopIfIdle(std::unique_lock<std::mutex>& lk) {
   if (!loop_idle_) return;
   // Only when the loop would take something: see TakeReady.
-  bool ready = !sealed_.empty() || (open_ && (inflight_count_ == 0 || open_->used >= opts_.min_concurrent_write_bytes));
+  bool ready = !sealed_.empty() || (open_ && appending_many_ == 0 &&
+                                     (inflight_count_ == 0 || open_->used >= opts_.min_concurrent_write_bytes));
   if (!ready) return;
   loop_idle_ = false;  // one wake per sleep
   lk.unlock();
@@ -176,11 +177,15 @@ Status GroupCommitWriter::AppendMany(std::span<const RecordView> recs, std::vect
     std::vector<uint32_t> crcs(end - i);
     for (size_t k = i; k < end; ++k) crcs[k - i] = crc32c::Value(recs[k].payload);
     std::unique_lock lk(mu_);
-    for (size_t k = i; k < end; ++k) {
-      VECWAL_RETURN_IF_ERROR(Place(recs[k], crcs[k - i], &last));
-      if (lsns) lsns->push_back(last);
+    if (i == 0) ++appending_many_;
+    Status s;
+    for (size_t k = i; k < end && s.ok(); ++k) {
+      s = Place(recs[k], crcs[k - i], &last);
+      if (s.ok() && lsns) lsns->push_back(last);
     }
     i = end;
+    if (!s.ok() || i == recs.size()) --appending_many_;
+    if (!s.ok()) return s;
     if (i == recs.size()) return RegisterAndWait(lk, last);
     WakeLoopIfIdle(lk);
   }
@@ -234,7 +239,9 @@ std::vector<std::unique_ptr<GroupCommitWriter::Flush>> GroupCommitWriter::TakeRe
     // A partly filled buffer goes out at once when the device is idle; while
     // writes are in flight it waits to grow, so that under load each write
     // carries more records and each completion wakes more appenders.
-    if (sealed_.empty() && open_ && open_->used > 0 &&
+    // While a batch is being copied in, only full buffers go: its last
+    // partial one follows when the batch is whole.
+    if (sealed_.empty() && open_ && open_->used > 0 && appending_many_ == 0 &&
         ((inflight_count_ == 0 && out.empty()) || open_->used >= opts_.min_concurrent_write_bytes))
       Seal();
     if (sealed_.empty()) break;

@@ -138,6 +138,7 @@ class GroupCommitWriter {
   uint64_t next_lsn_;
   uint64_t seg_id_, epoch_, seg_used_;  // where new records go
   size_t inflight_count_ = 0;  // taken by the loop and not yet retired
+  int appending_many_ = 0;      // AppendMany calls between their first and last chunk
   bool loop_idle_ = false;
   bool stopping_ = false;
   Status failed_;
