@@ -10,11 +10,6 @@
 namespace vecwal::wal {
 namespace {
 
-uint64_t NowNs() {
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
-}
-
 }  // namespace
 
 GroupCommitWriter::GroupCommitWriter(FileSystem& fs, std::string dir, const WriterOptions& opts,
@@ -264,17 +259,8 @@ std::vector<std::unique_ptr<GroupCommitWriter::Flush>> GroupCommitWriter::TakeRe
 Status GroupCommitWriter::Activate(const Flush& first) {
   auto file = alloc_.Take(first.segment_id);
   if (!file.ok()) return file.status();
-  SegmentHeader h;
-  h.segment_id = first.segment_id;
-  h.epoch = first.epoch;
-  h.first_lsn = first.first_lsn;
-  h.segment_bytes = opts_.segment_bytes;
-  h.block_size = opts_.block_size;
-  h.created_unix_ns = NowNs();
-  AlignedBuffer block(opts_.block_size, 4096);
-  EncodeHeaderBlock(h, block.span());
-  VECWAL_RETURN_IF_ERROR((*file)->WriteAt(0, block.span()));
-  VECWAL_RETURN_IF_ERROR((*file)->Sync());
+  VECWAL_RETURN_IF_ERROR(WriteSegmentHeader(
+      **file, {first.segment_id, first.epoch, first.first_lsn, opts_.segment_bytes, opts_.block_size}));
   active_file_ = std::move(file).value();
   active_id_ = first.segment_id;
   {

@@ -3,6 +3,7 @@
 #include "io/aligned_buffer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 namespace vecwal::wal {
@@ -48,6 +49,16 @@ void EncodeHeaderBlock(const SegmentHeader& h, std::span<std::byte> block) {
   std::memset(block.data(), 0, block.size());
   EncodeSegmentHeader(h, block.data());
   EncodeSegmentHeader(h, block.data() + kHeaderCopyOffset);
+}
+
+Status WriteSegmentHeader(File& file, SegmentHeader h) {
+  h.created_unix_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                std::chrono::system_clock::now().time_since_epoch())
+                                                .count());
+  AlignedBuffer block(h.block_size, 4096);
+  EncodeHeaderBlock(h, block.span());
+  VECWAL_RETURN_IF_ERROR(file.WriteAt(0, block.span()));
+  return file.Sync();
 }
 
 Result<std::vector<SegmentFileInfo>> ListSegmentFiles(FileSystem& fs, const std::string& dir) {

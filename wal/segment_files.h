@@ -30,4 +30,8 @@ Result<std::vector<SegmentFileInfo>> ListSegmentFiles(FileSystem& fs, const std:
 // Encodes a whole header block (both copies) for `h` into `block`.
 void EncodeHeaderBlock(const SegmentHeader& h, std::span<std::byte> block);
 
+// Activates a reserved segment file: writes its header block (stamped with
+// the current time) and makes it durable before any record may go there.
+Status WriteSegmentHeader(File& file, SegmentHeader h);
+
 }  // namespace vecwal::wal

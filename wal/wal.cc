@@ -1,7 +1,6 @@
 #include "wal/wal.h"
 
 #include <algorithm>
-#include <chrono>
 
 #include "wal/segment_files.h"
 
@@ -17,11 +16,6 @@ Status ValidateOptions(const WalOptions& o) {
   if (o.max_write_bytes < kMinBlockSize)
     return Status::InvalidArgument("max_write_bytes must be at least 4096, not " + std::to_string(o.max_write_bytes));
   return Status::OK();
-}
-
-uint64_t NowNs() {
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
 }
 
 }  // namespace
@@ -74,11 +68,8 @@ Result<std::unique_ptr<Wal>> Wal::Open(const std::string& dir, WalOptions opts, 
     uint64_t id = rep.highest_file_id + 1;
     VECWAL_ASSIGN_OR_RETURN(start.file, wal->alloc_->Take(id));
     block = static_cast<uint32_t>(std::max<size_t>(kMinBlockSize, start.file->alignment()));
-    SegmentHeader h{id, NewSegmentEpoch(), start.next_lsn, opts.segment_bytes, block, NowNs()};
-    AlignedBuffer hb(block, 4096);
-    EncodeHeaderBlock(h, hb.span());
-    VECWAL_RETURN_IF_ERROR(start.file->WriteAt(0, hb.span()));
-    VECWAL_RETURN_IF_ERROR(start.file->Sync());
+    SegmentHeader h{id, NewSegmentEpoch(), start.next_lsn, opts.segment_bytes, block};
+    VECWAL_RETURN_IF_ERROR(WriteSegmentHeader(*start.file, h));
     start.segment_id = id;
     start.epoch = h.epoch;
     start.offset = block;
