@@ -1,6 +1,5 @@
 #include "wal/group_commit_writer.h"
 
-#include <chrono>
 #include <cstring>
 #include <semaphore>
 
@@ -8,9 +7,6 @@
 #include "wal/segment_files.h"
 
 namespace vecwal::wal {
-namespace {
-
-}  // namespace
 
 GroupCommitWriter::GroupCommitWriter(FileSystem& fs, std::string dir, const WriterOptions& opts,
                                      std::unique_ptr<DurableWriteQueue> q, SegmentAllocator& alloc, WriterStart start)
