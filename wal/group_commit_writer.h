@@ -123,6 +123,10 @@ class GroupCommitWriter {
   void Complete(const WriteCompletion& c);
   void Fail(const Status& s);
   void Publish();
+  bool SpinForWork();
+  // At most this much CPU per transition to idle; measured to cut the
+  // single-writer p50 by ~20 us on our VM, where a cross-thread wake is slow.
+  static constexpr int kIdleSpinMicros = 50;
 
   FileSystem& fs_;
   const std::string dir_;
@@ -144,6 +148,7 @@ class GroupCommitWriter {
   Status failed_;
   WriterStats stats_;
   std::atomic<uint64_t> durable_;
+  std::atomic<uint64_t> placed_{0};  // records placed, watched by SpinForWork
 
   // Submission thread only.
   std::deque<std::unique_ptr<Flush>> inflight_;
