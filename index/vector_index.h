@@ -1,0 +1,83 @@
+// VectorIndex: the index interface the durable layer applies the log to,
+// and its FAISS CPU backend.
+//
+// Ids are stable u64s chosen by the user. Inside, each added vector gets a
+// slot (a u64 that only grows) and FAISS labels vectors by slot, so an update
+// (remove, then add under the same id) never leaves two vectors FAISS cannot
+// tell apart. Where FAISS can remove vectors (Flat, IVF, PQ, ...) removal is
+// physical; where it cannot (HNSW) the slot becomes a tombstone, filtered at
+// search by over-fetching, until Compact() rebuilds the index.
+//
+// Designed for the GPU backend that follows: adds take whole batches from a
+// caller's buffer (pinned memory there), and the serialized index is written
+// in chunks through a sink, so a checkpoint never holds a second copy.
+//
+// Thread safety: Search and the const accessors may run concurrently with
+// each other; Train, Add, Remove and Compact need exclusive access (the
+// durable layer holds a reader-writer lock).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "io/status.h"
+
+namespace vecwal::index {
+
+enum class Metric : uint8_t { kL2 = 0, kInnerProduct = 1 };
+const char* ToString(Metric m);
+Result<Metric> ParseMetric(const std::string& s);
+
+struct IndexSpec {
+  uint32_t dim = 0;
+  Metric metric = Metric::kL2;
+  std::string description = "Flat";  // any faiss::index_factory string
+};
+
+inline constexpr uint64_t kNoId = ~0ull;
+
+// Row-major, nq x k; rows with fewer than k hits end in kNoId.
+struct SearchResults {
+  size_t nq = 0, k = 0;
+  std::vector<uint64_t> ids;
+  std::vector<float> distances;
+};
+
+using ByteSink = std::function<Status(std::span<const std::byte>)>;
+
+class VectorIndex {
+ public:
+  virtual ~VectorIndex() = default;
+  virtual const IndexSpec& spec() const = 0;
+  // False for IVF/PQ descriptions until Train has run.
+  virtual bool is_trained() const = 0;
+  // `sample` holds n x dim floats.
+  virtual Status Train(std::span<const float> sample) = 0;
+  // Adds ids.size() vectors (ids.size() x dim floats). Every id must be new
+  // to the index: the caller removes an id before re-adding it.
+  virtual Status Add(std::span<const uint64_t> ids, std::span<const float> vectors) = 0;
+  // Removes the ids that are present; absent ones are ignored.
+  virtual Status Remove(std::span<const uint64_t> ids) = 0;
+  // `queries` holds nq x dim floats.
+  virtual Result<SearchResults> Search(std::span<const float> queries, size_t k) const = 0;
+  virtual bool Contains(uint64_t id) const = 0;
+  // The stored vector (exact for Flat and HNSW; decoded for PQ/SQ codes).
+  virtual Result<std::vector<float>> Reconstruct(uint64_t id) const = 0;
+  virtual size_t size() const = 0;        // live vectors
+  virtual size_t tombstones() const = 0;  // removed but still inside FAISS
+  // Rebuilds the index without its tombstones; a no-op when there are none.
+  virtual Status Compact() = 0;
+  // Writes the FAISS index (loadable by faiss::read_index; labels are slots)
+  // and then the slot -> id table, through `sink`, in pieces.
+  virtual Status Serialize(const ByteSink& sink) const = 0;
+};
+
+Result<std::unique_ptr<VectorIndex>> NewFaissIndex(const IndexSpec& spec);
+// Loads what Serialize wrote for an index of `spec`.
+Result<std::unique_ptr<VectorIndex>> LoadFaissIndex(const IndexSpec& spec, std::span<const std::byte> bytes);
+
+}  // namespace vecwal::index
