@@ -1,0 +1,321 @@
+// The FAISS CPU backend of VectorIndex. Every FAISS call is wrapped: FAISS
+// throws, and an exception must not cross into the durable layer.
+#include <faiss/Index.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIDMap.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/clone_index.h>
+#include <faiss/impl/FaissException.h>
+#include <faiss/impl/IDSelector.h>
+#include <faiss/impl/io.h>
+#include <faiss/index_factory.h>
+#include <faiss/index_io.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "index/vector_index.h"
+
+namespace vecwal::index {
+
+const char* ToString(Metric m) { return m == Metric::kL2 ? "l2" : "ip"; }
+
+Result<Metric> ParseMetric(const std::string& s) {
+  if (s == "l2" || s == "L2") return Metric::kL2;
+  if (s == "ip" || s == "inner_product") return Metric::kInnerProduct;
+  return Status::InvalidArgument("unknown metric '" + s + "' (l2, ip)");
+}
+
+namespace {
+
+constexpr uint64_t kTableMagic = 0x3142415453574556ull;  // "VEWSTAB1": the slot table after the FAISS bytes
+
+template <typename F>
+Status Guard(const std::string& what, F&& f) {
+  try {
+    f();
+    return Status::OK();
+  } catch (const std::exception& e) {
+    return Status::InvalidArgument(what + ": " + e.what());
+  }
+}
+
+// Buffers FAISS's many small writes into 1 MiB pieces for the sink.
+struct SinkWriter : faiss::IOWriter {
+  explicit SinkWriter(const ByteSink& s) : sink(s) { name = "vecwal checkpoint sink"; }
+  size_t operator()(const void* p, size_t size, size_t n) override {
+    if (!status.ok()) return 0;
+    const auto* b = static_cast<const std::byte*>(p);
+    buf.insert(buf.end(), b, b + size * n);
+    if (buf.size() >= (1u << 20)) Flush();
+    return status.ok() ? n : 0;
+  }
+  void Flush() {
+    if (status.ok() && !buf.empty()) status = sink(buf);
+    buf.clear();
+  }
+  const ByteSink& sink;
+  std::vector<std::byte> buf;
+  Status status;
+};
+
+struct SpanReader : faiss::IOReader {
+  explicit SpanReader(std::span<const std::byte> b) : bytes(b) { name = "vecwal checkpoint bytes"; }
+  size_t operator()(void* p, size_t size, size_t n) override {
+    size_t want = size * n, have = bytes.size() - pos;
+    size_t got = std::min(want, have) / (size ? size : 1) * size;
+    if (got > 0) std::memcpy(p, bytes.data() + pos, got);
+    pos += got;
+    return size ? got / size : 0;
+  }
+  std::span<const std::byte> bytes;
+  size_t pos = 0;
+};
+
+faiss::MetricType ToFaiss(Metric m) { return m == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT; }
+
+class FaissIndex final : public VectorIndex {
+ public:
+  FaissIndex(IndexSpec spec, std::unique_ptr<faiss::Index> idx) : spec_(std::move(spec)), index_(std::move(idx)) {
+    // HNSW and other graph indices cannot remove: probe once with an empty
+    // selector, and keep tombstones for them.
+    faiss::IDSelectorBatch none(0, nullptr);
+    try {
+      index_->remove_ids(none);
+    } catch (const std::exception&) {
+      removable_ = false;
+    }
+  }
+
+  const IndexSpec& spec() const override { return spec_; }
+  bool is_trained() const override { return index_->is_trained; }
+
+  Status Train(std::span<const float> sample) override {
+    VECWAL_RETURN_IF_ERROR(CheckRows(sample, "training sample"));
+    if (sample.empty()) return Status::InvalidArgument("training sample is empty");
+    return Guard("training '" + spec_.description + "'", [&] {
+      index_->train(static_cast<faiss::Index::idx_t>(sample.size() / spec_.dim), sample.data());
+    });
+  }
+
+  Status Add(std::span<const uint64_t> ids, std::span<const float> vectors) override {
+    if (vectors.size() != ids.size() * spec_.dim)
+      return Status::InvalidArgument("add of " + std::to_string(ids.size()) + " ids with " +
+                                     std::to_string(vectors.size()) + " floats; dimension is " +
+                                     std::to_string(spec_.dim));
+    if (!index_->is_trained)
+      return Status::InvalidArgument("index '" + spec_.description + "' must be trained before adds");
+    std::unordered_set<uint64_t> batch;
+    for (uint64_t id : ids)
+      if (slot_of_.count(id) || !batch.insert(id).second)
+        return Status::InvalidArgument("id " + std::to_string(id) + " is already in the index");
+    std::vector<faiss::Index::idx_t> slots(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) slots[i] = static_cast<faiss::Index::idx_t>(next_slot_ + i);
+    VECWAL_RETURN_IF_ERROR(Guard("adding to '" + spec_.description + "'", [&] {
+      index_->add_with_ids(static_cast<faiss::Index::idx_t>(ids.size()), vectors.data(), slots.data());
+    }));
+    for (size_t i = 0; i < ids.size(); ++i) {
+      slot_of_[ids[i]] = next_slot_ + i;
+      id_of_[next_slot_ + i] = ids[i];
+    }
+    next_slot_ += ids.size();
+    return Status::OK();
+  }
+
+  Status Remove(std::span<const uint64_t> ids) override {
+    std::vector<faiss::Index::idx_t> slots;
+    for (uint64_t id : ids) {
+      auto it = slot_of_.find(id);
+      if (it == slot_of_.end()) continue;
+      slots.push_back(static_cast<faiss::Index::idx_t>(it->second));
+      id_of_.erase(it->second);
+      slot_of_.erase(it);
+    }
+    if (slots.empty()) return Status::OK();
+    if (!removable_) {
+      dead_.insert(slots.begin(), slots.end());
+      return Status::OK();
+    }
+    faiss::IDSelectorBatch sel(slots.size(), slots.data());
+    return Guard("removing from '" + spec_.description + "'", [&] { index_->remove_ids(sel); });
+  }
+
+  Result<SearchResults> Search(std::span<const float> queries, size_t k) const override {
+    VECWAL_RETURN_IF_ERROR(CheckRows(queries, "queries"));
+    SearchResults r;
+    r.nq = queries.size() / spec_.dim;
+    r.k = k;
+    r.ids.assign(r.nq * k, kNoId);
+    r.distances.assign(r.nq * k, std::numeric_limits<float>::quiet_NaN());
+    const size_t total = static_cast<size_t>(index_->ntotal);
+    if (r.nq == 0 || k == 0 || total == 0) return r;
+    // Tombstones are filtered after the search: fetch enough to make up for them.
+    const size_t kk = std::min(total, k + dead_.size());
+    std::vector<float> d(r.nq * kk);
+    std::vector<faiss::Index::idx_t> l(r.nq * kk);
+    VECWAL_RETURN_IF_ERROR(Guard("searching '" + spec_.description + "'", [&] {
+      index_->search(static_cast<faiss::Index::idx_t>(r.nq), queries.data(), static_cast<faiss::Index::idx_t>(kk), d.data(),
+                     l.data());
+    }));
+    for (size_t q = 0; q < r.nq; ++q) {
+      size_t out = 0;
+      for (size_t j = 0; j < kk && out < k; ++j) {
+        faiss::Index::idx_t slot = l[q * kk + j];
+        if (slot < 0) break;
+        auto it = id_of_.find(static_cast<uint64_t>(slot));
+        if (it == id_of_.end()) continue;  // a tombstone
+        r.ids[q * k + out] = it->second;
+        r.distances[q * k + out] = d[q * kk + j];
+        ++out;
+      }
+    }
+    return r;
+  }
+
+  bool Contains(uint64_t id) const override { return slot_of_.count(id) != 0; }
+
+  Result<std::vector<float>> Reconstruct(uint64_t id) const override {
+    auto it = slot_of_.find(id);
+    if (it == slot_of_.end()) return Status::NotFound("id " + std::to_string(id) + " is not in the index");
+    std::vector<float> v(spec_.dim);
+    VECWAL_RETURN_IF_ERROR(Guard("reconstructing id " + std::to_string(id), [&] {
+      index_->reconstruct(static_cast<faiss::Index::idx_t>(it->second), v.data());
+    }));
+    return v;
+  }
+
+  size_t size() const override { return slot_of_.size(); }
+  size_t tombstones() const override { return dead_.size(); }
+
+  Status Compact() override {
+    if (dead_.empty()) return Status::OK();
+    std::vector<faiss::Index::idx_t> live;
+    live.reserve(id_of_.size());
+    for (const auto& [slot, id] : id_of_) live.push_back(static_cast<faiss::Index::idx_t>(slot));
+    std::sort(live.begin(), live.end());
+    std::vector<float> vecs(live.size() * spec_.dim);
+    std::unique_ptr<faiss::Index> fresh;
+    VECWAL_RETURN_IF_ERROR(Guard("compacting '" + spec_.description + "'", [&] {
+      for (size_t i = 0; i < live.size(); ++i) index_->reconstruct(live[i], vecs.data() + i * spec_.dim);
+      fresh.reset(faiss::clone_index(index_.get()));
+      fresh->reset();  // keeps what training learned, drops the vectors
+      fresh->add_with_ids(static_cast<faiss::Index::idx_t>(live.size()), vecs.data(), live.data());
+    }));
+    index_ = std::move(fresh);
+    dead_.clear();
+    return Status::OK();
+  }
+
+  Status Serialize(const ByteSink& sink) const override {
+    SinkWriter w(sink);
+    VECWAL_RETURN_IF_ERROR(Guard("serializing '" + spec_.description + "'", [&] { faiss::write_index(index_.get(), &w); }));
+    // The slot table: magic, next slot, live (slot, id) pairs, dead slots.
+    auto put = [&](uint64_t v) { w(&v, sizeof(v), 1); };
+    put(kTableMagic);
+    put(next_slot_);
+    put(id_of_.size());
+    for (const auto& [slot, id] : id_of_) {
+      put(slot);
+      put(id);
+    }
+    put(dead_.size());
+    for (uint64_t s : dead_) put(s);
+    w.Flush();
+    return w.status;
+  }
+
+  Status LoadTable(std::span<const std::byte> b) {
+    size_t pos = 0;
+    auto get = [&](uint64_t* v) {
+      if (b.size() - pos < 8) return false;
+      std::memcpy(v, b.data() + pos, 8);
+      pos += 8;
+      return true;
+    };
+    auto bad = [&](const std::string& what) {
+      return Status::Corruption("index slot table: " + what + " at byte " + std::to_string(pos));
+    };
+    uint64_t magic = 0, n = 0, dead = 0;
+    if (!get(&magic) || magic != kTableMagic) return bad("bad magic");
+    if (!get(&next_slot_) || !get(&n)) return bad("truncated");
+    if (n > b.size() / 16) return bad("live count " + std::to_string(n) + " larger than the table");
+    for (uint64_t i = 0; i < n; ++i) {
+      uint64_t slot, id;
+      if (!get(&slot) || !get(&id)) return bad("truncated live entry");
+      if (slot >= next_slot_ || !slot_of_.emplace(id, slot).second || !id_of_.emplace(slot, id).second)
+        return bad("inconsistent entry for id " + std::to_string(id));
+    }
+    if (!get(&dead) || dead > b.size() / 8) return bad("truncated dead count");
+    for (uint64_t i = 0; i < dead; ++i) {
+      uint64_t slot;
+      if (!get(&slot)) return bad("truncated dead entry");
+      if (slot >= next_slot_ || id_of_.count(slot) || !dead_.insert(slot).second)
+        return bad("inconsistent dead slot " + std::to_string(slot));
+    }
+    if (pos != b.size()) return bad("trailing bytes");
+    if (static_cast<uint64_t>(index_->ntotal) != n + dead)
+      return Status::Corruption("index holds " + std::to_string(index_->ntotal) + " vectors but its slot table " +
+                                std::to_string(n + dead));
+    return Status::OK();
+  }
+
+ private:
+  Status CheckRows(std::span<const float> v, const char* what) const {
+    if (v.size() % spec_.dim != 0)
+      return Status::InvalidArgument(std::string(what) + ": " + std::to_string(v.size()) +
+                                     " floats is not a multiple of dimension " + std::to_string(spec_.dim));
+    return Status::OK();
+  }
+
+  IndexSpec spec_;
+  std::unique_ptr<faiss::Index> index_;  // labels are slots
+  bool removable_ = true;
+  std::unordered_map<uint64_t, uint64_t> slot_of_;  // live id -> slot
+  std::unordered_map<uint64_t, uint64_t> id_of_;    // live slot -> id
+  std::unordered_set<uint64_t> dead_;               // tombstoned slots
+  uint64_t next_slot_ = 0;
+};
+
+// IVF indices take labels themselves; everything else is wrapped in an
+// IndexIDMap2 so that add_with_ids and reconstruct-by-label work for all.
+std::unique_ptr<faiss::Index> WithIds(faiss::Index* raw) {
+  if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(raw)) {
+    ivf->set_direct_map_type(faiss::DirectMap::Hashtable);  // reconstruct and O(1) remove by label
+    return std::unique_ptr<faiss::Index>(raw);
+  }
+  auto* map = new faiss::IndexIDMap2(raw);
+  map->own_fields = true;
+  return std::unique_ptr<faiss::Index>(map);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<VectorIndex>> NewFaissIndex(const IndexSpec& spec) {
+  if (spec.dim == 0) return Status::InvalidArgument("dimension must be positive");
+  faiss::Index* raw = nullptr;
+  VECWAL_RETURN_IF_ERROR(Guard("index description '" + spec.description + "'", [&] {
+    raw = faiss::index_factory(static_cast<int>(spec.dim), spec.description.c_str(), ToFaiss(spec.metric));
+  }));
+  std::unique_ptr<faiss::Index> idx;
+  VECWAL_RETURN_IF_ERROR(Guard("index description '" + spec.description + "'", [&] { idx = WithIds(raw); }));
+  return std::unique_ptr<VectorIndex>(std::make_unique<FaissIndex>(spec, std::move(idx)));
+}
+
+Result<std::unique_ptr<VectorIndex>> LoadFaissIndex(const IndexSpec& spec, std::span<const std::byte> bytes) {
+  SpanReader r(bytes);
+  std::unique_ptr<faiss::Index> idx;
+  VECWAL_RETURN_IF_ERROR(Guard("loading a FAISS index", [&] { idx.reset(faiss::read_index(&r)); }));
+  if (idx->d != static_cast<faiss::Index::idx_t>(spec.dim))
+    return Status::InvalidArgument("stored index has dimension " + std::to_string(idx->d) + ", expected " +
+                                   std::to_string(spec.dim));
+  if (idx->metric_type != ToFaiss(spec.metric))
+    return Status::InvalidArgument(std::string("stored index has another metric than ") + ToString(spec.metric));
+  auto fi = std::make_unique<FaissIndex>(spec, std::move(idx));
+  VECWAL_RETURN_IF_ERROR(fi->LoadTable(bytes.subspan(r.pos)));
+  return std::unique_ptr<VectorIndex>(std::move(fi));
+}
+
+}  // namespace vecwal::index

@@ -1,0 +1,205 @@
+// index/: the FAISS CPU backend behind VectorIndex.
+#define BOOST_TEST_MODULE index
+#include <boost/test/unit_test.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <random>
+
+#include "index/vector_index.h"
+#include "tests/test_util.h"
+
+using namespace vecwal;
+using namespace vecwal::index;
+
+namespace {
+
+constexpr uint32_t kDim = 16;
+
+std::vector<float> RandomVectors(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> g;
+  std::vector<float> v(n * kDim);
+  for (auto& x : v) x = g(rng);
+  return v;
+}
+
+std::unique_ptr<VectorIndex> Make(const std::string& desc, Metric m = Metric::kL2) {
+  auto idx = NewFaissIndex({kDim, m, desc});
+  BOOST_REQUIRE_MESSAGE(idx.ok(), idx.status().ToString());
+  if (!(*idx)->is_trained()) BOOST_REQUIRE((*idx)->Train(RandomVectors(10000, 99)).ok());
+  return std::move(idx).value();
+}
+
+std::vector<uint64_t> Ids(size_t n, uint64_t base) {
+  std::vector<uint64_t> ids(n);
+  for (size_t i = 0; i < n; ++i) ids[i] = base + i * 7;
+  return ids;
+}
+
+// Exact top-k by brute force over (id, vector) pairs.
+std::vector<uint64_t> BruteForce(const std::vector<uint64_t>& ids, const std::vector<float>& vecs, const float* q,
+                                 size_t k, Metric m) {
+  std::vector<std::pair<float, uint64_t>> scored;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    float s = 0;
+    for (uint32_t j = 0; j < kDim; ++j) {
+      float a = vecs[i * kDim + j];
+      s += m == Metric::kL2 ? (a - q[j]) * (a - q[j]) : -a * q[j];
+    }
+    scored.emplace_back(s, ids[i]);
+  }
+  std::sort(scored.begin(), scored.end());
+  std::vector<uint64_t> out;
+  for (size_t i = 0; i < k && i < scored.size(); ++i) out.push_back(scored[i].second);
+  return out;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(flat_search_matches_brute_force_for_both_metrics) {
+  for (Metric m : {Metric::kL2, Metric::kInnerProduct}) {
+    auto idx = Make("Flat", m);
+    auto ids = Ids(500, 1000);
+    auto vecs = RandomVectors(500, 1);
+    BOOST_REQUIRE(idx->Add(ids, vecs).ok());
+    auto q = RandomVectors(10, 2);
+    auto r = idx->Search(q, 5);
+    BOOST_REQUIRE(r.ok());
+    for (size_t i = 0; i < 10; ++i) {
+      auto want = BruteForce(ids, vecs, q.data() + i * kDim, 5, m);
+      std::vector<uint64_t> got(r->ids.begin() + i * 5, r->ids.begin() + (i + 1) * 5);
+      BOOST_TEST(got == want, boost::test_tools::per_element());
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(every_index_type_updates_and_removes_by_id) {
+  for (std::string desc : {"Flat", "HNSW16", "IVF8,Flat", "IVF8,PQ4", "PQ4"}) {
+    BOOST_TEST_CONTEXT(desc) {
+      auto idx = Make(desc);
+      auto ids = Ids(300, 5);
+      auto vecs = RandomVectors(300, 3);
+      BOOST_REQUIRE(idx->Add(ids, vecs).ok());
+      BOOST_TEST(idx->size() == 300u);
+      // Remove a third; update another third to vectors far from everything.
+      std::vector<uint64_t> gone(ids.begin(), ids.begin() + 100);
+      BOOST_REQUIRE(idx->Remove(gone).ok());
+      std::vector<uint64_t> moved(ids.begin() + 100, ids.begin() + 200);
+      BOOST_REQUIRE(idx->Remove(moved).ok());
+      std::vector<float> far(moved.size() * kDim, 100.f);
+      for (size_t i = 0; i < moved.size(); ++i) far[i * kDim] += static_cast<float>(i);
+      BOOST_REQUIRE(idx->Add(moved, far).ok());
+      BOOST_TEST(idx->size() == 200u);
+      for (uint64_t id : gone) BOOST_REQUIRE(!idx->Contains(id));
+      // Queries near the moved vectors find them, and never a removed id.
+      auto r = idx->Search(std::span(far).first(10 * kDim), 3);
+      BOOST_REQUIRE(r.ok());
+      const bool lossy = desc.find("PQ") != std::string::npos;  // codes may not tell the far vectors apart
+      for (size_t q = 0; q < 10; ++q) {
+        if (lossy)
+          BOOST_TEST(std::count(moved.begin(), moved.end(), r->ids[q * 3]) == 1);
+        else
+          BOOST_TEST(r->ids[q * 3] == moved[q]);
+        for (size_t j = 0; j < 3; ++j) BOOST_TEST(!std::count(gone.begin(), gone.end(), r->ids[q * 3 + j]));
+      }
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(hnsw_tombstones_are_filtered_then_compacted) {
+  auto idx = Make("HNSW16");
+  auto ids = Ids(200, 0);
+  auto vecs = RandomVectors(200, 4);
+  BOOST_REQUIRE(idx->Add(ids, vecs).ok());
+  std::vector<uint64_t> gone(ids.begin(), ids.begin() + 150);
+  BOOST_REQUIRE(idx->Remove(gone).ok());
+  BOOST_TEST(idx->tombstones() == 150u);
+  auto q = std::span(vecs).first(kDim);  // the first (removed) vector itself
+  auto before = idx->Search(q, 10);
+  BOOST_REQUIRE(before.ok());
+  for (uint64_t id : before->ids) BOOST_TEST((id == kNoId || !std::count(gone.begin(), gone.end(), id)));
+  BOOST_REQUIRE(idx->Compact().ok());
+  BOOST_TEST(idx->tombstones() == 0u);
+  BOOST_TEST(idx->size() == 50u);
+  auto after = idx->Search(q, 10);
+  BOOST_REQUIRE(after.ok());
+  BOOST_TEST(after->ids == before->ids, boost::test_tools::per_element());
+  auto v = idx->Reconstruct(ids[160]);
+  BOOST_REQUIRE(v.ok());
+  BOOST_TEST(std::equal(v->begin(), v->end(), vecs.begin() + 160 * kDim));
+}
+
+BOOST_AUTO_TEST_CASE(bad_input_gets_an_error_naming_it) {
+  auto idx = Make("Flat");
+  auto vecs = RandomVectors(2, 5);
+  std::vector<uint64_t> two{1, 1};
+  Status dup = idx->Add(two, vecs);
+  BOOST_TEST(dup.message().find("id 1 ") != std::string::npos, dup.ToString());
+  std::vector<uint64_t> one{9};
+  Status dim = idx->Add(one, vecs);
+  BOOST_TEST(dim.message().find("dimension is 16") != std::string::npos, dim.ToString());
+  BOOST_TEST(idx->size() == 0u);  // nothing half-added
+  auto bad = NewFaissIndex({kDim, Metric::kL2, "NoSuchIndex99"});
+  BOOST_TEST(bad.status().message().find("NoSuchIndex99") != std::string::npos);
+  auto ivf = NewFaissIndex({kDim, Metric::kL2, "IVF8,Flat"});
+  BOOST_REQUIRE(ivf.ok());
+  BOOST_TEST((*ivf)->Add(one, std::span(vecs).first(kDim)).message().find("trained") != std::string::npos);
+  auto q = idx->Search(std::span(vecs).first(kDim + 1), 1);
+  BOOST_TEST(q.status().message().find("multiple of dimension") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(serialized_index_loads_with_ids_tombstones_and_results) {
+  for (std::string desc : {"Flat", "HNSW16", "IVF8,Flat"}) {
+    BOOST_TEST_CONTEXT(desc) {
+      auto idx = Make(desc);
+      auto ids = Ids(300, 11);
+      auto vecs = RandomVectors(300, 6);
+      BOOST_REQUIRE(idx->Add(ids, vecs).ok());
+      BOOST_REQUIRE(idx->Remove(std::span(ids).first(40)).ok());
+      std::vector<std::byte> bytes;
+      size_t pieces = 0;
+      BOOST_REQUIRE(idx->Serialize([&](std::span<const std::byte> s) {
+                         bytes.insert(bytes.end(), s.begin(), s.end());
+                         ++pieces;
+                         return Status::OK();
+                       }).ok());
+      BOOST_TEST(pieces >= 1u);
+      auto back = LoadFaissIndex(idx->spec(), bytes);
+      BOOST_REQUIRE_MESSAGE(back.ok(), back.status().ToString());
+      BOOST_TEST((*back)->size() == idx->size());
+      BOOST_TEST((*back)->tombstones() == idx->tombstones());
+      auto q = RandomVectors(5, 7);
+      auto a = idx->Search(q, 4), b = (*back)->Search(q, 4);
+      BOOST_REQUIRE(a.ok());
+      BOOST_REQUIRE(b.ok());
+      BOOST_TEST(a->ids == b->ids, boost::test_tools::per_element());
+      // The wrong dimension or a damaged table is refused.
+      BOOST_TEST(!LoadFaissIndex({kDim + 1, Metric::kL2, desc}, bytes).ok());
+      bytes[bytes.size() - 3] ^= std::byte{0x40};
+      BOOST_TEST(!LoadFaissIndex(idx->spec(), bytes).ok());
+    }
+  }
+}
+
+// The FAISS section must load in stock FAISS: Debian's python3-faiss.
+BOOST_AUTO_TEST_CASE(faiss_section_loads_in_stock_faiss_read_index) {
+  // Debian's interpreter, where python3-faiss lives (not a pyenv's python3).
+  if (std::system("/usr/bin/python3 -c 'import faiss' >/dev/null 2>&1") != 0) {
+    BOOST_FAIL("python3-faiss is not installed (./vecwal.sh installs it)");
+  }
+  test::TempDir dir;
+  auto idx = Make("HNSW16");
+  BOOST_REQUIRE(idx->Add(Ids(100, 0), RandomVectors(100, 8)).ok());
+  std::string path = dir / "index.faiss";
+  std::ofstream out(path, std::ios::binary);
+  BOOST_REQUIRE(idx->Serialize([&](std::span<const std::byte> s) {
+                     out.write(reinterpret_cast<const char*>(s.data()), static_cast<std::streamsize>(s.size()));
+                     return Status::OK();
+                   }).ok());
+  out.close();
+  std::string cmd = "/usr/bin/python3 -c \"import faiss; i = faiss.read_index('" + path +
+                    "'); assert i.ntotal == 100 and i.d == 16, (i.ntotal, i.d)\"";
+  BOOST_TEST(std::system(cmd.c_str()) == 0);
+}
