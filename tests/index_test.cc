@@ -28,7 +28,7 @@ std::vector<float> RandomVectors(size_t n, uint64_t seed) {
 std::unique_ptr<VectorIndex> Make(const std::string& desc, Metric m = Metric::kL2) {
   auto idx = NewFaissIndex({kDim, m, desc});
   BOOST_REQUIRE_MESSAGE(idx.ok(), idx.status().ToString());
-  if (!(*idx)->is_trained()) BOOST_REQUIRE((*idx)->Train(RandomVectors(10000, 99)).ok());
+  if (!(*idx)->is_trained()) BOOST_REQUIRE((*idx)->Train(RandomVectors(2000, 99)).ok());
   return std::move(idx).value();
 }
 
@@ -76,7 +76,7 @@ BOOST_AUTO_TEST_CASE(flat_search_matches_brute_force_for_both_metrics) {
 }
 
 BOOST_AUTO_TEST_CASE(every_index_type_updates_and_removes_by_id) {
-  for (std::string desc : {"Flat", "HNSW16", "IVF8,Flat", "IVF8,PQ4", "PQ4"}) {
+  for (std::string desc : {"Flat", "HNSW16", "IVF8,Flat", "IVF8,PQ4x4", "PQ4x4"}) {
     BOOST_TEST_CONTEXT(desc) {
       auto idx = Make(desc);
       auto ids = Ids(300, 5);
