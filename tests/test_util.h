@@ -100,9 +100,9 @@ inline void XorByte(const std::string& path, uint64_t offset, uint8_t mask = 0x0
   ::close(fd);
 }
 
-// Overwrites [offset, offset+len) of `path` with `byte`.
+// Overwrites [offset, offset+len) of `path` with `byte`, creating the file.
 inline void Fill(const std::string& path, uint64_t offset, size_t len, unsigned char byte) {
-  int fd = ::open(path.c_str(), O_RDWR);
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT, 0644);
   std::vector<unsigned char> b(len, byte);
   if (fd < 0 || ::pwrite(fd, b.data(), len, static_cast<off_t>(offset)) != static_cast<ssize_t>(len)) std::abort();
   ::fsync(fd);

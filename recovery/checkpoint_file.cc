@@ -1,0 +1,271 @@
+#include "recovery/checkpoint_file.h"
+
+#include <cstdio>
+#include <cstring>
+
+#include "io/crc32c.h"
+
+namespace vecwal::recovery {
+namespace {
+
+constexpr uint64_t kMagic = 0x4b434c4157434556ull;  // bytes "VECWALCK"
+constexpr size_t kHeaderBytes = 4096;
+constexpr size_t kMaxDescription = 1024;
+constexpr size_t kTableOffset = 1088;
+constexpr size_t kEntryBytes = 32;
+constexpr size_t kCrcOffset = kHeaderBytes - 4;
+constexpr size_t kStageBytes = 4 << 20;
+
+enum SectionKind : uint32_t { kIndexSection = 1, kPayloadSection = 2 };
+const char* SectionName(uint32_t k) { return k == kIndexSection ? "index" : k == kPayloadSection ? "payloads" : "?"; }
+
+struct Section {
+  uint32_t kind = 0;
+  uint64_t offset = 0, length = 0;
+  uint32_t crc = 0;
+};
+
+template <typename T>
+void Put(std::byte* p, size_t off, T v) { std::memcpy(p + off, &v, sizeof(T)); }
+template <typename T>
+T Get(const std::byte* p, size_t off) {
+  T v;
+  std::memcpy(&v, p + off, sizeof(T));
+  return v;
+}
+
+// Streams a section into the file through an aligned staging buffer, with
+// its CRC; every write is block-aligned, as O_DIRECT wants.
+class SectionWriter {
+ public:
+  SectionWriter(File& f, uint64_t offset) : f_(f), offset_(offset), stage_(kStageBytes, 4096) {}
+  Status Append(std::span<const std::byte> b) {
+    crc_ = crc32c::Extend(crc_, b.data(), b.size());
+    length_ += b.size();
+    while (!b.empty()) {
+      size_t n = std::min(b.size(), stage_.size() - used_);
+      std::memcpy(stage_.data() + used_, b.data(), n);
+      used_ += n;
+      b = b.subspan(n);
+      if (used_ == stage_.size()) VECWAL_RETURN_IF_ERROR(Drain());
+    }
+    return Status::OK();
+  }
+  // Writes the rest, padded with zeros to the block; returns the section.
+  Result<Section> Finish(uint32_t kind) {
+    size_t padded = AlignUp(used_, 4096);
+    std::memset(stage_.data() + used_, 0, padded - used_);
+    used_ = padded;
+    VECWAL_RETURN_IF_ERROR(Drain());
+    return Section{kind, start_, length_, crc_};
+  }
+  uint64_t end() const { return offset_; }
+
+ private:
+  Status Drain() {
+    if (used_ == 0) return Status::OK();
+    VECWAL_RETURN_IF_ERROR(f_.WriteAt(offset_, stage_.span().first(used_)));
+    offset_ += used_;
+    used_ = 0;
+    return Status::OK();
+  }
+  File& f_;
+  uint64_t offset_;
+  const uint64_t start_ = offset_;
+  AlignedBuffer stage_;
+  size_t used_ = 0;
+  uint64_t length_ = 0;
+  uint32_t crc_ = 0;
+};
+
+void EncodePayloads(const Payloads& p, std::vector<std::byte>& out, Payloads::const_iterator& it, size_t budget) {
+  auto put = [&](const void* v, size_t n) {
+    const auto* b = static_cast<const std::byte*>(v);
+    out.insert(out.end(), b, b + n);
+  };
+  while (it != p.end() && out.size() < budget) {
+    uint64_t id = it->first;
+    uint32_t len = static_cast<uint32_t>(it->second.size());
+    put(&id, 8);
+    put(&len, 4);
+    put(it->second.data(), len);
+    ++it;
+  }
+}
+
+std::string Where(const std::string& path, const Section& s) {
+  return path + ": " + SectionName(s.kind) + " section at offset " + std::to_string(s.offset) + " (" +
+         std::to_string(s.length) + " bytes)";
+}
+
+struct Header {
+  CheckpointInfo info;
+  std::vector<Section> sections;
+};
+
+Result<Header> ReadHeader(File& f, const std::string& path) {
+  VECWAL_ASSIGN_OR_RETURN(uint64_t size, f.Size());
+  if (size < kHeaderBytes) return Status::Corruption(path + ": " + std::to_string(size) + " bytes, no header block");
+  VECWAL_ASSIGN_OR_RETURN(auto hb, ReadRange(f, 0, kHeaderBytes));
+  const std::byte* p = hb.data();
+  if (Get<uint64_t>(p, 0) != kMagic) return Status::Corruption(path + ": not a vecwal checkpoint (bad magic)");
+  if (Get<uint32_t>(p, kCrcOffset) != crc32c::Value(p, kCrcOffset))
+    return Status::Corruption(path + ": header block checksum mismatch at offset 0");
+  if (uint32_t v = Get<uint32_t>(p, 8); v != kCheckpointVersion)
+    return Status::NotSupported(path + ": checkpoint version " + std::to_string(v) + ", this build reads " +
+                                std::to_string(kCheckpointVersion));
+  Header h;
+  h.info.lsn = Get<uint64_t>(p, 16);
+  h.info.spec.dim = Get<uint32_t>(p, 24);
+  h.info.spec.metric = static_cast<index::Metric>(Get<uint8_t>(p, 28));
+  h.info.live_count = Get<uint64_t>(p, 32);
+  h.info.payload_count = Get<uint64_t>(p, 40);
+  uint32_t nsec = Get<uint32_t>(p, 48), dlen = Get<uint32_t>(p, 52);
+  if (dlen > kMaxDescription || nsec > (kCrcOffset - kTableOffset) / kEntryBytes)
+    return Status::Corruption(path + ": header block fields out of range");
+  h.info.spec.description.assign(reinterpret_cast<const char*>(p + 56), dlen);
+  h.info.file_bytes = size;
+  for (uint32_t i = 0; i < nsec; ++i) {
+    const std::byte* e = p + kTableOffset + i * kEntryBytes;
+    Section s{Get<uint32_t>(e, 0), Get<uint64_t>(e, 8), Get<uint64_t>(e, 16), Get<uint32_t>(e, 24)};
+    if (s.offset % 4096 != 0 || s.offset < kHeaderBytes || s.offset + s.length > size)
+      return Status::Corruption(Where(path, s) + ": outside the file of " + std::to_string(size) + " bytes");
+    h.sections.push_back(s);
+  }
+  return h;
+}
+
+Result<std::vector<std::byte>> ReadSection(File& f, const std::string& path, const Header& h, uint32_t kind) {
+  for (const auto& s : h.sections) {
+    if (s.kind != kind) continue;
+    VECWAL_ASSIGN_OR_RETURN(auto bytes, ReadRange(f, s.offset, s.length));
+    if (crc32c::Value(bytes.data(), bytes.size()) != s.crc) return Status::Corruption(Where(path, s) + ": checksum mismatch");
+    return bytes;
+  }
+  return Status::Corruption(path + ": no " + SectionName(kind) + " section");
+}
+
+Result<Payloads> DecodePayloads(std::span<const std::byte> b, uint64_t count, const std::string& where) {
+  Payloads out;
+  size_t pos = 0;
+  for (uint64_t i = 0; i < count; ++i) {
+    if (b.size() - pos < 12) return Status::Corruption(where + ": payload " + std::to_string(i) + " truncated");
+    uint64_t id = Get<uint64_t>(b.data(), pos);
+    uint32_t len = Get<uint32_t>(b.data(), pos + 8);
+    pos += 12;
+    if (b.size() - pos < len) return Status::Corruption(where + ": payload of id " + std::to_string(id) + " truncated");
+    out.emplace(id, std::vector<std::byte>(b.begin() + pos, b.begin() + pos + len));
+    pos += len;
+  }
+  if (pos != b.size()) return Status::Corruption(where + ": trailing bytes after " + std::to_string(count) + " payloads");
+  return out;
+}
+
+}  // namespace
+
+std::string CheckpointFileName(uint64_t lsn) {
+  char buf[40];
+  std::snprintf(buf, sizeof(buf), "ckpt-%016llx.vwc", static_cast<unsigned long long>(lsn));
+  return buf;
+}
+
+uint64_t ParseCheckpointFileName(const std::string& name) {
+  if (name.size() != 25 || name.compare(0, 5, "ckpt-") != 0 || name.compare(21, 4, ".vwc") != 0) return 0;
+  uint64_t v = 0;
+  for (size_t i = 5; i < 21; ++i) {
+    char c = name[i];
+    int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+    if (d < 0) return 0;
+    v = v << 4 | static_cast<uint64_t>(d);
+  }
+  return v;
+}
+
+Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
+                                    const index::VectorIndex& idx, const Payloads& payloads) {
+  const auto& spec = idx.spec();
+  if (spec.description.size() > kMaxDescription)
+    return Status::InvalidArgument("index description longer than " + std::to_string(kMaxDescription) + " bytes");
+  const std::string final_path = dir + "/" + CheckpointFileName(lsn);
+  const std::string tmp = final_path + ".tmp";
+  (void)fs.Remove(tmp);  // a crash's leftover
+  FileOpenOptions o;
+  o.create = o.exclusive = o.writable = true;
+  VECWAL_ASSIGN_OR_RETURN(auto f, fs.Open(tmp, o));
+  std::vector<Section> sections;
+  uint64_t at = kHeaderBytes;
+  {
+    SectionWriter w(*f, at);
+    VECWAL_RETURN_IF_ERROR(idx.Serialize([&](std::span<const std::byte> b) { return w.Append(b); }));
+    VECWAL_ASSIGN_OR_RETURN(Section s, w.Finish(kIndexSection));
+    sections.push_back(s);
+    at = w.end();
+  }
+  {
+    SectionWriter w(*f, at);
+    std::vector<std::byte> chunk;
+    for (auto it = payloads.begin(); it != payloads.end();) {
+      chunk.clear();
+      EncodePayloads(payloads, chunk, it, 1 << 20);
+      VECWAL_RETURN_IF_ERROR(w.Append(chunk));
+    }
+    VECWAL_ASSIGN_OR_RETURN(Section s, w.Finish(kPayloadSection));
+    sections.push_back(s);
+  }
+  AlignedBuffer hb(kHeaderBytes, 4096);
+  std::byte* p = hb.data();
+  Put(p, 0, kMagic);
+  Put(p, 8, kCheckpointVersion);
+  Put(p, 12, static_cast<uint32_t>(kHeaderBytes));
+  Put(p, 16, lsn);
+  Put(p, 24, spec.dim);
+  Put(p, 28, static_cast<uint8_t>(spec.metric));
+  Put(p, 32, static_cast<uint64_t>(idx.size()));
+  Put(p, 40, static_cast<uint64_t>(payloads.size()));
+  Put(p, 48, static_cast<uint32_t>(sections.size()));
+  Put(p, 52, static_cast<uint32_t>(spec.description.size()));
+  std::memcpy(p + 56, spec.description.data(), spec.description.size());
+  for (size_t i = 0; i < sections.size(); ++i) {
+    std::byte* e = p + kTableOffset + i * kEntryBytes;
+    Put(e, 0, sections[i].kind);
+    Put(e, 8, sections[i].offset);
+    Put(e, 16, sections[i].length);
+    Put(e, 24, sections[i].crc);
+  }
+  Put(p, kCrcOffset, crc32c::Value(p, kCrcOffset));
+  VECWAL_RETURN_IF_ERROR(f->WriteAt(0, hb.span()));
+  VECWAL_RETURN_IF_ERROR(f->Sync());
+  f.reset();
+  VECWAL_RETURN_IF_ERROR(fs.Rename(tmp, final_path));
+  VECWAL_RETURN_IF_ERROR(fs.SyncDir(dir));
+  return final_path;
+}
+
+Result<CheckpointInfo> ReadCheckpointInfo(FileSystem& fs, const std::string& path) {
+  FileOpenOptions ro;
+  VECWAL_ASSIGN_OR_RETURN(auto f, fs.Open(path, ro));
+  VECWAL_ASSIGN_OR_RETURN(Header h, ReadHeader(*f, path));
+  return h.info;
+}
+
+Result<LoadedCheckpoint> LoadCheckpoint(FileSystem& fs, const std::string& path) {
+  FileOpenOptions ro;
+  VECWAL_ASSIGN_OR_RETURN(auto f, fs.Open(path, ro));
+  VECWAL_ASSIGN_OR_RETURN(Header h, ReadHeader(*f, path));
+  LoadedCheckpoint out;
+  out.info = h.info;
+  {
+    VECWAL_ASSIGN_OR_RETURN(auto bytes, ReadSection(*f, path, h, kIndexSection));
+    auto idx = index::LoadFaissIndex(h.info.spec, bytes);
+    if (!idx.ok()) return idx.status().WithContext(path + ": index section");
+    out.index = std::move(idx).value();
+  }
+  if (out.index->size() != h.info.live_count)
+    return Status::Corruption(path + ": index holds " + std::to_string(out.index->size()) + " ids, header says " +
+                              std::to_string(h.info.live_count));
+  VECWAL_ASSIGN_OR_RETURN(auto pb, ReadSection(*f, path, h, kPayloadSection));
+  VECWAL_ASSIGN_OR_RETURN(out.payloads, DecodePayloads(pb, h.info.payload_count, path + ": payloads section"));
+  return out;
+}
+
+}  // namespace vecwal::recovery

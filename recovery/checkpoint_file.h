@@ -1,0 +1,62 @@
+// Checkpoint files: an index and its payloads at one exact LSN.
+//
+// Layout (docs/FORMAT.md, "Checkpoint file"): a 4096-byte header block with
+// the LSN, dimension, metric, index description, counts and a table of
+// sections, each with its offset, length and CRC32C; then the sections, each
+// starting on a 4096-byte boundary: the index (FAISS bytes, loadable by stock
+// faiss::read_index, then vecwal's slot table) and the payloads.
+//
+// A checkpoint is written to `<name>.tmp` with O_DIRECT, fsynced, renamed to
+// its final name and the directory fsynced: it appears whole or not at all.
+//
+// Thread safety: a CheckpointWriter is used by one thread; reading a file
+// touches nothing shared.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "index/vector_index.h"
+#include "io/aligned_buffer.h"
+#include "io/file_system.h"
+
+namespace vecwal::recovery {
+
+inline constexpr uint32_t kCheckpointVersion = 1;
+
+struct CheckpointInfo {
+  uint64_t lsn = 0;  // holds exactly the ops with LSN <= lsn
+  index::IndexSpec spec;
+  uint64_t live_count = 0;
+  uint64_t payload_count = 0;
+  uint64_t file_bytes = 0;
+};
+
+std::string CheckpointFileName(uint64_t lsn);  // "ckpt-<lsn as 16 hex>.vwc"
+// The LSN in a checkpoint file name; 0 for any other name.
+uint64_t ParseCheckpointFileName(const std::string& name);
+
+using Payloads = std::map<uint64_t, std::vector<std::byte>>;
+
+// Writes a checkpoint of `idx` and `payloads` at `lsn` into `dir`, and
+// returns its path once it is durable under its final name.
+Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
+                                    const index::VectorIndex& idx, const Payloads& payloads);
+
+struct LoadedCheckpoint {
+  CheckpointInfo info;
+  std::unique_ptr<index::VectorIndex> index;
+  Payloads payloads;
+};
+
+// Reads and verifies every byte of a checkpoint; errors name the file, the
+// section and its offset.
+Result<CheckpointInfo> ReadCheckpointInfo(FileSystem& fs, const std::string& path);
+Result<LoadedCheckpoint> LoadCheckpoint(FileSystem& fs, const std::string& path);
+
+}  // namespace vecwal::recovery

@@ -1,0 +1,128 @@
+// recovery/: checkpoint files.
+#define BOOST_TEST_MODULE checkpoint
+#include <boost/test/unit_test.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <random>
+
+#include "recovery/checkpoint_file.h"
+#include "tests/test_util.h"
+
+using namespace vecwal;
+using namespace vecwal::recovery;
+
+namespace {
+
+constexpr uint32_t kDim = 8;
+
+std::unique_ptr<index::VectorIndex> Filled(const std::string& desc, size_t n) {
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> g;
+  std::vector<float> v(std::max<size_t>(n, 500) * kDim);
+  for (auto& x : v) x = g(rng);
+  auto idx = index::NewFaissIndex({kDim, index::Metric::kL2, desc});
+  BOOST_REQUIRE(idx.ok());
+  if (!(*idx)->is_trained()) BOOST_REQUIRE((*idx)->Train(v).ok());
+  std::vector<uint64_t> ids(n);
+  for (size_t i = 0; i < n; ++i) ids[i] = 3 * i + 1;
+  BOOST_REQUIRE((*idx)->Add(ids, std::span(v).first(n * kDim)).ok());
+  BOOST_REQUIRE((*idx)->Remove(std::span(ids).first(n / 10)).ok());
+  return std::move(idx).value();
+}
+
+Payloads SomePayloads(size_t n) {
+  Payloads p;
+  for (size_t i = 0; i < n; ++i) p[3 * i + 1] = test::Payload(i, i % 50);
+  return p;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(checkpoint_round_trips_index_ids_and_payloads) {
+  auto fs = NewPosixFileSystem(test::BackendUnderTest());
+  for (std::string desc : {"Flat", "HNSW8", "IVF4,Flat"}) {
+    test::TempDir dir;
+    auto idx = Filled(desc, 400);
+    auto payloads = SomePayloads(400);
+    auto path = WriteCheckpoint(*fs, dir.path(), 777, *idx, payloads);
+    BOOST_REQUIRE_MESSAGE(path.ok(), path.status().ToString());
+    BOOST_TEST(*path == dir / "ckpt-0000000000000309.vwc");
+    BOOST_TEST(ParseCheckpointFileName("ckpt-0000000000000309.vwc") == 777u);
+    auto ck = LoadCheckpoint(*fs, *path);
+    BOOST_REQUIRE_MESSAGE(ck.ok(), ck.status().ToString());
+    BOOST_TEST(ck->info.lsn == 777u);
+    BOOST_TEST(ck->info.spec.description == desc);
+    BOOST_TEST(ck->info.spec.dim == kDim);
+    BOOST_TEST(ck->index->size() == idx->size());
+    BOOST_TEST((ck->payloads == payloads));
+    std::vector<float> q(3 * kDim, 0.25f);
+    auto a = idx->Search(q, 5), b = ck->index->Search(q, 5);
+    BOOST_REQUIRE(a.ok() && b.ok());
+    BOOST_TEST(a->ids == b->ids, boost::test_tools::per_element());
+  }
+}
+
+BOOST_AUTO_TEST_CASE(damage_in_any_section_is_named) {
+  auto fs = NewPosixFileSystem(test::BackendUnderTest());
+  test::TempDir dir;
+  auto idx = Filled("Flat", 300);
+  auto path = WriteCheckpoint(*fs, dir.path(), 5, *idx, SomePayloads(300));
+  BOOST_REQUIRE(path.ok());
+  auto size = std::filesystem::file_size(*path);
+  struct Case {
+    uint64_t offset;
+    std::string expect;
+  };
+  // Header; the index section (starts at 4096); the payloads (the file's last bytes).
+  for (const Case& c : {Case{20, "header block checksum mismatch at offset 0"},
+                        Case{4096 + 100, "index section at offset 4096"},
+                        Case{size - 4096 + 10, "payloads section"}}) {
+    // The payload section is short: find a byte inside it, not in its padding.
+    test::XorByte(*path, c.offset);
+    auto ck = LoadCheckpoint(*fs, *path);
+    BOOST_TEST(ck.status().IsCorruption(), c.expect);
+    BOOST_TEST(ck.status().message().find(c.expect) != std::string::npos, ck.status().ToString());
+    BOOST_TEST(ck.status().message().find(*path) != std::string::npos);
+    test::XorByte(*path, c.offset);
+  }
+  BOOST_TEST(LoadCheckpoint(*fs, *path).ok());
+}
+
+BOOST_AUTO_TEST_CASE(leftover_temporary_file_does_not_block_a_checkpoint) {
+  auto fs = NewPosixFileSystem(test::BackendUnderTest());
+  test::TempDir dir;
+  test::Fill(dir / "ckpt-0000000000000009.vwc.tmp", 0, 100, 0xab);
+  auto idx = Filled("Flat", 10);
+  auto path = WriteCheckpoint(*fs, dir.path(), 9, *idx, {});
+  BOOST_REQUIRE(path.ok());
+  BOOST_TEST(!std::filesystem::exists(dir / "ckpt-0000000000000009.vwc.tmp"));
+  BOOST_TEST(LoadCheckpoint(*fs, *path).ok());
+}
+
+// The index section must load in stock FAISS (Debian's python3-faiss).
+BOOST_AUTO_TEST_CASE(index_section_loads_in_stock_faiss) {
+  auto fs = NewPosixFileSystem(test::BackendUnderTest());
+  test::TempDir dir;
+  auto idx = Filled("HNSW8", 200);
+  auto path = WriteCheckpoint(*fs, dir.path(), 1, *idx, {});
+  BOOST_REQUIRE(path.ok());
+  std::string script =
+      "import faiss, numpy as np, struct, sys\n"
+      "d = open(sys.argv[1], 'rb').read()\n"
+      "n = struct.unpack_from('<I', d, 48)[0]\n"
+      "for i in range(n):\n"
+      "    kind, _, off, length = struct.unpack_from('<IIQQ', d, 1088 + 32 * i)\n"
+      "    if kind == 1:\n"
+      "        ix = faiss.deserialize_index(np.frombuffer(d[off:off + length], dtype='uint8'))\n"
+      "        assert ix.d == 8 and ix.ntotal == 200, (ix.d, ix.ntotal)\n"
+      "        sys.exit(0)\n"
+      "sys.exit(1)\n";
+  std::string py = dir / "check.py";
+  {
+    std::FILE* f = std::fopen(py.c_str(), "w");
+    std::fputs(script.c_str(), f);
+    std::fclose(f);
+  }
+  BOOST_TEST(std::system(("/usr/bin/python3 " + py + " " + *path).c_str()) == 0);
+}
