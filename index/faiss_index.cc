@@ -4,7 +4,6 @@
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexIVF.h>
-#include <faiss/clone_index.h>
 #include <faiss/impl/FaissException.h>
 #include <faiss/impl/IDSelector.h>
 #include <faiss/impl/io.h>
@@ -200,8 +199,14 @@ class FaissIndex final : public VectorIndex {
     std::unique_ptr<faiss::Index> fresh;
     VECWAL_RETURN_IF_ERROR(Guard("compacting '" + spec_.description + "'", [&] {
       for (size_t i = 0; i < live.size(); ++i) index_->reconstruct(live[i], vecs.data() + i * spec_.dim);
-      fresh.reset(faiss::clone_index(index_.get()));
-      fresh->reset();  // keeps what training learned, drops the vectors
+      // A copy through the serializer keeps the exact index classes (which
+      // faiss::clone_index does not for HNSW), and what training learned.
+      faiss::VectorIOWriter w;
+      faiss::write_index(index_.get(), &w);
+      faiss::VectorIOReader r;
+      r.data = std::move(w.data);
+      fresh.reset(faiss::read_index(&r));
+      fresh->reset();
       fresh->add_with_ids(static_cast<faiss::Index::idx_t>(live.size()), vecs.data(), live.data());
     }));
     index_ = std::move(fresh);

@@ -169,13 +169,13 @@ std::string CheckpointFileName(uint64_t lsn) {
   return buf;
 }
 
-uint64_t ParseCheckpointFileName(const std::string& name) {
-  if (name.size() != 25 || name.compare(0, 5, "ckpt-") != 0 || name.compare(21, 4, ".vwc") != 0) return 0;
+std::optional<uint64_t> ParseCheckpointFileName(const std::string& name) {
+  if (name.size() != 25 || name.compare(0, 5, "ckpt-") != 0 || name.compare(21, 4, ".vwc") != 0) return std::nullopt;
   uint64_t v = 0;
   for (size_t i = 5; i < 21; ++i) {
     char c = name[i];
     int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
-    if (d < 0) return 0;
+    if (d < 0) return std::nullopt;
     v = v << 4 | static_cast<uint64_t>(d);
   }
   return v;

@@ -17,6 +17,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -38,8 +39,8 @@ struct CheckpointInfo {
 };
 
 std::string CheckpointFileName(uint64_t lsn);  // "ckpt-<lsn as 16 hex>.vwc"
-// The LSN in a checkpoint file name; 0 for any other name.
-uint64_t ParseCheckpointFileName(const std::string& name);
+// The LSN in a checkpoint file name; nullopt for any other name.
+std::optional<uint64_t> ParseCheckpointFileName(const std::string& name);
 
 using Payloads = std::map<uint64_t, std::vector<std::byte>>;
 

@@ -48,7 +48,8 @@ BOOST_AUTO_TEST_CASE(checkpoint_round_trips_index_ids_and_payloads) {
     auto path = WriteCheckpoint(*fs, dir.path(), 777, *idx, payloads);
     BOOST_REQUIRE_MESSAGE(path.ok(), path.status().ToString());
     BOOST_TEST(*path == dir / "ckpt-0000000000000309.vwc");
-    BOOST_TEST(ParseCheckpointFileName("ckpt-0000000000000309.vwc") == 777u);
+    BOOST_TEST(ParseCheckpointFileName("ckpt-0000000000000309.vwc").value_or(0) == 777u);
+    BOOST_TEST(!ParseCheckpointFileName("ckpt-000000000000030g.vwc"));
     auto ck = LoadCheckpoint(*fs, *path);
     BOOST_REQUIRE_MESSAGE(ck.ok(), ck.status().ToString());
     BOOST_TEST(ck->info.lsn == 777u);

@@ -126,6 +126,9 @@ BOOST_AUTO_TEST_CASE(hnsw_tombstones_are_filtered_then_compacted) {
   auto after = idx->Search(q, 10);
   BOOST_REQUIRE(after.ok());
   BOOST_TEST(after->ids == before->ids, boost::test_tools::per_element());
+  // Regression: a compacted HNSW once lost its exact FAISS class and could
+  // not be written (faiss::clone_index).
+  BOOST_TEST(idx->Serialize([](std::span<const std::byte>) { return Status::OK(); }).ok());
   auto v = idx->Reconstruct(ids[160]);
   BOOST_REQUIRE(v.ok());
   BOOST_TEST(std::equal(v->begin(), v->end(), vecs.begin() + 160 * kDim));

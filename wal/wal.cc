@@ -54,7 +54,9 @@ Result<std::unique_ptr<Wal>> Wal::Open(const std::string& dir, WalOptions opts, 
   }
 
   uint32_t block = 0;
-  if (rep.append_in_place && last != nullptr && last->file_bytes == opts.segment_bytes) {
+  const bool behind = start.next_lsn < opts.min_next_lsn;
+  start.next_lsn = std::max(start.next_lsn, opts.min_next_lsn);
+  if (rep.append_in_place && !behind && last != nullptr && last->file_bytes == opts.segment_bytes) {
     FileOpenOptions rw;
     rw.writable = true;
     VECWAL_ASSIGN_OR_RETURN(start.file, fs.Open(last->path, rw));

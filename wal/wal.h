@@ -35,6 +35,9 @@ struct WalOptions {
   RecoveryMode recovery_mode = RecoveryMode::kTolerateTail;
   size_t spare_segments = 2;  // retired segments kept for recycling
   int lock_wait_ms = 2000;
+  // The log never hands out an LSN below this: a store whose checkpoint is at
+  // LSN X passes X + 1, so a log that lost its tail cannot reuse LSNs.
+  uint64_t min_next_lsn = 1;
 };
 
 struct WalStats {

@@ -1,0 +1,313 @@
+#include "recovery/durable_index.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+
+namespace vecwal::recovery {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string Describe(const index::IndexSpec& s) {
+  return "dimension " + std::to_string(s.dim) + ", metric " + index::ToString(s.metric) + ", index '" +
+         s.description + "'";
+}
+
+// The net effect of the log tail on one id: its last upsert, or a delete.
+using NetEffect = std::map<uint64_t, std::optional<wal::UpsertOp>>;
+
+void Coalesce(wal::Op&& op, NetEffect& net) {
+  if (auto* u = std::get_if<wal::UpsertOp>(&op)) {
+    uint64_t id = u->id;
+    net[id] = std::move(*u);
+  } else if (auto* d = std::get_if<wal::DeleteOp>(&op)) {
+    net[d->id] = std::nullopt;
+  } else if (auto* b = std::get_if<wal::BatchOp>(&op)) {
+    for (auto& sub : b->ops) {
+      if (auto* su = std::get_if<wal::UpsertOp>(&sub)) {
+        uint64_t id = su->id;
+        net[id] = std::move(*su);
+      } else {
+        net[std::get<wal::DeleteOp>(sub).id] = std::nullopt;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void WriteBatch::Upsert(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) {
+  op_.ops.emplace_back(wal::UpsertOp{id, {v.begin(), v.end()}, {payload.begin(), payload.end()}});
+}
+void WriteBatch::Remove(uint64_t id) { op_.ops.emplace_back(wal::DeleteOp{id}); }
+
+Result<std::unique_ptr<DurableIndex>> DurableIndex::Open(const DurableIndexOptions& opts) {
+  std::unique_ptr<DurableIndex> d(new DurableIndex());
+  d->opts_ = opts;
+  d->fs_ = opts.wal.fs ? opts.wal.fs : NewPosixFileSystem();
+  d->opts_.wal.fs = d->fs_;
+  d->opts_.wal.recovery_mode = opts.recovery_mode;
+  VECWAL_RETURN_IF_ERROR(d->fs_->CreateDir(opts.dir));
+  VECWAL_RETURN_IF_ERROR(d->Recover(&d->recovery_));
+  return d;
+}
+
+DurableIndex::~DurableIndex() { (void)Close(); }
+
+Status DurableIndex::Close() {
+  std::lock_guard lk(write_mu_);
+  if (!wal_) return Status::OK();
+  Status s = wal_->Close();
+  wal_.reset();
+  return s;
+}
+
+Status DurableIndex::Recover(RecoveryStats* st) {
+  const auto t0 = Clock::now();
+  // Newest checkpoint that verifies; an older one if it does not.
+  VECWAL_ASSIGN_OR_RETURN(auto names, fs_->ListDir(opts_.dir));
+  std::vector<uint64_t> lsns;
+  for (const auto& n : names)
+    if (auto l = ParseCheckpointFileName(n)) lsns.push_back(*l);
+  std::sort(lsns.rbegin(), lsns.rend());
+  std::optional<LoadedCheckpoint> ck;
+  for (uint64_t l : lsns) {
+    auto loaded = LoadCheckpoint(*fs_, opts_.dir + "/" + CheckpointFileName(l));
+    if (loaded.ok()) {
+      ck = std::move(loaded).value();
+      break;
+    }
+    st->checkpoint_note += loaded.status().ToString() + "; ";
+  }
+  if (!ck && !lsns.empty())
+    return Status::Corruption(opts_.dir + ": no checkpoint verifies: " + st->checkpoint_note);
+  if (ck && !st->checkpoint_note.empty()) st->checkpoint_note += "recovered from " + CheckpointFileName(ck->info.lsn);
+  if (ck) {
+    const auto& have = ck->info.spec;
+    if (have.dim != opts_.spec.dim || have.metric != opts_.spec.metric || have.description != opts_.spec.description)
+      return Status::InvalidArgument(opts_.dir + " holds " + Describe(have) + "; opened with " + Describe(opts_.spec));
+    index_ = std::move(ck->index);
+    payloads_ = std::move(ck->payloads);
+    last_checkpoint_lsn_ = ck->info.lsn;
+  } else {
+    VECWAL_ASSIGN_OR_RETURN(index_, index::NewFaissIndex(opts_.spec));
+  }
+  st->checkpoint_lsn = last_checkpoint_lsn_;
+  st->checkpoint_load_s = Since(t0);
+
+  // Replay the log after the checkpoint: coalesce, then apply in batches.
+  const auto t1 = Clock::now();
+  NetEffect net;
+  Status decode_error;
+  opts_.wal.min_next_lsn = last_checkpoint_lsn_ + 1;
+  auto visit = [&](const wal::LogRecord& r) -> Status {
+    auto op = wal::DecodeOp(r.type, r.payload, r.lsn);
+    if (!op.ok()) return op.status().WithContext(opts_.dir + "/wal segment " + std::to_string(r.segment_id));
+    ++st->records_replayed;
+    st->bytes_replayed += r.payload.size();
+    Coalesce(std::move(op).value(), net);
+    return Status::OK();
+  };
+  VECWAL_ASSIGN_OR_RETURN(wal_, wal::Wal::Open(opts_.dir + "/wal", opts_.wal, visit, last_checkpoint_lsn_ + 1));
+  const auto& rep = wal_->open_report();
+  if (rep.records_visited > 0 && rep.first_lsn > last_checkpoint_lsn_ + 1)
+    return Status::Corruption(opts_.dir + ": the checkpoint ends at LSN " + std::to_string(last_checkpoint_lsn_) +
+                              " but the log starts at LSN " + std::to_string(rep.first_lsn));
+  st->tail_note = rep.tail_note;
+  st->dropped = rep.dropped;
+  st->ops_after_coalescing = net.size();
+  st->log_read_s = Since(t1);
+
+  const auto t2 = Clock::now();
+  std::vector<uint64_t> gone, ids;
+  std::vector<float> vecs;
+  for (auto& [id, eff] : net) {
+    if (index_->Contains(id)) gone.push_back(id);
+    payloads_.erase(id);
+    if (!eff) continue;
+    if (eff->vector.size() != opts_.spec.dim)
+      return Status::Corruption("log upsert of id " + std::to_string(id) + " has dimension " +
+                                std::to_string(eff->vector.size()));
+    ids.push_back(id);
+    vecs.insert(vecs.end(), eff->vector.begin(), eff->vector.end());
+    if (!eff->payload.empty()) payloads_[id] = std::move(eff->payload);
+  }
+  VECWAL_RETURN_IF_ERROR(index_->Remove(gone));
+  constexpr size_t kBatch = 65536;
+  for (size_t i = 0; i < ids.size(); i += kBatch) {
+    size_t n = std::min(kBatch, ids.size() - i);
+    VECWAL_RETURN_IF_ERROR(index_->Add(std::span(ids).subspan(i, n), std::span(vecs).subspan(i * opts_.spec.dim, n * opts_.spec.dim)));
+  }
+  st->apply_s = Since(t2);
+  st->total_s = Since(t0);
+
+  // A new store records its spec at once; salvage checkpoints past the holes.
+  if (!ck || !rep.dropped.empty()) {
+    std::lock_guard lk(write_mu_);
+    VECWAL_RETURN_IF_ERROR(CheckpointLocked().status());
+  }
+  return Status::OK();
+}
+
+Status DurableIndex::Validate(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) const {
+  if (v.size() != opts_.spec.dim)
+    return Status::InvalidArgument("id " + std::to_string(id) + ": vector of dimension " + std::to_string(v.size()) +
+                                   ", the index has " + std::to_string(opts_.spec.dim));
+  for (size_t i = 0; i < v.size(); ++i)
+    if (!std::isfinite(v[i]))
+      return Status::InvalidArgument("id " + std::to_string(id) + ": component " + std::to_string(i) + " is " +
+                                     (std::isnan(v[i]) ? "NaN" : "infinite"));
+  if (payload.size() > opts_.max_payload_bytes)
+    return Status::InvalidArgument("id " + std::to_string(id) + ": payload of " + std::to_string(payload.size()) +
+                                   " bytes exceeds the cap of " + std::to_string(opts_.max_payload_bytes));
+  if (id == index::kNoId) return Status::InvalidArgument("id " + std::to_string(id) + " is reserved");
+  return Status::OK();
+}
+
+Status DurableIndex::Write(const wal::Op& op, uint64_t id, Need need) {
+  std::lock_guard lk(write_mu_);
+  if (!failed_.ok()) return failed_;
+  if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
+  if (need != Need::kAny) {
+    std::shared_lock r(state_mu_);
+    bool present = index_->Contains(id);
+    if (need == Need::kAbsent && present) return Status::InvalidArgument("id " + std::to_string(id) + " already exists");
+    if (need == Need::kPresent && !present) return Status::NotFound("id " + std::to_string(id) + " does not exist");
+  }
+  if (!index_->is_trained())
+    return Status::InvalidArgument("index '" + opts_.spec.description + "' needs training before writes");
+  auto lsn = wal_->Append(op);
+  if (!lsn.ok()) {
+    if (!wal_->status().ok()) failed_ = lsn.status();  // the log failed: so does the store
+    return lsn.status();
+  }
+  {
+    std::unique_lock w(state_mu_);
+    ApplyOp(op);
+  }
+  if (!failed_.ok()) return failed_;
+  log_bytes_since_checkpoint_ += wal::RecordFootprint(0);
+  if (auto* u = std::get_if<wal::UpsertOp>(&op)) log_bytes_since_checkpoint_ += u->vector.size() * 4 + u->payload.size();
+  if (opts_.checkpoint_every_log_bytes && log_bytes_since_checkpoint_ >= opts_.checkpoint_every_log_bytes)
+    VECWAL_RETURN_IF_ERROR(CheckpointLocked().status());
+  return Status::OK();
+}
+
+// Invariant: the op passed Validate and the presence checks, so the index
+// calls below cannot fail but for a bug; if one does, the store stops taking
+// writes rather than diverge from its log.
+void DurableIndex::ApplyOp(const wal::Op& op) {
+  auto upsert = [&](const wal::UpsertOp& u) {
+    Status s = index_->Remove(std::span(&u.id, 1));
+    if (s.ok()) s = index_->Add(std::span(&u.id, 1), u.vector);
+    if (!s.ok() && failed_.ok()) failed_ = s.WithContext("applying a logged upsert");
+    if (u.payload.empty()) payloads_.erase(u.id);
+    else payloads_[u.id] = u.payload;
+  };
+  auto remove = [&](uint64_t id) {
+    Status s = index_->Remove(std::span(&id, 1));
+    if (!s.ok() && failed_.ok()) failed_ = s.WithContext("applying a logged delete");
+    payloads_.erase(id);
+  };
+  if (auto* u = std::get_if<wal::UpsertOp>(&op)) upsert(*u);
+  else if (auto* d = std::get_if<wal::DeleteOp>(&op)) remove(d->id);
+  else if (auto* b = std::get_if<wal::BatchOp>(&op))
+    for (const auto& sub : b->ops) {
+      if (auto* su = std::get_if<wal::UpsertOp>(&sub)) upsert(*su);
+      else remove(std::get<wal::DeleteOp>(sub).id);
+    }
+}
+
+Status DurableIndex::Insert(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) {
+  VECWAL_RETURN_IF_ERROR(Validate(id, v, payload));
+  return Write(wal::UpsertOp{id, {v.begin(), v.end()}, {payload.begin(), payload.end()}}, id, Need::kAbsent);
+}
+Status DurableIndex::Update(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) {
+  VECWAL_RETURN_IF_ERROR(Validate(id, v, payload));
+  return Write(wal::UpsertOp{id, {v.begin(), v.end()}, {payload.begin(), payload.end()}}, id, Need::kPresent);
+}
+Status DurableIndex::Upsert(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) {
+  VECWAL_RETURN_IF_ERROR(Validate(id, v, payload));
+  return Write(wal::UpsertOp{id, {v.begin(), v.end()}, {payload.begin(), payload.end()}}, id, Need::kAny);
+}
+Status DurableIndex::Remove(uint64_t id) { return Write(wal::DeleteOp{id}, id, Need::kPresent); }
+
+Status DurableIndex::Apply(const WriteBatch& batch) {
+  for (const auto& sub : batch.op().ops)
+    if (auto* u = std::get_if<wal::UpsertOp>(&sub)) VECWAL_RETURN_IF_ERROR(Validate(u->id, u->vector, u->payload));
+  if (batch.size() == 0) return Status::OK();
+  return Write(batch.op(), 0, Need::kAny);
+}
+
+Result<index::SearchResults> DurableIndex::Search(std::span<const float> queries, size_t k) const {
+  std::shared_lock r(state_mu_);
+  return index_->Search(queries, k);
+}
+
+Result<Entry> DurableIndex::Get(uint64_t id) const {
+  std::shared_lock r(state_mu_);
+  Entry e;
+  VECWAL_ASSIGN_OR_RETURN(e.vector, index_->Reconstruct(id));
+  if (auto it = payloads_.find(id); it != payloads_.end()) e.payload = it->second;
+  return e;
+}
+
+bool DurableIndex::Contains(uint64_t id) const {
+  std::shared_lock r(state_mu_);
+  return index_->Contains(id);
+}
+
+size_t DurableIndex::Size() const {
+  std::shared_lock r(state_mu_);
+  return index_->size();
+}
+
+Result<uint64_t> DurableIndex::Checkpoint() {
+  std::lock_guard lk(write_mu_);
+  if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
+  return CheckpointLocked();
+}
+
+// Writers are held off by write_mu_, so the index is exactly the log up to
+// the durable LSN.
+Result<uint64_t> DurableIndex::CheckpointLocked() {
+  const uint64_t lsn = std::max(wal_->durable_lsn(), last_checkpoint_lsn_);
+  {
+    std::unique_lock w(state_mu_);
+    VECWAL_RETURN_IF_ERROR(index_->Compact());
+  }
+  {
+    std::shared_lock r(state_mu_);
+    VECWAL_RETURN_IF_ERROR(WriteCheckpoint(*fs_, opts_.dir, lsn, *index_, payloads_).status());
+  }
+  last_checkpoint_lsn_ = lsn;
+  log_bytes_since_checkpoint_ = 0;
+  // Keep the newest generations; the log is needed from the oldest kept one.
+  VECWAL_ASSIGN_OR_RETURN(auto names, fs_->ListDir(opts_.dir));
+  std::vector<uint64_t> lsns;
+  for (const auto& n : names)
+    if (auto l = ParseCheckpointFileName(n)) lsns.push_back(*l);
+  std::sort(lsns.rbegin(), lsns.rend());
+  for (size_t i = std::max<size_t>(opts_.keep_checkpoints, 1); i < lsns.size(); ++i)
+    VECWAL_RETURN_IF_ERROR(fs_->Remove(opts_.dir + "/" + CheckpointFileName(lsns[i])));
+  VECWAL_RETURN_IF_ERROR(fs_->SyncDir(opts_.dir));
+  const size_t kept = std::min(lsns.size(), std::max<size_t>(opts_.keep_checkpoints, 1));
+  VECWAL_RETURN_IF_ERROR(wal_->ReleaseBefore(lsns[kept - 1] + 1).status());
+  return lsn;
+}
+
+DurableIndexStats DurableIndex::Stats() const {
+  std::lock_guard lk(write_mu_);
+  DurableIndexStats s;
+  s.size = Size();
+  s.recovery = recovery_;
+  s.last_checkpoint_lsn = last_checkpoint_lsn_;
+  s.log_bytes_since_checkpoint = log_bytes_since_checkpoint_;
+  s.durable_lsn = wal_ ? wal_->durable_lsn() : 0;
+  return s;
+}
+
+}  // namespace vecwal::recovery

@@ -1,0 +1,117 @@
+// DurableIndex: a vector index whose every acknowledged write survives a
+// crash. The one header an embedding server needs.
+//
+// A write is validated, appended to the log and made durable, then applied
+// to the index: log order is apply order, and a search never sees a write a
+// crash could undo. Open() loads the newest checkpoint that verifies (the one
+// before it if not, and says so), then replays the log after it, coalesced to
+// each id's net effect and applied in large batches.
+//
+// This first version serializes writers: each write holds the write lock
+// from validation to apply (one durable log write per call; use Apply() with
+// a WriteBatch to amortize it). A checkpoint holds the same lock while it
+// serializes the index.
+//
+// Thread safety: all methods may be called from any thread; searches run
+// concurrently with each other and wait only for an apply in progress.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "index/vector_index.h"
+#include "recovery/checkpoint_file.h"
+#include "wal/wal.h"
+
+namespace vecwal::recovery {
+
+struct DurableIndexOptions {
+  std::string dir;
+  index::IndexSpec spec;
+  wal::RecoveryMode recovery_mode = wal::RecoveryMode::kTolerateTail;
+  size_t max_payload_bytes = 64 << 10;
+  uint64_t checkpoint_every_log_bytes = 256ull << 20;  // 0: only explicit Checkpoint()
+  size_t keep_checkpoints = 2;
+  wal::WalOptions wal;  // wal.fs is shared with checkpoints
+};
+
+struct RecoveryStats {
+  uint64_t checkpoint_lsn = 0;  // 0: none
+  std::string checkpoint_note;  // a fallback to an older checkpoint, said here
+  double checkpoint_load_s = 0, log_read_s = 0, apply_s = 0, total_s = 0;
+  uint64_t records_replayed = 0, bytes_replayed = 0, ops_after_coalescing = 0;
+  std::string tail_note;
+  std::vector<wal::DroppedRange> dropped;
+};
+
+struct Entry {
+  std::vector<float> vector;
+  std::vector<std::byte> payload;
+};
+
+// Several ops applied all or none, in order.
+class WriteBatch {
+ public:
+  void Upsert(uint64_t id, std::span<const float> v, std::span<const std::byte> payload = {});
+  void Remove(uint64_t id);
+  const wal::BatchOp& op() const { return op_; }
+  size_t size() const { return op_.ops.size(); }
+
+ private:
+  wal::BatchOp op_;
+};
+
+struct DurableIndexStats {
+  uint64_t size = 0, durable_lsn = 0, last_checkpoint_lsn = 0, log_bytes_since_checkpoint = 0;
+  RecoveryStats recovery;
+};
+
+class DurableIndex {
+ public:
+  static Result<std::unique_ptr<DurableIndex>> Open(const DurableIndexOptions& opts);
+  ~DurableIndex();
+
+  Status Insert(uint64_t id, std::span<const float> v, std::span<const std::byte> payload = {});
+  Status Update(uint64_t id, std::span<const float> v, std::span<const std::byte> payload = {});
+  Status Upsert(uint64_t id, std::span<const float> v, std::span<const std::byte> payload = {});
+  Status Remove(uint64_t id);
+  Status Apply(const WriteBatch& batch);
+
+  Result<index::SearchResults> Search(std::span<const float> queries, size_t k) const;
+  Result<Entry> Get(uint64_t id) const;
+  bool Contains(uint64_t id) const;
+  size_t Size() const;
+
+  Result<uint64_t> Checkpoint();  // returns its LSN
+  DurableIndexStats Stats() const;
+  Status Close();
+
+ private:
+  DurableIndex() = default;
+  enum class Need { kAbsent, kPresent, kAny };
+  Status Write(const wal::Op& op, uint64_t id, Need need);
+  Status Validate(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) const;
+  void ApplyOp(const wal::Op& op);
+  Result<uint64_t> CheckpointLocked();
+  Status Recover(RecoveryStats* stats);
+
+  DurableIndexOptions opts_;
+  std::shared_ptr<FileSystem> fs_;
+  std::unique_ptr<wal::Wal> wal_;
+  std::unique_ptr<index::VectorIndex> index_;
+  Payloads payloads_;
+  mutable std::mutex write_mu_;          // serializes writers and checkpoints
+  mutable std::shared_mutex state_mu_;   // index_ and payloads_: readers shared, applies exclusive
+  uint64_t last_checkpoint_lsn_ = 0;
+  uint64_t log_bytes_since_checkpoint_ = 0;
+  RecoveryStats recovery_;
+  Status failed_;
+};
+
+}  // namespace vecwal::recovery

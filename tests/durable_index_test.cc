@@ -1,0 +1,218 @@
+// recovery/: the durable index against an in-memory reference model.
+#define BOOST_TEST_MODULE durable_index
+#include <boost/test/unit_test.hpp>
+
+#include <cmath>
+#include <map>
+#include <filesystem>
+#include <random>
+
+#include "recovery/durable_index.h"
+#include "tests/test_util.h"
+
+using namespace vecwal;
+using namespace vecwal::recovery;
+
+namespace {
+
+constexpr uint32_t kDim = 8;
+
+struct Model {
+  std::map<uint64_t, std::pair<std::vector<float>, std::vector<std::byte>>> rows;
+};
+
+DurableIndexOptions Options(const std::string& dir, const std::string& desc = "Flat") {
+  DurableIndexOptions o;
+  o.dir = dir;
+  o.spec = {kDim, index::Metric::kL2, desc};
+  o.wal = test::SmallLogOptions();
+  o.checkpoint_every_log_bytes = 0;
+  o.max_payload_bytes = 256;
+  return o;
+}
+
+std::unique_ptr<DurableIndex> OpenOrDie(const DurableIndexOptions& o) {
+  auto d = DurableIndex::Open(o);
+  BOOST_REQUIRE_MESSAGE(d.ok(), d.status().ToString());
+  return std::move(d).value();
+}
+
+std::vector<float> Vec(std::mt19937_64& rng) {
+  std::normal_distribution<float> g;
+  std::vector<float> v(kDim);
+  for (auto& x : v) x = g(rng);
+  return v;
+}
+
+// Random inserts, updates, upserts, removes and batches, mirrored in `m`.
+void RandomOps(DurableIndex& d, Model& m, std::mt19937_64& rng, int n) {
+  for (int i = 0; i < n; ++i) {
+    uint64_t id = rng() % 200;
+    auto v = Vec(rng);
+    auto p = test::Payload(rng(), rng() % 40);
+    bool present = m.rows.count(id) != 0;
+    switch (rng() % 5) {
+      case 0: {
+        Status s = d.Insert(id, v, p);
+        BOOST_REQUIRE(s.ok() == !present);
+        if (!present) m.rows[id] = {v, p};
+        break;
+      }
+      case 1: {
+        Status s = d.Update(id, v, p);
+        BOOST_REQUIRE(s.ok() == present);
+        if (present) m.rows[id] = {v, p};
+        break;
+      }
+      case 2:
+        BOOST_REQUIRE(d.Upsert(id, v, p).ok());
+        m.rows[id] = {v, p};
+        break;
+      case 3: {
+        Status s = d.Remove(id);
+        BOOST_REQUIRE_MESSAGE(s.ok() == present, "remove " << id << " present=" << present << ": " << s.ToString());
+        m.rows.erase(id);
+        break;
+      }
+      default: {
+        WriteBatch b;
+        uint64_t id2 = rng() % 200;
+        b.Upsert(id, v, p);
+        b.Remove(id2);
+        BOOST_REQUIRE(d.Apply(b).ok());
+        m.rows[id] = {v, p};
+        m.rows.erase(id2);
+        break;
+      }
+    }
+  }
+}
+
+void ExpectEqual(const DurableIndex& d, const Model& m) {
+  BOOST_REQUIRE_EQUAL(d.Size(), m.rows.size());
+  for (const auto& [id, row] : m.rows) {
+    auto e = d.Get(id);
+    BOOST_REQUIRE_MESSAGE(e.ok(), "id " << id << ": " << e.status().ToString());
+    BOOST_REQUIRE((e->vector == row.first));
+    BOOST_REQUIRE((e->payload == row.second));
+  }
+  // Search equals a FAISS index built from the model.
+  auto ref = index::NewFaissIndex({kDim, index::Metric::kL2, "Flat"});
+  std::vector<uint64_t> ids;
+  std::vector<float> vecs;
+  for (const auto& [id, row] : m.rows) {
+    ids.push_back(id);
+    vecs.insert(vecs.end(), row.first.begin(), row.first.end());
+  }
+  BOOST_REQUIRE((*ref)->Add(ids, vecs).ok());
+  std::mt19937_64 rng(77);
+  std::vector<float> q;
+  for (int i = 0; i < 5; ++i) {
+    auto v = Vec(rng);
+    q.insert(q.end(), v.begin(), v.end());
+  }
+  auto a = d.Search(q, 4);
+  auto b = (*ref)->Search(q, 4);
+  BOOST_REQUIRE(a.ok() && b.ok());
+  BOOST_TEST(a->ids == b->ids, boost::test_tools::per_element());
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(store_equals_reference_model_across_reopens_and_checkpoints) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  Model m;
+  std::mt19937_64 rng(1);
+  for (int round = 0; round < 4; ++round) {
+    auto d = OpenOrDie(o);
+    ExpectEqual(*d, m);
+    RandomOps(*d, m, rng, 300);
+    if (round == 1) BOOST_REQUIRE(d->Checkpoint().ok());
+    ExpectEqual(*d, m);
+  }
+  auto d = OpenOrDie(o);
+  BOOST_TEST(d->Stats().recovery.checkpoint_lsn > 0u);
+  ExpectEqual(*d, m);
+}
+
+BOOST_AUTO_TEST_CASE(automatic_checkpoints_release_the_log_and_recover) {
+  test::TempDir dir;
+  auto o = Options(dir.path(), "HNSW8");
+  o.checkpoint_every_log_bytes = 16 << 10;
+  Model m;
+  std::mt19937_64 rng(2);
+  uint64_t logged = 0;
+  {
+    auto d = OpenOrDie(o);
+    RandomOps(*d, m, rng, 1500);
+    logged = d->Stats().durable_lsn;
+    BOOST_TEST(d->Stats().last_checkpoint_lsn > logged / 2);  // only automatic ones were taken
+  }
+  size_t ckpts = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path()))
+    ckpts += e.path().extension() == ".vwc";
+  BOOST_TEST(ckpts == 2u);  // two generations kept
+  auto d = OpenOrDie(o);
+  BOOST_TEST(d->Stats().recovery.records_replayed < logged / 2);
+  BOOST_REQUIRE_EQUAL(d->Size(), m.rows.size());
+  for (const auto& [id, row] : m.rows) BOOST_REQUIRE((d->Get(id)->vector == row.first));
+}
+
+BOOST_AUTO_TEST_CASE(newest_checkpoint_corrupted_previous_is_used) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  Model m;
+  std::mt19937_64 rng(3);
+  uint64_t newest = 0;
+  {
+    auto d = OpenOrDie(o);
+    RandomOps(*d, m, rng, 100);
+    BOOST_REQUIRE(d->Checkpoint().ok());
+    RandomOps(*d, m, rng, 100);
+    newest = *d->Checkpoint();
+    RandomOps(*d, m, rng, 50);
+  }
+  test::XorByte(dir / CheckpointFileName(newest), 5000);
+  auto d = OpenOrDie(o);
+  const auto& r = d->Stats().recovery;
+  BOOST_TEST(r.checkpoint_lsn < newest);
+  BOOST_TEST(r.checkpoint_note.find(CheckpointFileName(newest)) != std::string::npos, r.checkpoint_note);
+  ExpectEqual(*d, m);
+}
+
+BOOST_AUTO_TEST_CASE(bad_input_is_refused_before_the_log) {
+  test::TempDir dir;
+  auto d = OpenOrDie(Options(dir.path()));
+  std::vector<float> v(kDim, 1.f);
+  BOOST_REQUIRE(d->Insert(1, v).ok());
+  const uint64_t lsn = d->Stats().durable_lsn;
+  std::vector<float> short_v(kDim - 1, 1.f), nan_v = v, inf_v = v;
+  nan_v[3] = std::nanf("");
+  inf_v[5] = INFINITY;
+  std::vector<std::byte> big(257);
+  struct Case {
+    Status s;
+    std::string expect;
+  };
+  for (const Case& c : {Case{d->Insert(2, short_v), "dimension 7"}, Case{d->Insert(2, nan_v), "component 3 is NaN"},
+                        Case{d->Insert(2, inf_v), "component 5 is infinite"},
+                        Case{d->Insert(2, v, big), "payload of 257 bytes"}, Case{d->Insert(1, v), "id 1 already exists"},
+                        Case{d->Update(9, v), "id 9 does not exist"}, Case{d->Remove(9), "id 9 does not exist"}}) {
+    BOOST_TEST(!c.s.ok());
+    BOOST_TEST(c.s.message().find(c.expect) != std::string::npos, c.s.ToString());
+  }
+  BOOST_TEST(d->Stats().durable_lsn == lsn);  // nothing logged
+  BOOST_TEST(d->Size() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(reopening_with_another_spec_is_refused) {
+  test::TempDir dir;
+  { OpenOrDie(Options(dir.path())); }
+  auto o = Options(dir.path());
+  o.spec.dim = kDim + 1;
+  auto d = DurableIndex::Open(o);
+  BOOST_TEST(d.status().message().find("dimension 8") != std::string::npos, d.status().ToString());
+  o = Options(dir.path(), "HNSW8");
+  BOOST_TEST(!DurableIndex::Open(o).ok());
+}
