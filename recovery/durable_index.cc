@@ -265,6 +265,18 @@ size_t DurableIndex::Size() const {
   return index_->size();
 }
 
+Status DurableIndex::Train(std::span<const float> sample) {
+  std::lock_guard lk(write_mu_);
+  if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
+  if (index_->is_trained())
+    return Status::InvalidArgument("index '" + opts_.spec.description + "' is already trained");
+  {
+    std::unique_lock w(state_mu_);
+    VECWAL_RETURN_IF_ERROR(index_->Train(sample));
+  }
+  return CheckpointLocked().status();
+}
+
 Result<uint64_t> DurableIndex::Checkpoint() {
   std::lock_guard lk(write_mu_);
   if (!wal_) return Status::Unavailable(opts_.dir + " is closed");

@@ -88,6 +88,11 @@ class DurableIndex {
   bool Contains(uint64_t id) const;
   size_t Size() const;
 
+  // Trains an IVF/PQ index on `sample` (n x dim floats) and checkpoints the
+  // trained empty index at once, so recovery never trains again. Only before
+  // the first write; an index that needs no training refuses it.
+  Status Train(std::span<const float> sample);
+
   Result<uint64_t> Checkpoint();  // returns its LSN
   DurableIndexStats Stats() const;
   Status Close();

@@ -2,7 +2,9 @@
 #define BOOST_TEST_MODULE durable_index
 #include <boost/test/unit_test.hpp>
 
+#include <atomic>
 #include <cmath>
+#include <thread>
 #include <map>
 #include <filesystem>
 #include <random>
@@ -215,4 +217,73 @@ BOOST_AUTO_TEST_CASE(reopening_with_another_spec_is_refused) {
   BOOST_TEST(d.status().message().find("dimension 8") != std::string::npos, d.status().ToString());
   o = Options(dir.path(), "HNSW8");
   BOOST_TEST(!DurableIndex::Open(o).ok());
+}
+
+BOOST_AUTO_TEST_CASE(trained_index_is_checkpointed_and_never_retrained) {
+  test::TempDir dir;
+  auto o = Options(dir.path(), "IVF4,Flat");
+  std::mt19937_64 rng(9);
+  std::vector<float> sample;
+  for (int i = 0; i < 400; ++i) {
+    auto v = Vec(rng);
+    sample.insert(sample.end(), v.begin(), v.end());
+  }
+  Model m;
+  {
+    auto d = OpenOrDie(o);
+    std::vector<float> v(kDim, 0.5f);
+    BOOST_TEST(d->Insert(1, v).message().find("needs training") != std::string::npos);
+    BOOST_REQUIRE(d->Train(sample).ok());
+    BOOST_TEST(!d->Train(sample).ok());  // once only
+    RandomOps(*d, m, rng, 200);
+  }
+  auto d = OpenOrDie(o);  // trained state comes from the checkpoint
+  BOOST_REQUIRE_EQUAL(d->Size(), m.rows.size());
+  for (const auto& [id, row] : m.rows) BOOST_REQUIRE((d->Get(id)->vector == row.first));
+}
+
+// Writers, searchers and checkpoints at once (run under ThreadSanitizer in CI).
+BOOST_AUTO_TEST_CASE(concurrent_writers_searchers_and_checkpoints) {
+  test::TempDir dir;
+  auto o = Options(dir.path(), "HNSW8");
+  o.checkpoint_every_log_bytes = 32 << 10;
+  auto d = OpenOrDie(o);
+  std::atomic<bool> stop{false};
+  std::atomic<int> errors{0};
+  std::vector<std::thread> ts;
+  for (int w = 0; w < 3; ++w)
+    ts.emplace_back([&, w] {
+      std::mt19937_64 rng(w);
+      for (int i = 0; i < 150; ++i) {
+        uint64_t id = w * 1000 + rng() % 100;
+        if (!d->Upsert(id, Vec(rng)).ok()) ++errors;
+        if (i % 7 == 0 && d->Contains(id) && !d->Remove(id).ok()) ++errors;
+      }
+    });
+  for (int r = 0; r < 2; ++r)
+    ts.emplace_back([&, r] {
+      std::mt19937_64 rng(100 + r);
+      while (!stop) {
+        auto q = Vec(rng);
+        auto res = d->Search(q, 5);
+        if (!res.ok()) ++errors;
+        for (uint64_t id : res->ids)
+          if (id != index::kNoId && id % 1000 >= 100) ++errors;  // only ids that were written
+        std::this_thread::sleep_for(std::chrono::microseconds(500));  // leave the writers a core
+      }
+    });
+  ts.emplace_back([&] {
+    while (!stop) {
+      if (!d->Checkpoint().ok()) ++errors;
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    }
+  });
+  for (int w = 0; w < 3; ++w) ts[w].join();
+  stop = true;
+  for (size_t i = 3; i < ts.size(); ++i) ts[i].join();
+  BOOST_TEST(errors.load() == 0);
+  const size_t size = d->Size();
+  BOOST_REQUIRE(d->Close().ok());
+  d.reset();
+  BOOST_TEST(OpenOrDie(o)->Size() == size);
 }
