@@ -286,6 +286,7 @@ Result<uint64_t> DurableIndex::Checkpoint() {
 // Writers are held off by write_mu_, so the index is exactly the log up to
 // the durable LSN.
 Result<uint64_t> DurableIndex::CheckpointLocked() {
+  if (!failed_.ok()) return failed_;  // never persist a state that may have left its log
   const uint64_t lsn = std::max(wal_->durable_lsn(), last_checkpoint_lsn_);
   {
     std::unique_lock w(state_mu_);
