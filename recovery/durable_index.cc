@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <map>
+#include <semaphore>
 
 namespace vecwal::recovery {
 namespace {
@@ -167,32 +168,117 @@ Status DurableIndex::Validate(uint64_t id, std::span<const float> v, std::span<c
   return Status::OK();
 }
 
-Status DurableIndex::Write(const wal::Op& op, uint64_t id, Need need) {
-  std::lock_guard lk(write_mu_);
-  if (!failed_.ok()) return failed_;
-  if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
-  if (need != Need::kAny) {
-    std::shared_lock r(state_mu_);
-    bool present = index_->Contains(id);
-    if (need == Need::kAbsent && present) return Status::InvalidArgument("id " + std::to_string(id) + " already exists");
-    if (need == Need::kPresent && !present) return Status::NotFound("id " + std::to_string(id) + " does not exist");
+Status DurableIndex::failed() const {
+  std::lock_guard lk(fail_mu_);
+  return failed_;
+}
+
+void DurableIndex::SetFailedNoNotify(const Status& s) {
+  std::lock_guard lk(fail_mu_);
+  if (failed_.ok()) failed_ = s;
+}
+
+void DurableIndex::SetFailed(const Status& s) {
+  SetFailedNoNotify(s);
+  std::lock_guard a(apply_mu_);
+  applied_cv_.notify_all();
+}
+
+bool DurableIndex::PresentLocked(uint64_t id) {
+  if (auto it = overlay_.find(id); it != overlay_.end()) {
+    if (it->second.second > applied_seq_.load()) return it->second.first;
+    overlay_.erase(it);  // applied since: the index knows
   }
-  if (!index_->is_trained())
-    return Status::InvalidArgument("index '" + opts_.spec.description + "' needs training before writes");
-  auto lsn = wal_->Append(op);
-  if (!lsn.ok()) {
-    if (!wal_->status().ok()) failed_ = lsn.status();  // the log failed: so does the store
-    return lsn.status();
+  std::shared_lock r(state_mu_);
+  return index_->Contains(id);
+}
+
+void DurableIndex::NoteOverlay(const wal::Op& op, uint64_t seq) {
+  if (auto* u = std::get_if<wal::UpsertOp>(&op)) overlay_[u->id] = {true, seq};
+  else if (auto* d = std::get_if<wal::DeleteOp>(&op)) overlay_[d->id] = {false, seq};
+  else if (auto* b = std::get_if<wal::BatchOp>(&op))
+    for (const auto& sub : b->ops) {
+      if (auto* su = std::get_if<wal::UpsertOp>(&sub)) overlay_[su->id] = {true, seq};
+      else overlay_[std::get<wal::DeleteOp>(sub).id] = {false, seq};
+    }
+}
+
+// Applies every op that is next in order and durable, whoever placed it.
+void DurableIndex::ApplyReady() {
+  bool any = false;
+  while (!ready_.empty() && ready_.begin()->first == applied_seq_.load() + 1 && failed().ok()) {
+    {
+      std::unique_lock w(state_mu_);
+      ApplyOp(*ready_.begin()->second);
+    }
+    ready_.erase(ready_.begin());
+    applied_seq_.fetch_add(1);
+    any = true;
+  }
+  if (any || !failed().ok()) applied_cv_.notify_all();
+}
+
+Status DurableIndex::DrainLocked() {
+  std::unique_lock a(apply_mu_);
+  applied_cv_.wait(a, [&] { return applied_seq_.load() == placed_seq_ || !failed().ok(); });
+  return failed();
+}
+
+Status DurableIndex::Write(const wal::Op& op, uint64_t id, Need need) {
+  std::vector<std::byte> bytes;
+  wal::EncodeOp(op, bytes);
+  std::binary_semaphore done{0};
+  Status st;
+  uint64_t lsn = 0, seq = 0;
+  auto on_durable = [&](const Status& s, uint64_t l) {
+    st = s;
+    lsn = l;
+    done.release();
+  };
+  {
+    std::lock_guard lk(write_mu_);
+    VECWAL_RETURN_IF_ERROR(failed());
+    if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
+    if (!index_->is_trained())
+      return Status::InvalidArgument("index '" + opts_.spec.description + "' needs training before writes");
+    if (need != Need::kAny) {
+      bool present = PresentLocked(id);
+      if (need == Need::kAbsent && present) return Status::InvalidArgument("id " + std::to_string(id) + " already exists");
+      if (need == Need::kPresent && !present) return Status::NotFound("id " + std::to_string(id) + " does not exist");
+    }
+    wal_->AppendAsync(wal::TypeOf(op), bytes, on_durable);
+    // A record the log refused at once (lsn 0) was never placed.
+    if (done.try_acquire()) {
+      if (lsn == 0) {
+        if (!wal_->status().ok()) SetFailed(st);
+        return st;
+      }
+      done.release();  // durable already; taken again below
+    }
+    seq = ++placed_seq_;
+    NoteOverlay(op, seq);
+  }
+  done.acquire();
+  if (!st.ok()) {
+    SetFailed(st);  // every later op fails too: the log is failed
+    return st;
   }
   {
-    std::unique_lock w(state_mu_);
-    ApplyOp(op);
+    std::unique_lock a(apply_mu_);
+    ready_.emplace(seq, &op);
+    ApplyReady();
+    applied_cv_.wait(a, [&] { return applied_seq_.load() >= seq || !failed().ok(); });
+    if (applied_seq_.load() < seq) return failed();
   }
-  if (!failed_.ok()) return failed_;
-  log_bytes_since_checkpoint_ += wal::RecordFootprint(0);
-  if (auto* u = std::get_if<wal::UpsertOp>(&op)) log_bytes_since_checkpoint_ += u->vector.size() * 4 + u->payload.size();
-  if (opts_.checkpoint_every_log_bytes && log_bytes_since_checkpoint_ >= opts_.checkpoint_every_log_bytes)
-    VECWAL_RETURN_IF_ERROR(CheckpointLocked().status());
+  VECWAL_RETURN_IF_ERROR(failed());
+  log_bytes_since_checkpoint_ += bytes.size() + wal::kRecordHeaderSize;
+  if (opts_.checkpoint_every_log_bytes && log_bytes_since_checkpoint_ >= opts_.checkpoint_every_log_bytes &&
+      !checkpointing_.exchange(true)) {
+    auto c = Checkpoint();
+    checkpointing_ = false;
+    if (!c.ok() && c.status().code() != Status::Code::kUnavailable)
+      return c.status().WithContext("the write is durable and applied, but the automatic checkpoint after it failed");
+  }
   return Status::OK();
 }
 
@@ -203,13 +289,13 @@ void DurableIndex::ApplyOp(const wal::Op& op) {
   auto upsert = [&](const wal::UpsertOp& u) {
     Status s = index_->Remove(std::span(&u.id, 1));
     if (s.ok()) s = index_->Add(std::span(&u.id, 1), u.vector);
-    if (!s.ok() && failed_.ok()) failed_ = s.WithContext("applying a logged upsert");
+    if (!s.ok()) SetFailedNoNotify(s.WithContext("applying a logged upsert"));
     if (u.payload.empty()) payloads_.erase(u.id);
     else payloads_[u.id] = u.payload;
   };
   auto remove = [&](uint64_t id) {
     Status s = index_->Remove(std::span(&id, 1));
-    if (!s.ok() && failed_.ok()) failed_ = s.WithContext("applying a logged delete");
+    if (!s.ok()) SetFailedNoNotify(s.WithContext("applying a logged delete"));
     payloads_.erase(id);
   };
   if (auto* u = std::get_if<wal::UpsertOp>(&op)) upsert(*u);
@@ -286,7 +372,7 @@ Result<uint64_t> DurableIndex::Checkpoint() {
 // Writers are held off by write_mu_, so the index is exactly the log up to
 // the durable LSN.
 Result<uint64_t> DurableIndex::CheckpointLocked() {
-  if (!failed_.ok()) return failed_;  // never persist a state that may have left its log
+  VECWAL_RETURN_IF_ERROR(DrainLocked());  // never persist a state that may have left its log
   const uint64_t lsn = std::max(wal_->durable_lsn(), last_checkpoint_lsn_);
   {
     std::unique_lock w(state_mu_);

@@ -7,22 +7,28 @@
 // before it if not, and says so), then replays the log after it, coalesced to
 // each id's net effect and applied in large batches.
 //
-// This first version serializes writers: each write holds the write lock
-// from validation to apply (one durable log write per call; use Apply() with
-// a WriteBatch to amortize it). A checkpoint holds the same lock while it
-// serializes the index.
+// Writes from many threads share the log's group commit: a writer validates
+// and places its record in order under a short lock, waits for durability
+// with the others, then applies, strictly in log order (whichever writer
+// finds the next op ready applies it), and returns once its op is visible.
+// A checkpoint stops new writes, lets the placed ones apply, and serializes
+// the index while writers wait.
 //
 // Thread safety: all methods may be called from any thread; searches run
 // concurrently with each other and wait only for an apply in progress.
 #pragma once
 
 #include <cstdint>
+#include <atomic>
+#include <condition_variable>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "index/vector_index.h"
@@ -101,6 +107,13 @@ class DurableIndex {
   DurableIndex() = default;
   enum class Need { kAbsent, kPresent, kAny };
   Status Write(const wal::Op& op, uint64_t id, Need need);
+  bool PresentLocked(uint64_t id);
+  void NoteOverlay(const wal::Op& op, uint64_t seq);
+  void ApplyReady();  // under apply_mu_
+  Status DrainLocked();  // under write_mu_: waits until every placed op is applied
+  Status failed() const;
+  void SetFailed(const Status& s);
+  void SetFailedNoNotify(const Status& s);  // under apply_mu_
   Status Validate(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) const;
   void ApplyOp(const wal::Op& op);
   Result<uint64_t> CheckpointLocked();
@@ -111,11 +124,24 @@ class DurableIndex {
   std::unique_ptr<wal::Wal> wal_;
   std::unique_ptr<index::VectorIndex> index_;
   Payloads payloads_;
-  mutable std::mutex write_mu_;          // serializes writers and checkpoints
+  mutable std::mutex write_mu_;          // placement order, checkpoints, Train, Close
   mutable std::shared_mutex state_mu_;   // index_ and payloads_: readers shared, applies exclusive
-  uint64_t last_checkpoint_lsn_ = 0;
-  uint64_t log_bytes_since_checkpoint_ = 0;
+  uint64_t last_checkpoint_lsn_ = 0;     // under write_mu_
+  std::atomic<uint64_t> log_bytes_since_checkpoint_{0};
   RecoveryStats recovery_;
+
+  // Placement and apply order. seq numbers follow LSN order because records
+  // are placed in the log under write_mu_.
+  uint64_t placed_seq_ = 0;  // under write_mu_
+  // Presence of ids whose ops are placed but not yet applied: id -> (present, seq).
+  std::unordered_map<uint64_t, std::pair<bool, uint64_t>> overlay_;  // under write_mu_
+  std::mutex apply_mu_;
+  std::condition_variable applied_cv_;
+  std::map<uint64_t, const wal::Op*> ready_;  // durable, not yet applied; owners wait
+  std::atomic<uint64_t> applied_seq_{0};
+  std::atomic<bool> checkpointing_{false};
+
+  mutable std::mutex fail_mu_;
   Status failed_;
 };
 
