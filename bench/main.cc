@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include "bench/recovery_bench.h"
 #include "bench/wal_bench.h"
 #include "io/file_system.h"
 
@@ -37,7 +38,32 @@ int main(int argc, char** argv) {
   wal->add_option("--only", wc.only, "workloads to run, e.g. 13")->capture_default_str();
   wal->add_flag("!--no-rocksdb", wc.rocksdb, "skip the RocksDB baseline");
   wal->add_flag("!--no-fio", wc.fio, "skip the fio baseline");
+  StoreBenchConfig sc;
+  auto add_store_options = [&](CLI::App* sub) {
+    sub->add_option("--dir", sc.dir, "directory on the disk to measure (required)")->required();
+    sub->add_option("--vectors", sc.vectors, "vectors in the store")->capture_default_str();
+    sub->add_option("--dim", sc.dim, "float32 components per vector")->capture_default_str();
+    sub->add_option("--index", sc.description, "FAISS index_factory description")->capture_default_str();
+    sub->add_option("--repeat", sc.repeat, "runs per measurement; medians are reported")->capture_default_str();
+  };
+  auto* rec = app.add_subcommand("recovery", "restart time: full log replay vs raw read; peak memory");
+  add_store_options(rec);
+  auto* ck = app.add_subcommand("checkpoint", "checkpoint write and load vs raw I/O and faiss::read_index");
+  add_store_options(ck);
   CLI11_PARSE(app, argc, argv);
+
+  if (rec->parsed() || ck->parsed()) {
+    std::vector<Row> rows;
+    try {
+      rows = rec->parsed() ? RunRecoveryBench(sc) : RunCheckpointBench(sc);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "vecwal-bench: {}\n", e.what());
+      return 1;
+    }
+    PrintTable(rows);
+    if (!json_path.empty()) std::ofstream(json_path) << ToJson(rows).dump(2) << "\n";
+    return 0;
+  }
 
   auto fs = vecwal::NewPosixFileSystem();
   fmt::print("vecwal-bench wal: dir {}, backend {}, {} s x {} per measurement\n", wc.dir, fs->backend_name(),

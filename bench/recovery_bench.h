@@ -1,0 +1,23 @@
+// `vecwal-bench recovery` and `vecwal-bench checkpoint`: restart time and
+// checkpoint cost of the durable index, beside the raw device and FAISS.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "bench/measure.h"
+
+namespace vecwal::bench {
+
+struct StoreBenchConfig {
+  std::string dir;
+  size_t vectors = 100000;
+  size_t dim = 768;
+  std::string description = "Flat";
+  int repeat = 1;
+};
+
+std::vector<Row> RunRecoveryBench(const StoreBenchConfig& c);
+std::vector<Row> RunCheckpointBench(const StoreBenchConfig& c);
+
+}  // namespace vecwal::bench
