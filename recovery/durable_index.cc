@@ -3,8 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <map>
 #include <semaphore>
+
+#include "recovery/replay_window.h"
 
 namespace vecwal::recovery {
 namespace {
@@ -15,27 +16,6 @@ double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 std::string Describe(const index::IndexSpec& s) {
   return "dimension " + std::to_string(s.dim) + ", metric " + index::ToString(s.metric) + ", index '" +
          s.description + "'";
-}
-
-// The net effect of the log tail on one id: its last upsert, or a delete.
-using NetEffect = std::map<uint64_t, std::optional<wal::UpsertOp>>;
-
-void Coalesce(wal::Op&& op, NetEffect& net) {
-  if (auto* u = std::get_if<wal::UpsertOp>(&op)) {
-    uint64_t id = u->id;
-    net[id] = std::move(*u);
-  } else if (auto* d = std::get_if<wal::DeleteOp>(&op)) {
-    net[d->id] = std::nullopt;
-  } else if (auto* b = std::get_if<wal::BatchOp>(&op)) {
-    for (auto& sub : b->ops) {
-      if (auto* su = std::get_if<wal::UpsertOp>(&sub)) {
-        uint64_t id = su->id;
-        net[id] = std::move(*su);
-      } else {
-        net[std::get<wal::DeleteOp>(sub).id] = std::nullopt;
-      }
-    }
-  }
 }
 
 }  // namespace
@@ -99,18 +79,20 @@ Status DurableIndex::Recover(RecoveryStats* st) {
   st->checkpoint_lsn = last_checkpoint_lsn_;
   st->checkpoint_load_s = Since(t0);
 
-  // Replay the log after the checkpoint: coalesce, then apply in batches.
+  // Replay the log after the checkpoint, in windows applied as batches.
   const auto t1 = Clock::now();
-  NetEffect net;
-  Status decode_error;
+  ReplayWindow window(*index_, payloads_);
+  double apply_s = 0;
   opts_.wal.min_next_lsn = last_checkpoint_lsn_ + 1;
   auto visit = [&](const wal::LogRecord& r) -> Status {
     auto op = wal::DecodeOp(r.type, r.payload, r.lsn);
     if (!op.ok()) return op.status().WithContext(opts_.dir + "/wal segment " + std::to_string(r.segment_id));
     ++st->records_replayed;
     st->bytes_replayed += r.payload.size();
-    Coalesce(std::move(op).value(), net);
-    return Status::OK();
+    const auto ta = Clock::now();
+    Status s = window.Apply(std::move(op).value(), r.lsn);
+    apply_s += Since(ta);
+    return s;
   };
   VECWAL_ASSIGN_OR_RETURN(wal_, wal::Wal::Open(opts_.dir + "/wal", opts_.wal, visit, last_checkpoint_lsn_ + 1));
   const auto& rep = wal_->open_report();
@@ -119,30 +101,10 @@ Status DurableIndex::Recover(RecoveryStats* st) {
                               " but the log starts at LSN " + std::to_string(rep.first_lsn));
   st->tail_note = rep.tail_note;
   st->dropped = rep.dropped;
-  st->ops_after_coalescing = net.size();
-  st->log_read_s = Since(t1);
-
   const auto t2 = Clock::now();
-  std::vector<uint64_t> gone, ids;
-  std::vector<float> vecs;
-  for (auto& [id, eff] : net) {
-    if (index_->Contains(id)) gone.push_back(id);
-    payloads_.erase(id);
-    if (!eff) continue;
-    if (eff->vector.size() != opts_.spec.dim)
-      return Status::Corruption("log upsert of id " + std::to_string(id) + " has dimension " +
-                                std::to_string(eff->vector.size()));
-    ids.push_back(id);
-    vecs.insert(vecs.end(), eff->vector.begin(), eff->vector.end());
-    if (!eff->payload.empty()) payloads_[id] = std::move(eff->payload);
-  }
-  VECWAL_RETURN_IF_ERROR(index_->Remove(gone));
-  constexpr size_t kBatch = 65536;
-  for (size_t i = 0; i < ids.size(); i += kBatch) {
-    size_t n = std::min(kBatch, ids.size() - i);
-    VECWAL_RETURN_IF_ERROR(index_->Add(std::span(ids).subspan(i, n), std::span(vecs).subspan(i * opts_.spec.dim, n * opts_.spec.dim)));
-  }
-  st->apply_s = Since(t2);
+  VECWAL_RETURN_IF_ERROR(window.Flush());
+  st->apply_s = apply_s + Since(t2);
+  st->log_read_s = Since(t1) - st->apply_s;
   st->total_s = Since(t0);
 
   // A new store records its spec at once; salvage checkpoints past the holes.
