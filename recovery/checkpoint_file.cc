@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "io/crc32c.h"
+#include "wal/format.h"
 
 namespace vecwal::recovery {
 namespace {
@@ -163,22 +164,10 @@ Result<Payloads> DecodePayloads(std::span<const std::byte> b, uint64_t count, co
 
 }  // namespace
 
-std::string CheckpointFileName(uint64_t lsn) {
-  char buf[40];
-  std::snprintf(buf, sizeof(buf), "ckpt-%016llx.vwc", static_cast<unsigned long long>(lsn));
-  return buf;
-}
+std::string CheckpointFileName(uint64_t lsn) { return wal::NumberedFileName("ckpt-", lsn, ".vwc"); }
 
 std::optional<uint64_t> ParseCheckpointFileName(const std::string& name) {
-  if (name.size() != 25 || name.compare(0, 5, "ckpt-") != 0 || name.compare(21, 4, ".vwc") != 0) return std::nullopt;
-  uint64_t v = 0;
-  for (size_t i = 5; i < 21; ++i) {
-    char c = name[i];
-    int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
-    if (d < 0) return std::nullopt;
-    v = v << 4 | static_cast<uint64_t>(d);
-  }
-  return v;
+  return wal::ParseNumberedFileName(name, "ckpt-", ".vwc");
 }
 
 Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,

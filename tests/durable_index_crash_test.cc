@@ -97,30 +97,19 @@ bool Matches(const DurableIndex& d, const Model& m) {
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(every_acknowledged_op_survives_sigkill_at_random_points) {
-  const char* env = std::getenv("VECWAL_CRASH_POINTS");
-  const int points = env ? std::atoi(env) : 200;
+  const int points = test::CrashPoints();
   test::TempDir dir;
   std::mt19937_64 rng(4242);
   Model model;
   uint64_t acked_total = 0, inflight_applied = 0;
   for (int round = 0; round < points; ++round) {
-    int fds[2];
-    BOOST_REQUIRE(::pipe(fds) == 0);
-    pid_t pid = ::fork();
-    BOOST_REQUIRE(pid >= 0);
-    if (pid == 0) {
-      ::close(fds[0]);
-      RunChild(dir.path(), fds[1], round + 1);
-    }
-    ::close(fds[1]);
-    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 60000));
-    ::kill(pid, SIGKILL);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    BOOST_REQUIRE_MESSAGE(WIFSIGNALED(status), "child exited with " << WEXITSTATUS(status) << " in round " << round);
+    int code = 0;
+    const int fd = test::ForkAndKill([&](int out) { RunChild(dir.path(), out, round + 1); },
+                                     std::chrono::microseconds(rng() % 60000), &code);
+    BOOST_REQUIRE_MESSAGE(fd >= 0, "child exited by itself with " << code << " in round " << round);
     std::optional<Msg> in_flight;
     Msg m;
-    while (::read(fds[0], &m, sizeof(m)) == sizeof(m)) {
+    while (::read(fd, &m, sizeof(m)) == sizeof(m)) {
       if (m.kind == 1) {
         in_flight = m;
       } else {
@@ -129,7 +118,7 @@ BOOST_AUTO_TEST_CASE(every_acknowledged_op_survives_sigkill_at_random_points) {
         ++acked_total;
       }
     }
-    ::close(fds[0]);
+    ::close(fd);
     auto d = DurableIndex::Open(Options(dir.path()));
     BOOST_REQUIRE_MESSAGE(d.ok(), "round " << round << ": " << d.status().ToString());
     if (Matches(**d, model)) continue;

@@ -4,7 +4,13 @@
 #pragma once
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <chrono>
+#include <functional>
+#include <thread>
 
 #include <cstdlib>
 #include <filesystem>
@@ -107,6 +113,39 @@ inline void Fill(const std::string& path, uint64_t offset, size_t len, unsigned 
   if (fd < 0 || ::pwrite(fd, b.data(), len, static_cast<off_t>(offset)) != static_cast<ssize_t>(len)) std::abort();
   ::fsync(fd);
   ::close(fd);
+}
+
+// The crash loops' harness: forks `child` (which writes its messages to the
+// fd it is given and never returns), SIGKILLs it after `delay`, reaps it, and
+// returns the read end of its pipe. Returns -1 when the child was not killed
+// (it exited by itself: a failure the caller reports), with its exit code.
+inline int ForkAndKill(const std::function<void(int)>& child, std::chrono::microseconds delay, int* exit_code) {
+  int fds[2];
+  if (::pipe(fds) != 0) std::abort();
+  pid_t pid = ::fork();
+  if (pid < 0) std::abort();
+  if (pid == 0) {
+    ::close(fds[0]);
+    child(fds[1]);
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::this_thread::sleep_for(delay);
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (!WIFSIGNALED(status)) {
+    *exit_code = WEXITSTATUS(status);
+    ::close(fds[0]);
+    return -1;
+  }
+  return fds[0];
+}
+
+// The kill points a crash loop runs: VECWAL_CRASH_POINTS, default 200.
+inline int CrashPoints() {
+  const char* env = std::getenv("VECWAL_CRASH_POINTS");
+  return env ? std::atoi(env) : 200;
 }
 
 inline wal::WalOptions SmallLogOptions() {

@@ -95,31 +95,19 @@ void Send(int fd, const Msg& m) {
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(acknowledged_records_survive_sigkill_at_random_points) {
-  const char* env = std::getenv("VECWAL_CRASH_POINTS");
-  const int points = env ? std::atoi(env) : 200;
+  const int points = test::CrashPoints();
   test::TempDir dir;
   std::mt19937_64 rng(12345);
   std::map<uint64_t, uint64_t> acked;  // lsn -> key, over all rounds
   uint64_t release_bound = 1;
   uint64_t total_in_flight_kept = 0;
   for (int round = 0; round < points; ++round) {
-    int fds[2];
-    BOOST_REQUIRE(::pipe(fds) == 0);
-    pid_t pid = ::fork();
-    BOOST_REQUIRE(pid >= 0);
-    if (pid == 0) {
-      ::close(fds[0]);
-      RunChild(dir.path(), fds[1], round + 1);
-    }
-    ::close(fds[1]);
-    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 40000));
-    ::kill(pid, SIGKILL);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    BOOST_REQUIRE_MESSAGE(WIFSIGNALED(status), "child exited by itself with " << WEXITSTATUS(status) << " in round "
-                                                                                << round);
+    int code = 0;
+    const int fd = test::ForkAndKill([&](int out) { RunChild(dir.path(), out, round + 1); },
+                                     std::chrono::microseconds(rng() % 40000), &code);
+    BOOST_REQUIRE_MESSAGE(fd >= 0, "child exited by itself with " << code << " in round " << round);
     Msg m;
-    while (::read(fds[0], &m, sizeof(m)) == sizeof(m)) {
+    while (::read(fd, &m, sizeof(m)) == sizeof(m)) {
       if (m.kind == 1) {
         auto [it, fresh] = acked.emplace(m.lsn, m.key);
         BOOST_REQUIRE_MESSAGE(fresh && it->second == m.key, "LSN " << m.lsn << " acknowledged twice");
@@ -127,7 +115,7 @@ BOOST_AUTO_TEST_CASE(acknowledged_records_survive_sigkill_at_random_points) {
         release_bound = std::max(release_bound, m.lsn);
       }
     }
-    ::close(fds[0]);
+    ::close(fd);
 
     // Recover and check.
     uint64_t seen = 0, unacked_whole = 0, bad = 0;

@@ -114,22 +114,31 @@ uint64_t NewSegmentEpoch() {
   return e;
 }
 
-std::string SegmentFileName(uint64_t segment_id) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "wal-%016llx.log", static_cast<unsigned long long>(segment_id));
-  return buf;
+std::string NumberedFileName(std::string_view prefix, uint64_t n, std::string_view suffix) {
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(n));
+  return std::string(prefix) + hex + std::string(suffix);
 }
 
-std::optional<uint64_t> ParseSegmentFileName(const std::string& name) {
-  if (name.size() != 24 || name.compare(0, 4, "wal-") != 0 || name.compare(20, 4, ".log") != 0) return std::nullopt;
-  uint64_t id = 0;
-  for (size_t i = 4; i < 20; ++i) {
+std::optional<uint64_t> ParseNumberedFileName(const std::string& name, std::string_view prefix,
+                                              std::string_view suffix) {
+  if (name.size() != prefix.size() + 16 + suffix.size() || name.compare(0, prefix.size(), prefix) != 0 ||
+      name.compare(prefix.size() + 16, suffix.size(), suffix) != 0)
+    return std::nullopt;
+  uint64_t n = 0;
+  for (size_t i = prefix.size(); i < prefix.size() + 16; ++i) {
     char c = name[i];
     int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
     if (d < 0) return std::nullopt;
-    id = id << 4 | static_cast<uint64_t>(d);
+    n = n << 4 | static_cast<uint64_t>(d);
   }
-  return id;
+  return n;
+}
+
+std::string SegmentFileName(uint64_t segment_id) { return NumberedFileName("wal-", segment_id, ".log"); }
+
+std::optional<uint64_t> ParseSegmentFileName(const std::string& name) {
+  return ParseNumberedFileName(name, "wal-", ".log");
 }
 
 }  // namespace vecwal::wal

@@ -15,6 +15,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 
 namespace vecwal::wal {
 
@@ -83,6 +84,12 @@ inline constexpr uint64_t RecordFootprint(uint64_t payload_len) {
 
 // A random nonzero epoch for a newly activated segment.
 uint64_t NewSegmentEpoch();
+
+// "<prefix><n as 16 lowercase hex digits><suffix>", and back: the naming of
+// every numbered file vecwal writes (segments, checkpoints).
+std::string NumberedFileName(std::string_view prefix, uint64_t n, std::string_view suffix);
+std::optional<uint64_t> ParseNumberedFileName(const std::string& name, std::string_view prefix,
+                                              std::string_view suffix);
 
 std::string SegmentFileName(uint64_t segment_id);
 // The id in a segment file name, or nullopt for any other name.
