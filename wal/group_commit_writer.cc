@@ -137,14 +137,28 @@ void GroupCommitWriter::WakeLoopIfIdle(std::unique_lock<std::mutex>& lk) {
 // sleeping saves the wake syscall for most waiters.)
 Status GroupCommitWriter::RegisterAndWait(std::unique_lock<std::mutex>& lk, uint64_t lsn) {
   std::binary_semaphore done{0};
+  std::atomic<bool> flag{false};
   Status result;
+  // A lone waiter polls for the length of a fast device write before it
+  // sleeps: waking a sleeping thread costs tens of microseconds on a VM, a
+  // third of a 4 KiB durable write. With company, sleeping is cheaper.
+  const bool alone = callbacks_.empty();
   callbacks_.emplace_back(lsn, [&](const Status& s, uint64_t) {
     result = s;
+    flag.store(true, std::memory_order_release);
     done.release();
   });
   WakeLoopIfIdle(lk);
   if (lk.owns_lock()) lk.unlock();
-  done.acquire();
+  if (alone) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kWaiterSpinMicros);
+    while (!flag.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < until) {
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+    }
+  }
+  done.acquire();  // always: the callback may still be inside release()
   return result;
 }
 
