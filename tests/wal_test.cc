@@ -14,6 +14,8 @@
 #include "io/fault_file_system.h"
 #include "tests/test_util.h"
 #include "wal/record_ops.h"
+#include "wal/segment_allocator.h"
+#include "wal/segment_files.h"
 #include "wal/wal.h"
 
 using namespace vecwal;
@@ -494,6 +496,35 @@ BOOST_AUTO_TEST_CASE(ops_round_trip_and_truncation_names_the_lsn) {
   auto op = DecodeOp(recs[0].type, recs[0].payload, recs[0].lsn);
   BOOST_REQUIRE(op.ok());
   BOOST_TEST(std::get<UpsertOp>(*op).id == 42u);
+}
+
+// Regression (found by the crash loop): a blank file adopted as a spare at
+// open could be renamed over a segment that had gone live under the same
+// name, losing its acknowledged records.
+BOOST_AUTO_TEST_CASE(adopted_spare_is_never_renamed_over_a_live_segment) {
+  auto fs = opts.fs;
+  FileOpenOptions make;
+  make.create = make.writable = true;
+  make.zero_fill_bytes = opts.segment_bytes;
+  for (uint64_t id : {1, 3}) BOOST_REQUIRE(fs->Open(test::SegmentPath(dir.path(), id), make).ok());
+  SegmentAllocator alloc(*fs, dir.path(), opts.segment_bytes, 4);
+  alloc.AdoptSpare(test::SegmentPath(dir.path(), 1));
+  alloc.AdoptSpare(test::SegmentPath(dir.path(), 3));
+  auto three = alloc.Take(3);  // must be wal-3 itself, and no longer a spare
+  BOOST_REQUIRE(three.ok());
+  BOOST_REQUIRE(WriteSegmentHeader(**three, {3, 77, 100, opts.segment_bytes, 4096}).ok());
+  auto four = alloc.Take(4);   // must come from wal-1
+  BOOST_REQUIRE(four.ok());
+  auto files = ListSegmentFiles(*fs, dir.path());
+  BOOST_REQUIRE(files.ok());
+  BOOST_REQUIRE(files->size() == 2u);
+  BOOST_TEST((*files)[0].id == 3u);
+  BOOST_TEST(((*files)[0].state == SegmentFileInfo::State::kLive));
+  BOOST_TEST((*files)[1].id == 4u);
+  // And a spare that is not blank is refused outright.
+  alloc.AdoptSpare(test::SegmentPath(dir.path(), 3));
+  auto five = alloc.Take(5);
+  BOOST_TEST(five.status().IsCorruption(), five.status().ToString());
 }
 
 BOOST_AUTO_TEST_SUITE_END()
