@@ -170,9 +170,12 @@ std::optional<uint64_t> ParseCheckpointFileName(const std::string& name) {
   return wal::ParseNumberedFileName(name, "ckpt-", ".vwc");
 }
 
-Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
-                                    const index::VectorIndex& idx, const Payloads& payloads) {
-  const auto& spec = idx.spec();
+namespace {
+
+Result<std::string> WriteCheckpointFile(FileSystem& fs, const std::string& dir, uint64_t lsn,
+                                        const index::IndexSpec& spec, uint64_t live_count,
+                                        const std::function<Status(const index::ByteSink&)>& write_index,
+                                        const Payloads& payloads) {
   if (spec.description.size() > kMaxDescription)
     return Status::InvalidArgument("index description longer than " + std::to_string(kMaxDescription) + " bytes");
   const std::string final_path = dir + "/" + CheckpointFileName(lsn);
@@ -185,7 +188,7 @@ Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint
   uint64_t at = kHeaderBytes;
   {
     SectionWriter w(*f, at);
-    VECWAL_RETURN_IF_ERROR(idx.Serialize([&](std::span<const std::byte> b) { return w.Append(b); }));
+    VECWAL_RETURN_IF_ERROR(write_index([&](std::span<const std::byte> b) { return w.Append(b); }));
     VECWAL_ASSIGN_OR_RETURN(Section s, w.Finish(kIndexSection));
     sections.push_back(s);
     at = w.end();
@@ -209,7 +212,7 @@ Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint
   Put(p, 16, lsn);
   Put(p, 24, spec.dim);
   Put(p, 28, static_cast<uint8_t>(spec.metric));
-  Put(p, 32, static_cast<uint64_t>(idx.size()));
+  Put(p, 32, live_count);
   Put(p, 40, static_cast<uint64_t>(payloads.size()));
   Put(p, 48, static_cast<uint32_t>(sections.size()));
   Put(p, 52, static_cast<uint32_t>(spec.description.size()));
@@ -228,6 +231,21 @@ Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint
   VECWAL_RETURN_IF_ERROR(fs.Rename(tmp, final_path));
   VECWAL_RETURN_IF_ERROR(fs.SyncDir(dir));
   return final_path;
+}
+
+}  // namespace
+
+Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
+                                    const index::VectorIndex& idx, const Payloads& payloads) {
+  return WriteCheckpointFile(fs, dir, lsn, idx.spec(), idx.size(),
+                             [&](const index::ByteSink& sink) { return idx.Serialize(sink); }, payloads);
+}
+
+Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
+                                    const index::IndexSpec& spec, uint64_t live_count,
+                                    std::span<const std::byte> index_bytes, const Payloads& payloads) {
+  return WriteCheckpointFile(fs, dir, lsn, spec, live_count,
+                             [&](const index::ByteSink& sink) { return sink(index_bytes); }, payloads);
 }
 
 Result<CheckpointInfo> ReadCheckpointInfo(FileSystem& fs, const std::string& path) {

@@ -48,6 +48,11 @@ using Payloads = std::map<uint64_t, std::vector<std::byte>>;
 // returns its path once it is durable under its final name.
 Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
                                     const index::VectorIndex& idx, const Payloads& payloads);
+// The same from an index already serialized (VectorIndex::Serialize's bytes),
+// so that the file is written without holding the index.
+Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
+                                    const index::IndexSpec& spec, uint64_t live_count,
+                                    std::span<const std::byte> index_bytes, const Payloads& payloads);
 
 struct LoadedCheckpoint {
   CheckpointInfo info;

@@ -39,6 +39,7 @@ Result<std::unique_ptr<DurableIndex>> DurableIndex::Open(const DurableIndexOptio
 DurableIndex::~DurableIndex() { (void)Close(); }
 
 Status DurableIndex::Close() {
+  std::lock_guard c(ckpt_mu_);
   std::lock_guard lk(write_mu_);
   if (!wal_) return Status::OK();
   Status s = wal_->Close();
@@ -108,10 +109,7 @@ Status DurableIndex::Recover(RecoveryStats* st) {
   st->total_s = Since(t0);
 
   // A new store records its spec at once; salvage checkpoints past the holes.
-  if (!ck || !rep.dropped.empty()) {
-    std::lock_guard lk(write_mu_);
-    VECWAL_RETURN_IF_ERROR(CheckpointLocked().status());
-  }
+  if (!ck || !rep.dropped.empty()) VECWAL_RETURN_IF_ERROR(Checkpoint().status());
   return Status::OK();
 }
 
@@ -314,37 +312,57 @@ size_t DurableIndex::Size() const {
 }
 
 Status DurableIndex::Train(std::span<const float> sample) {
-  std::lock_guard lk(write_mu_);
-  if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
-  if (index_->is_trained())
-    return Status::InvalidArgument("index '" + opts_.spec.description + "' is already trained");
+  std::lock_guard c(ckpt_mu_);
+  Snapshot snap;
   {
-    std::unique_lock w(state_mu_);
-    VECWAL_RETURN_IF_ERROR(index_->Train(sample));
+    std::lock_guard lk(write_mu_);
+    if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
+    if (index_->is_trained())
+      return Status::InvalidArgument("index '" + opts_.spec.description + "' is already trained");
+    {
+      std::unique_lock w(state_mu_);
+      VECWAL_RETURN_IF_ERROR(index_->Train(sample));
+    }
+    VECWAL_ASSIGN_OR_RETURN(snap, SnapshotLocked());
   }
-  return CheckpointLocked().status();
+  return Persist(std::move(snap)).status();
 }
 
 Result<uint64_t> DurableIndex::Checkpoint() {
-  std::lock_guard lk(write_mu_);
-  if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
-  return CheckpointLocked();
+  std::lock_guard c(ckpt_mu_);
+  Snapshot snap;
+  {
+    std::lock_guard lk(write_mu_);
+    if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
+    VECWAL_ASSIGN_OR_RETURN(snap, SnapshotLocked());
+  }
+  return Persist(std::move(snap));
 }
 
-// Writers are held off by write_mu_, so the index is exactly the log up to
-// the durable LSN.
-Result<uint64_t> DurableIndex::CheckpointLocked() {
+// With placement stopped and every placed op applied, the index is exactly
+// the log up to the durable LSN: copy it, in FAISS's serialized form.
+Result<DurableIndex::Snapshot> DurableIndex::SnapshotLocked() {
   VECWAL_RETURN_IF_ERROR(DrainLocked());  // never persist a state that may have left its log
-  const uint64_t lsn = std::max(wal_->durable_lsn(), last_checkpoint_lsn_);
+  Snapshot snap;
+  snap.lsn = std::max(wal_->durable_lsn(), last_checkpoint_lsn_.load());
   {
     std::unique_lock w(state_mu_);
     VECWAL_RETURN_IF_ERROR(index_->Compact());
   }
-  {
-    std::shared_lock r(state_mu_);
-    VECWAL_RETURN_IF_ERROR(WriteCheckpoint(*fs_, opts_.dir, lsn, *index_, payloads_).status());
-  }
-  last_checkpoint_lsn_ = lsn;
+  std::shared_lock r(state_mu_);
+  snap.live = index_->size();
+  VECWAL_RETURN_IF_ERROR(index_->Serialize([&](std::span<const std::byte> b) {
+    snap.index_bytes.insert(snap.index_bytes.end(), b.begin(), b.end());
+    return Status::OK();
+  }));
+  snap.payloads = payloads_;
+  return snap;
+}
+
+Result<uint64_t> DurableIndex::Persist(Snapshot&& snap) {
+  VECWAL_RETURN_IF_ERROR(
+      WriteCheckpoint(*fs_, opts_.dir, snap.lsn, opts_.spec, snap.live, snap.index_bytes, snap.payloads).status());
+  last_checkpoint_lsn_ = snap.lsn;
   log_bytes_since_checkpoint_ = 0;
   // Keep the newest generations; the log is needed from the oldest kept one.
   VECWAL_ASSIGN_OR_RETURN(auto names, fs_->ListDir(opts_.dir));
@@ -356,8 +374,8 @@ Result<uint64_t> DurableIndex::CheckpointLocked() {
     VECWAL_RETURN_IF_ERROR(fs_->Remove(opts_.dir + "/" + CheckpointFileName(lsns[i])));
   VECWAL_RETURN_IF_ERROR(fs_->SyncDir(opts_.dir));
   const size_t kept = std::min(lsns.size(), std::max<size_t>(opts_.keep_checkpoints, 1));
-  VECWAL_RETURN_IF_ERROR(wal_->ReleaseBefore(lsns[kept - 1] + 1).status());
-  return lsn;
+  VECWAL_RETURN_IF_ERROR(wal_->ReleaseBefore(lsns[kept - 1] + 1).status());  // Close waits on ckpt_mu_
+  return snap.lsn;
 }
 
 DurableIndexStats DurableIndex::Stats() const {
@@ -365,8 +383,8 @@ DurableIndexStats DurableIndex::Stats() const {
   DurableIndexStats s;
   s.size = Size();
   s.recovery = recovery_;
-  s.last_checkpoint_lsn = last_checkpoint_lsn_;
-  s.log_bytes_since_checkpoint = log_bytes_since_checkpoint_;
+  s.last_checkpoint_lsn = last_checkpoint_lsn_.load();
+  s.log_bytes_since_checkpoint = log_bytes_since_checkpoint_.load();
   s.durable_lsn = wal_ ? wal_->durable_lsn() : 0;
   return s;
 }

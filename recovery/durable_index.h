@@ -11,8 +11,10 @@
 // and places its record in order under a short lock, waits for durability
 // with the others, then applies, strictly in log order (whichever writer
 // finds the next op ready applies it), and returns once its op is visible.
-// A checkpoint stops new writes, lets the placed ones apply, and serializes
-// the index while writers wait.
+// A checkpoint stops new writes only while it lets the placed ones apply and
+// copies the index and payloads in memory (FAISS's serialized form); the
+// file is written, fsynced and renamed while writes go on. The price is a
+// second copy of the index in memory for the length of a checkpoint.
 //
 // Thread safety: all methods may be called from any thread; searches run
 // concurrently with each other and wait only for an apply in progress.
@@ -116,7 +118,13 @@ class DurableIndex {
   void SetFailedNoNotify(const Status& s);  // under apply_mu_
   Status Validate(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) const;
   void ApplyOp(const wal::Op& op);
-  Result<uint64_t> CheckpointLocked();
+  struct Snapshot {
+    uint64_t lsn = 0, live = 0;
+    std::vector<std::byte> index_bytes;
+    Payloads payloads;
+  };
+  Result<Snapshot> SnapshotLocked();            // under write_mu_
+  Result<uint64_t> Persist(Snapshot&& snap);    // under ckpt_mu_, not write_mu_
   Status Recover(RecoveryStats* stats);
 
   DurableIndexOptions opts_;
@@ -124,9 +132,11 @@ class DurableIndex {
   std::unique_ptr<wal::Wal> wal_;
   std::unique_ptr<index::VectorIndex> index_;
   Payloads payloads_;
-  mutable std::mutex write_mu_;          // placement order, checkpoints, Train, Close
+  // Lock order: ckpt_mu_, then write_mu_, then state_mu_ / apply_mu_.
+  std::mutex ckpt_mu_;                   // one checkpoint at a time; Close waits for it
+  mutable std::mutex write_mu_;          // placement order; checkpoint snapshots, Train, Close
   mutable std::shared_mutex state_mu_;   // index_ and payloads_: readers shared, applies exclusive
-  uint64_t last_checkpoint_lsn_ = 0;     // under write_mu_
+  std::atomic<uint64_t> last_checkpoint_lsn_{0};  // written under ckpt_mu_
   std::atomic<uint64_t> log_bytes_since_checkpoint_{0};
   RecoveryStats recovery_;
 
