@@ -1,6 +1,7 @@
 // The FAISS CPU backend of VectorIndex. Every FAISS call is wrapped: FAISS
 // throws, and an exception must not cross into the durable layer.
 #include <faiss/Index.h>
+#include <faiss/IndexFlatCodes.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexIVF.h>
@@ -184,6 +185,16 @@ class FaissIndex final : public VectorIndex {
       index_->reconstruct(static_cast<faiss::Index::idx_t>(it->second), v.data());
     }));
     return v;
+  }
+
+  void Reserve(size_t n) override {
+    slot_of_.reserve(n);
+    id_of_.reserve(n);
+    auto* map = dynamic_cast<faiss::IndexIDMap2*>(index_.get());
+    if (map == nullptr) return;
+    map->id_map.reserve(n);
+    map->rev_map.reserve(n);
+    if (auto* flat = dynamic_cast<faiss::IndexFlatCodes*>(map->index)) flat->codes.reserve(n * flat->code_size);
   }
 
   size_t size() const override { return slot_of_.size(); }

@@ -69,6 +69,10 @@ class VectorIndex {
   virtual Result<std::vector<float>> Reconstruct(uint64_t id) const = 0;
   virtual size_t size() const = 0;        // live vectors
   virtual size_t tombstones() const = 0;  // removed but still inside FAISS
+  // Makes room for `n` vectors in all, where the backend can: replay into
+  // pre-sized storage instead of growing by doubling (which copies the whole
+  // index and holds two copies at once). Untouched reserved pages cost no RSS.
+  virtual void Reserve(size_t n) = 0;
   // Rebuilds the index without its tombstones; a no-op when there are none.
   virtual Status Compact() = 0;
   // Writes the FAISS index (loadable by faiss::read_index; labels are slots)

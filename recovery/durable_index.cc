@@ -80,8 +80,18 @@ Status DurableIndex::Recover(RecoveryStats* st) {
   st->checkpoint_lsn = last_checkpoint_lsn_;
   st->checkpoint_load_s = Since(t0);
 
-  // Replay the log after the checkpoint, in windows applied as batches.
+  // Replay the log after the checkpoint, in windows applied as batches, into
+  // storage sized for at most every log byte being a new vector.
   const auto t1 = Clock::now();
+  {
+    uint64_t log_bytes = 0;
+    auto files = fs_->ListDir(opts_.dir + "/wal");
+    if (files.ok())
+      for (const auto& n : *files)
+        if (wal::ParseSegmentFileName(n)) log_bytes += opts_.wal.segment_bytes;
+    const uint64_t per_vector = wal::RecordFootprint(16 + uint64_t{opts_.spec.dim} * sizeof(float));
+    index_->Reserve(index_->size() + log_bytes / per_vector);
+  }
   ReplayWindow window(*index_, payloads_);
   double apply_s = 0;
   opts_.wal.min_next_lsn = last_checkpoint_lsn_ + 1;
