@@ -1,5 +1,6 @@
 #include "recovery/checkpoint_file.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -168,6 +169,15 @@ std::string CheckpointFileName(uint64_t lsn) { return wal::NumberedFileName("ckp
 
 std::optional<uint64_t> ParseCheckpointFileName(const std::string& name) {
   return wal::ParseNumberedFileName(name, "ckpt-", ".vwc");
+}
+
+Result<std::vector<uint64_t>> ListCheckpoints(FileSystem& fs, const std::string& dir) {
+  VECWAL_ASSIGN_OR_RETURN(auto names, fs.ListDir(dir));
+  std::vector<uint64_t> lsns;
+  for (const auto& n : names)
+    if (auto l = ParseCheckpointFileName(n)) lsns.push_back(*l);
+  std::sort(lsns.rbegin(), lsns.rend());
+  return lsns;
 }
 
 namespace {

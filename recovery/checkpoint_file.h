@@ -42,6 +42,9 @@ std::string CheckpointFileName(uint64_t lsn);  // "ckpt-<lsn as 16 hex>.vwc"
 // The LSN in a checkpoint file name; nullopt for any other name.
 std::optional<uint64_t> ParseCheckpointFileName(const std::string& name);
 
+// The LSNs of the checkpoint files in `dir`, newest first.
+Result<std::vector<uint64_t>> ListCheckpoints(FileSystem& fs, const std::string& dir);
+
 using Payloads = std::map<uint64_t, std::vector<std::byte>>;
 
 // Writes a checkpoint of `idx` and `payloads` at `lsn` into `dir`, and

@@ -50,11 +50,7 @@ Status DurableIndex::Close() {
 Status DurableIndex::Recover(RecoveryStats* st) {
   const auto t0 = Clock::now();
   // Newest checkpoint that verifies; an older one if it does not.
-  VECWAL_ASSIGN_OR_RETURN(auto names, fs_->ListDir(opts_.dir));
-  std::vector<uint64_t> lsns;
-  for (const auto& n : names)
-    if (auto l = ParseCheckpointFileName(n)) lsns.push_back(*l);
-  std::sort(lsns.rbegin(), lsns.rend());
+  VECWAL_ASSIGN_OR_RETURN(auto lsns, ListCheckpoints(*fs_, opts_.dir));
   std::optional<LoadedCheckpoint> ck;
   for (uint64_t l : lsns) {
     auto loaded = LoadCheckpoint(*fs_, opts_.dir + "/" + CheckpointFileName(l));
@@ -375,11 +371,7 @@ Result<uint64_t> DurableIndex::Persist(Snapshot&& snap) {
   last_checkpoint_lsn_ = snap.lsn;
   log_bytes_since_checkpoint_ = 0;
   // Keep the newest generations; the log is needed from the oldest kept one.
-  VECWAL_ASSIGN_OR_RETURN(auto names, fs_->ListDir(opts_.dir));
-  std::vector<uint64_t> lsns;
-  for (const auto& n : names)
-    if (auto l = ParseCheckpointFileName(n)) lsns.push_back(*l);
-  std::sort(lsns.rbegin(), lsns.rend());
+  VECWAL_ASSIGN_OR_RETURN(auto lsns, ListCheckpoints(*fs_, opts_.dir));
   for (size_t i = std::max<size_t>(opts_.keep_checkpoints, 1); i < lsns.size(); ++i)
     VECWAL_RETURN_IF_ERROR(fs_->Remove(opts_.dir + "/" + CheckpointFileName(lsns[i])));
   VECWAL_RETURN_IF_ERROR(fs_->SyncDir(opts_.dir));

@@ -8,6 +8,14 @@
 #include "wal/segment_files.h"
 
 namespace vecwal::wal {
+namespace {
+// The body of a spin-wait: tells the CPU (and a hypervisor) we are spinning.
+inline void CpuRelax() {
+#if defined(__x86_64__)
+  __builtin_ia32_pause();
+#endif
+}
+}  // namespace
 
 GroupCommitWriter::GroupCommitWriter(FileSystem& fs, std::string dir, const WriterOptions& opts,
                                      std::unique_ptr<DurableWriteQueue> q, SegmentAllocator& alloc, WriterStart start)
@@ -153,9 +161,7 @@ Status GroupCommitWriter::RegisterAndWait(std::unique_lock<std::mutex>& lk, uint
   if (alone) {
     const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kWaiterSpinMicros);
     while (!flag.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < until) {
-#if defined(__x86_64__)
-      __builtin_ia32_pause();
-#endif
+      CpuRelax();
     }
   }
   done.acquire();  // always: the callback may still be inside release()
@@ -331,9 +337,7 @@ bool GroupCommitWriter::SpinForWork() {
   const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kIdleSpinMicros);
   while (std::chrono::steady_clock::now() < until) {
     if (placed_.load(std::memory_order_acquire) != seen) return true;
-#if defined(__x86_64__)
-    __builtin_ia32_pause();
-#endif
+    CpuRelax();
   }
   return false;
 }
