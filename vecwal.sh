@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-DEPS=(build-essential cmake ninja-build pkg-config
+DEPS=(build-essential cmake ninja-build pkg-config librsvg2-bin
       liburing-dev libisal-dev libfmt-dev libboost-test-dev libcli11-dev nlohmann-json3-dev
       libfaiss-dev libopenblas-dev python3-faiss
       librocksdb-dev fio)

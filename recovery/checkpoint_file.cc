@@ -265,6 +265,31 @@ Result<CheckpointInfo> ReadCheckpointInfo(FileSystem& fs, const std::string& pat
   return h.info;
 }
 
+bool CheckpointReport::ok() const {
+  return std::all_of(sections.begin(), sections.end(), [](const auto& s) { return s.problem.empty(); });
+}
+
+Result<CheckpointReport> VerifyCheckpoint(FileSystem& fs, const std::string& path) {
+  FileOpenOptions ro;
+  VECWAL_ASSIGN_OR_RETURN(auto f, fs.Open(path, ro));
+  VECWAL_ASSIGN_OR_RETURN(Header h, ReadHeader(*f, path));
+  CheckpointReport r;
+  r.info = h.info;
+  for (const auto& s : h.sections) {
+    CheckpointSection out{SectionName(s.kind), s.offset, s.length, s.crc, ""};
+    auto bytes = ReadRange(*f, s.offset, s.length);
+    if (!bytes.ok())
+      out.problem = bytes.status().ToString();
+    else if (crc32c::Value(bytes->data(), bytes->size()) != s.crc)
+      out.problem = Where(path, s) + ": checksum mismatch";
+    r.sections.push_back(std::move(out));
+  }
+  for (uint32_t kind : {kIndexSection, kPayloadSection})
+    if (std::none_of(h.sections.begin(), h.sections.end(), [&](const Section& s) { return s.kind == kind; }))
+      r.sections.push_back({SectionName(kind), 0, 0, 0, path + ": no " + std::string(SectionName(kind)) + " section"});
+  return r;
+}
+
 Result<LoadedCheckpoint> LoadCheckpoint(FileSystem& fs, const std::string& path) {
   FileOpenOptions ro;
   VECWAL_ASSIGN_OR_RETURN(auto f, fs.Open(path, ro));

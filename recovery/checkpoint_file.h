@@ -63,9 +63,29 @@ struct LoadedCheckpoint {
   Payloads payloads;
 };
 
+// One section of a checkpoint file, as its header block describes it.
+struct CheckpointSection {
+  std::string name;  // "index" or "payloads"
+  uint64_t offset = 0, length = 0;
+  uint32_t crc = 0;
+  std::string problem;  // empty when its bytes match its CRC
+};
+
+struct CheckpointReport {
+  CheckpointInfo info;
+  std::vector<CheckpointSection> sections;
+  bool ok() const;
+};
+
+// Reads the header block only (its CRC is checked).
+Result<CheckpointInfo> ReadCheckpointInfo(FileSystem& fs, const std::string& path);
+// Reads the header and every section and checks each CRC, loading nothing:
+// what an inspector runs on a file a live process may be using. An error
+// means the header block itself is unreadable; section damage is reported
+// per section.
+Result<CheckpointReport> VerifyCheckpoint(FileSystem& fs, const std::string& path);
 // Reads and verifies every byte of a checkpoint; errors name the file, the
 // section and its offset.
-Result<CheckpointInfo> ReadCheckpointInfo(FileSystem& fs, const std::string& path);
 Result<LoadedCheckpoint> LoadCheckpoint(FileSystem& fs, const std::string& path);
 
 }  // namespace vecwal::recovery

@@ -2,7 +2,7 @@
 //
 // A segment file is live (a header naming its own id), blank (block 0 all
 // zeros: preallocated or recycled, not yet activated) or damaged (block 0
-// holds neither). Internal to wal/.
+// holds neither). Read by the log and, read-only, by vecwal-inspect.
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,77 @@
+// `vecwal-recovery estimate DIR`: how long a restart of an existing store
+// would take here, from its sizes and this machine's measured rates.
+//
+// The store is only read (no lock, no write): its newest checkpoint's header
+// and size, and its log tail after that checkpoint, scanned once to count the
+// bytes replay would read. The rates come from a calibration crash of a
+// small store with the same index in a scratch directory. The prediction is
+// linear in bytes; indices whose insert cost grows with their size (HNSW)
+// make it a lower bound.
+#include <filesystem>
+#include <stdexcept>
+
+#include <fmt/core.h>
+
+#include "recovery/checkpoint_file.h"
+#include "tools/recovery_measure.h"
+#include "wal/log_reader.h"
+
+namespace vecwal::tools {
+
+nlohmann::json RunEstimate(const EstimateConfig& c) {
+  namespace stdfs = std::filesystem;
+  auto fsys = NewPosixFileSystem();
+  auto lsns = recovery::ListCheckpoints(*fsys, c.dir);
+  if (!lsns.ok()) throw std::runtime_error(lsns.status().ToString());
+  if (lsns->empty()) throw std::runtime_error(c.dir + ": no checkpoint, so no index description to estimate from");
+  const std::string ckpt = c.dir + "/" + recovery::CheckpointFileName(lsns->front());
+  auto info = recovery::ReadCheckpointInfo(*fsys, ckpt);
+  if (!info.ok()) throw std::runtime_error(info.status().ToString());
+  uint64_t tail_bytes = 0, tail_records = 0;
+  auto scan = wal::ScanLog(*fsys, c.dir + "/wal", info->lsn + 1, wal::RecoveryMode::kTolerateTail,
+                           [&](const wal::LogRecord& r) {
+                             if (r.lsn > info->lsn) {
+                               tail_bytes += r.payload.size();
+                               ++tail_records;
+                             }
+                             return Status::OK();
+                           });
+  if (!scan.ok()) throw std::runtime_error(scan.status().ToString());
+
+  MeasureConfig m;
+  m.dir = c.scratch + "/vecwal-estimate-" + std::to_string(::getpid());
+  m.vectors = c.calibration_vectors;
+  m.dim = info->spec.dim;
+  m.index = info->spec.description;
+  m.metric = info->spec.metric == index::Metric::kInnerProduct ? "ip" : "l2";
+  m.wal_mib = c.calibration_wal_mib;
+  fmt::print(stderr, "  calibrating: a crash and restart of {} x {}-d {} in {} ...\n", m.vectors, m.dim, m.index,
+             m.dir);
+  MeasureResult cal;
+  try {
+    cal = MeasureOnce(m);
+  } catch (...) {
+    stdfs::remove_all(m.dir);
+    throw;
+  }
+  stdfs::remove_all(m.dir);
+  if (!cal.ok) throw std::runtime_error("calibration run failed its own check: " + cal.problem);
+  const auto& r = cal.report["recovery"];
+  const double cal_ckpt_bytes = cal.report["store"].value("checkpoint_bytes", 0.0);
+  const double load_rate = cal_ckpt_bytes / std::max(1e-6, r["checkpoint_load_s"].get<double>());
+  const double replay_s = r["log_read_s"].get<double>() + r["decode_s"].get<double>() + r["apply_s"].get<double>();
+  const double replay_rate = r["log_bytes_replayed"].get<double>() / std::max(1e-6, replay_s);
+  const double fixed_s = r["first_search_s"].get<double>() - r["checkpoint_load_s"].get<double>() - replay_s;
+  const double load_s = static_cast<double>(info->file_bytes) / load_rate;
+  const double tail_s = static_cast<double>(tail_bytes) / replay_rate;
+  return {{"dir", c.dir},
+          {"checkpoint", {{"file", ckpt}, {"lsn", info->lsn}, {"bytes", info->file_bytes},
+                          {"vectors", info->live_count}, {"index", info->spec.description}, {"dim", info->spec.dim}}},
+          {"log_tail", {{"records", tail_records}, {"bytes", tail_bytes}, {"last_lsn", scan->last_lsn}}},
+          {"rates", {{"checkpoint_load_bytes_per_s", load_rate}, {"replay_bytes_per_s", replay_rate},
+                     {"fixed_s", std::max(0.0, fixed_s)}, {"calibration_vectors", m.vectors}}},
+          {"predicted", {{"checkpoint_load_s", load_s}, {"replay_s", tail_s},
+                         {"total_s", load_s + tail_s + std::max(0.0, fixed_s)}}}};
+}
+
+}  // namespace vecwal::tools
