@@ -109,6 +109,7 @@ Status DurableIndex::Recover(RecoveryStats* st) {
     return Status::Corruption(opts_.dir + ": the checkpoint ends at LSN " + std::to_string(last_checkpoint_lsn_) +
                               " but the log starts at LSN " + std::to_string(rep.first_lsn));
   st->tail_note = rep.tail_note;
+  st->log_bytes_read = rep.bytes_read;
   st->dropped = rep.dropped;
   const auto t2 = Clock::now();
   VECWAL_RETURN_IF_ERROR(window.Flush());

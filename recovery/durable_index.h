@@ -54,7 +54,8 @@ struct RecoveryStats {
   std::string checkpoint_note;  // a fallback to an older checkpoint, said here
   // log_read_s: read and verify; decode_s: records to ops; apply_s: into the index.
   double checkpoint_load_s = 0, log_read_s = 0, decode_s = 0, apply_s = 0, total_s = 0;
-  uint64_t records_replayed = 0, bytes_replayed = 0;
+  uint64_t records_replayed = 0, bytes_replayed = 0;  // bytes: record payloads
+  uint64_t log_bytes_read = 0;                        // segment bytes read to find them
   std::string tail_note;
   std::vector<wal::DroppedRange> dropped;
 };

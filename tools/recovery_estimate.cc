@@ -56,22 +56,27 @@ nlohmann::json RunEstimate(const EstimateConfig& c) {
   }
   stdfs::remove_all(m.dir);
   if (!cal.ok) throw std::runtime_error("calibration run failed its own check: " + cal.problem);
+  // Reading is paid per segment byte read (whole segments), decoding and
+  // applying per record byte replayed.
   const auto& r = cal.report["recovery"];
-  const double cal_ckpt_bytes = cal.report["store"].value("checkpoint_bytes", 0.0);
-  const double load_rate = cal_ckpt_bytes / std::max(1e-6, r["checkpoint_load_s"].get<double>());
-  const double replay_s = r["log_read_s"].get<double>() + r["decode_s"].get<double>() + r["apply_s"].get<double>();
-  const double replay_rate = r["log_bytes_replayed"].get<double>() / std::max(1e-6, replay_s);
-  const double fixed_s = r["first_search_s"].get<double>() - r["checkpoint_load_s"].get<double>() - replay_s;
+  auto rate = [](double bytes, double s) { return bytes / std::max(1e-6, s); };
+  const double load_rate = rate(cal.report["store"].value("checkpoint_bytes", 0.0), r["checkpoint_load_s"].get<double>());
+  const double read_rate = rate(r["log_bytes_read"].get<double>(), r["log_read_s"].get<double>());
+  const double apply_rate =
+      rate(r["log_bytes_replayed"].get<double>(), r["decode_s"].get<double>() + r["apply_s"].get<double>());
+  const double fixed_s = std::max(0.0, r["first_search_s"].get<double>() - r["open_s"].get<double>());
   const double load_s = static_cast<double>(info->file_bytes) / load_rate;
-  const double tail_s = static_cast<double>(tail_bytes) / replay_rate;
+  const double read_s = static_cast<double>(scan->bytes_read) / read_rate;
+  const double apply_s = static_cast<double>(tail_bytes) / apply_rate;
   return {{"dir", c.dir},
           {"checkpoint", {{"file", ckpt}, {"lsn", info->lsn}, {"bytes", info->file_bytes},
                           {"vectors", info->live_count}, {"index", info->spec.description}, {"dim", info->spec.dim}}},
-          {"log_tail", {{"records", tail_records}, {"bytes", tail_bytes}, {"last_lsn", scan->last_lsn}}},
-          {"rates", {{"checkpoint_load_bytes_per_s", load_rate}, {"replay_bytes_per_s", replay_rate},
-                     {"fixed_s", std::max(0.0, fixed_s)}, {"calibration_vectors", m.vectors}}},
-          {"predicted", {{"checkpoint_load_s", load_s}, {"replay_s", tail_s},
-                         {"total_s", load_s + tail_s + std::max(0.0, fixed_s)}}}};
+          {"log_tail", {{"records", tail_records}, {"bytes", tail_bytes}, {"segment_bytes_read", scan->bytes_read},
+                        {"last_lsn", scan->last_lsn}}},
+          {"rates", {{"checkpoint_load_bytes_per_s", load_rate}, {"log_read_bytes_per_s", read_rate},
+                     {"replay_bytes_per_s", apply_rate}, {"calibration_vectors", m.vectors}}},
+          {"predicted", {{"checkpoint_load_s", load_s}, {"log_read_s", read_s}, {"replay_s", apply_s},
+                         {"first_search_s", fixed_s}, {"total_s", load_s + read_s + apply_s + fixed_s}}}};
 }
 
 }  // namespace vecwal::tools

@@ -146,11 +146,14 @@ int main(int argc, char** argv) {
                  ec.dir, out["checkpoint"]["lsn"].get<uint64_t>(), out["checkpoint"]["bytes"].get<double>() / (1 << 20),
                  out["checkpoint"]["vectors"].get<uint64_t>(), out["log_tail"]["records"].get<uint64_t>(),
                  out["log_tail"]["bytes"].get<double>() / (1 << 20));
-      fmt::print(human, "rates here: checkpoint load {:.0f} MiB/s, replay {:.0f} MiB/s\n",
+      fmt::print(human, "rates here: checkpoint load {:.0f} MiB/s, log read {:.0f} MiB/s, decode+apply {:.0f} MiB/s\n",
                  out["rates"]["checkpoint_load_bytes_per_s"].get<double>() / (1 << 20),
+                 out["rates"]["log_read_bytes_per_s"].get<double>() / (1 << 20),
                  out["rates"]["replay_bytes_per_s"].get<double>() / (1 << 20));
-      fmt::print(human, "predicted restart: {:.2f} s (checkpoint load {:.2f} s + replay {:.2f} s + first search)\n",
-                 p["total_s"].get<double>(), p["checkpoint_load_s"].get<double>(), p["replay_s"].get<double>());
+      fmt::print(human, "predicted restart to first search: {:.2f} s (checkpoint load {:.2f} s, log read {:.2f} s, "
+                 "decode+apply {:.2f} s)\n",
+                 p["total_s"].get<double>(), p["checkpoint_load_s"].get<double>(), p["log_read_s"].get<double>(),
+                 p["replay_s"].get<double>());
     }
   } catch (const std::exception& e) {
     fmt::print(stderr, "vecwal-recovery: {}\n", e.what());

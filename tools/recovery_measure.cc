@@ -189,6 +189,7 @@ json PlantLostRecord(const std::string& store, uint64_t acked_ops, uint64_t batc
                      {"search_ok", hits.ok()},
                      {"records_replayed", r.records_replayed},
                      {"log_bytes_replayed", r.bytes_replayed},
+                     {"log_bytes_read", r.log_bytes_read},
                      {"tail_note", r.tail_note},
                      {"checkpoint_note", r.checkpoint_note},
                      {"dropped_ranges", r.dropped.size()},

@@ -1,0 +1,232 @@
+// The tools end to end on small stores: vecwal-inspect, vecwal-recovery and
+// vecwal-bench run as a user runs them, and their output is checked (JSON
+// parsed, CSV rows counted, plots opened, planted damage found where it was
+// planted, a planted lost record failing the crash check).
+#define BOOST_TEST_MODULE tools
+#include <boost/test/unit_test.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "recovery/durable_index.h"
+#include "tests/test_util.h"
+
+using nlohmann::json;
+using namespace vecwal;
+
+namespace {
+
+struct Ran {
+  int status = -1;
+  std::string out;
+};
+
+// Runs a shell command; stdout is captured, stderr goes to the test log.
+Ran Run(const std::string& cmd) {
+  BOOST_TEST_MESSAGE("$ " << cmd);
+  Ran r;
+  std::FILE* p = ::popen(cmd.c_str(), "r");
+  BOOST_REQUIRE(p != nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  int st = ::pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+
+json RunJson(const std::string& cmd, int want_status = 0) {
+  Ran r = Run(cmd);
+  BOOST_REQUIRE_MESSAGE(r.status == want_status, cmd << " exited " << r.status << ", wanted " << want_status
+                                                     << "; stdout:\n" << r.out);
+  return json::parse(r.out);
+}
+
+const std::string kInspect = VECWAL_INSPECT_BIN;
+const std::string kRecovery = VECWAL_RECOVERY_BIN;
+const std::string kBench = VECWAL_BENCH_BIN;
+
+// A small store left behind by a real crash: 2000 x 16-d vectors, a base
+// checkpoint, then about 1 MiB of log.
+std::string CrashedStore(const test::TempDir& t) {
+  json j = RunJson(kRecovery + " --json - measure --keep --dir " + t.path() +
+                   " --vectors 2000 --dim 16 --batch 64 --wal-mib 1");
+  BOOST_REQUIRE(j["verify"]["ok"].get<bool>());
+  return t.path() + "/store";
+}
+
+void FlipByte(const std::string& path, uint64_t offset) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  BOOST_REQUIRE(f.good());
+  f.seekg(static_cast<std::streamoff>(offset));
+  char c;
+  f.get(c);
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.put(static_cast<char>(c ^ 0x10));
+  BOOST_REQUIRE(f.good());
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(inspect_lists_dumps_and_verifies_a_clean_store) {
+  test::TempDir t;
+  std::string store = CrashedStore(t);
+  json segs = RunJson(kInspect + " --json segments " + store);
+  BOOST_REQUIRE(!segs["segments"].empty());
+  BOOST_TEST(segs["segments"][0]["state"] == "live");
+  BOOST_TEST(segs["segments"][0]["first_lsn"] == 1);
+  const uint64_t last = segs["last_lsn"].get<uint64_t>();
+  BOOST_TEST(last > 10);
+
+  json all = RunJson(kInspect + " --json dump " + store);
+  BOOST_TEST(all["records"].size() == last);
+  json some = RunJson(kInspect + " --json dump --from 5 --to 7 " + store);
+  BOOST_REQUIRE(some["records"].size() == 3);
+  BOOST_TEST(some["records"][0]["lsn"] == 5);
+  BOOST_TEST(some["records"][0]["type"] == "batch");
+  json one = RunJson(kInspect + " --json dump --id 1999 " + store);
+  BOOST_REQUIRE(!one["records"].empty());  // the batch that inserted it, at least
+  bool named = false;
+  for (const auto& op : one["records"][0]["ops"]) named |= op["id"] == 1999;
+  BOOST_TEST(named);
+
+  json ck = RunJson(kInspect + " --json checkpoints " + store);
+  BOOST_REQUIRE(ck["checkpoints"].size() >= 2);  // the empty one at creation and the base one
+  BOOST_TEST(ck["checkpoints"].back()["vectors"] == 2000);
+  BOOST_TEST(ck["checkpoints"].back()["dim"] == 16);
+
+  json v = RunJson(kInspect + " --json verify " + store);
+  BOOST_TEST(v["ok"].get<bool>());
+  BOOST_TEST(v["problems"].empty());
+  BOOST_TEST(Run(kInspect + " segments " + store).out.find("live") != std::string::npos);  // the table form
+}
+
+BOOST_AUTO_TEST_CASE(inspect_reports_planted_corruption_at_its_offset) {
+  test::TempDir t;
+  std::string store = CrashedStore(t);
+  json segs = RunJson(kInspect + " --json segments " + store);
+  const uint64_t last = segs["last_lsn"].get<uint64_t>();
+  // A record in the middle of the log, not its tail.
+  const uint64_t lsn = last - 5;
+  json rec = RunJson(kInspect + " --json dump --from " + std::to_string(lsn) + " --to " + std::to_string(lsn) + " " +
+                     store)["records"][0];
+  const std::string seg = store + "/wal/" + wal::SegmentFileName(rec["segment"].get<uint64_t>());
+  FlipByte(seg, rec["offset"].get<uint64_t>() + wal::kRecordHeaderSize + 20);
+
+  json v = RunJson(kInspect + " --json verify " + store, 1);
+  BOOST_TEST(!v["ok"].get<bool>());
+  BOOST_REQUIRE(v["problems"].size() == 1);
+  const auto& p = v["problems"][0];
+  BOOST_TEST(p["file"] == seg);
+  BOOST_TEST(p["offset"] == rec["offset"]);
+  BOOST_TEST(p["first_lsn"] == lsn);
+  BOOST_TEST(v["recovery"].get<std::string>().find("refuses") != std::string::npos);
+
+  // A flipped byte in the newest checkpoint's index section.
+  json ck = RunJson(kInspect + " --json checkpoints " + store)["checkpoints"].back();
+  const uint64_t section = ck["sections"][0]["offset"].get<uint64_t>();
+  FlipByte(ck["file"].get<std::string>(), section + 100);
+  v = RunJson(kInspect + " --json verify " + store, 1);
+  BOOST_REQUIRE(v["problems"].size() == 2);
+  BOOST_TEST(v["problems"][1]["file"] == ck["file"]);
+  BOOST_TEST(v["problems"][1]["offset"] == section);
+  BOOST_TEST(v["problems"][1]["lsn"] == ck["lsn"]);
+  // The table names the same.
+  Ran table = Run(kInspect + " verify " + store);
+  BOOST_TEST(table.status == 1);
+  BOOST_TEST(table.out.find(seg + " offset " + std::to_string(rec["offset"].get<uint64_t>())) != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(inspect_is_read_only_and_lock_free_on_a_live_store) {
+  test::TempDir t;
+  recovery::DurableIndexOptions o;
+  o.dir = t / "live";
+  o.spec = {8, index::Metric::kL2, "Flat"};
+  auto d = recovery::DurableIndex::Open(o);
+  BOOST_REQUIRE(d.ok());
+  std::vector<float> v(8, 1.f);
+  for (uint64_t i = 0; i < 50; ++i) BOOST_REQUIRE((*d)->Upsert(i, v).ok());
+  // The store's process holds the log's lock the whole time.
+  json all = RunJson(kInspect + " --json dump " + o.dir);
+  BOOST_TEST(all["records"].size() == 50);
+  BOOST_TEST(RunJson(kInspect + " --json verify " + o.dir)["ok"].get<bool>());
+  for (uint64_t i = 50; i < 60; ++i) BOOST_REQUIRE((*d)->Upsert(i, v).ok());
+  BOOST_REQUIRE((*d)->Close().ok());
+  d->reset();
+  auto again = recovery::DurableIndex::Open(o);
+  BOOST_REQUIRE(again.ok());
+  BOOST_TEST((*again)->Size() == 60u);
+}
+
+BOOST_AUTO_TEST_CASE(recovery_measure_times_each_phase_and_verifies) {
+  test::TempDir t;
+  json j = RunJson(kRecovery + " --json - measure --dir " + t.path() +
+                   " --vectors 1500 --dim 16 --batch 32 --wal-mib 1 --random-kill --seed 7 --index HNSW16");
+  BOOST_TEST(j["verify"]["ok"].get<bool>());
+  BOOST_TEST(j["verify"]["recovered_ops"].get<uint64_t>() >= j["writer"]["acked_ops"].get<uint64_t>());
+  const auto& r = j["recovery"];
+  for (const char* k : {"checkpoint_load_s", "log_read_s", "decode_s", "apply_s", "open_s", "first_search_s"})
+    BOOST_TEST(r[k].get<double>() >= 0.0, k);
+  BOOST_TEST(r["first_search_s"].get<double>() >= r["open_s"].get<double>());
+  BOOST_TEST(r["checkpoint_lsn"].get<uint64_t>() > 0);
+  BOOST_TEST(r["peak_rss_bytes"].get<uint64_t>() > 0);
+  BOOST_TEST(!std::filesystem::exists(t / "store"));  // removed without --keep
+}
+
+BOOST_AUTO_TEST_CASE(recovery_measure_fails_loudly_on_a_planted_lost_record) {
+  test::TempDir t;
+  json j = RunJson(kRecovery + " --json - measure --dir " + t.path() +
+                       " --vectors 1000 --dim 16 --batch 32 --wal-mib 1 --plant-lost-record",
+                   1);
+  BOOST_TEST(!j["verify"]["ok"].get<bool>());
+  BOOST_TEST(j["verify"]["problem"].get<std::string>().find("lost") != std::string::npos);
+  BOOST_TEST(j.contains("planted_damage"));
+  // The table says so too.
+  Ran r = Run(kRecovery + " measure --dir " + t.path() +
+              " --vectors 1000 --dim 16 --batch 32 --wal-mib 1 --plant-lost-record");
+  BOOST_TEST(r.status == 1);
+  BOOST_TEST(r.out.find("verify: FAILED") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(recovery_sweep_writes_csv_svg_and_png) {
+  test::TempDir t;
+  json j = RunJson(kRecovery + " --json - sweep --dir " + (t / "work") + " --out " + (t / "out") +
+                   " --vectors 800 --dim 16 --batch 32 --wal-mib 0.25 1 --index Flat HNSW16 --repeat 2");
+  BOOST_TEST(j["failures"] == 0);
+  BOOST_TEST(j["points"].size() == 4u);  // 2 indices x 2 log sizes
+  std::string csv = Slurp(t / "out/sweep.csv");
+  BOOST_TEST(std::count(csv.begin(), csv.end(), '\n') == 1 + 2 * 2 * 2);  // header + points x repeats
+  BOOST_TEST(csv.find(",NO\n") == std::string::npos);
+  std::string svg = Slurp(t / "out/sweep.svg");
+  BOOST_TEST(svg.find("<svg") == 0u);
+  BOOST_TEST(svg.find("<polyline") != std::string::npos);
+  BOOST_TEST(svg.find("HNSW16") != std::string::npos);
+  std::string png = Slurp(t / "out/sweep.png");
+  BOOST_TEST(png.size() > 5000u);
+  BOOST_TEST(png.substr(1, 3) == "PNG");
+}
+
+BOOST_AUTO_TEST_CASE(recovery_estimate_predicts_from_an_existing_store) {
+  test::TempDir t;
+  std::string store = CrashedStore(t);
+  json ck = RunJson(kInspect + " --json checkpoints " + store)["checkpoints"].back();
+  json e = RunJson(kRecovery + " --json - estimate " + store + " --scratch " + t.path() +
+                   " --calibration-vectors 1000");
+  BOOST_TEST(e["checkpoint"]["lsn"] == ck["lsn"]);
+  BOOST_TEST(e["checkpoint"]["bytes"] == ck["file_bytes"]);
+  BOOST_TEST(e["log_tail"]["records"].get<uint64_t>() > 0);
+  BOOST_TEST(e["predicted"]["total_s"].get<double>() > 0.0);
+  BOOST_TEST(e["predicted"]["total_s"].get<double>() < 60.0);
+  // Read-only: the store is unchanged and still opens with the same last LSN.
+  BOOST_TEST(RunJson(kInspect + " --json verify " + store)["ok"].get<bool>());
+}
