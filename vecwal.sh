@@ -38,7 +38,7 @@ case "$cmd" in
     build build
     work=$(mktemp -d "${TMPDIR:-/var/tmp}/vecwal-bench-XXXXXX")
     trap 'rm -rf "$work"' EXIT
-    ./build/bench/vecwal-bench wal --dir "$work" "$@"
+    ./build/bench/vecwal-bench all --dir "$work" "$@"
     ;;
   test)
     install_deps

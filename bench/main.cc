@@ -9,35 +9,69 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include "bench/compare.h"
 #include "bench/recovery_bench.h"
+#include "bench/store_bench.h"
 #include "bench/wal_bench.h"
 #include "io/file_system.h"
 
 using namespace vecwal::bench;
 
+namespace {
+
+std::string DefaultDir() {
+  const char* t = std::getenv("TMPDIR");
+  return t && *t ? t : "/var/tmp";
+}
+
+// The durable index runs on the CPU in this build; a request for the GPU is
+// refused by name rather than quietly measured on the CPU.
+bool DeviceOk(const std::string& device) {
+  if (device == "cpu" || device == "auto") return true;
+  if (device == "gpu")
+    fmt::print(stderr, "vecwal-bench: --device gpu: this build's durable index has no GPU backend yet; use cpu or auto\n");
+  else
+    fmt::print(stderr, "vecwal-bench: unknown --device '{}' (cpu, gpu, auto)\n", device);
+  return false;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
-  CLI::App app{"vecwal-bench: durable vector-log benchmarks, each beside its baseline"};
+  CLI::App app{"vecwal-bench: durable vector-log benchmarks, each beside its baseline measured in the same run"};
   app.require_subcommand(1);
-  std::string json_path;
+  app.fallthrough();  // the options above may also follow the subcommand
+  std::string json_path, baseline_path, device = "auto";
+  double regression_pct = 10;
+  bool fail_on_regression = false;
   app.add_option("--json", json_path, "also write the results as JSON to this file");
+  app.add_option("--baseline", baseline_path, "compare with a run saved by --json and flag regressions");
+  app.add_option("--regression-pct", regression_pct, "a ratio worse by more than this is a regression")
+      ->capture_default_str();
+  app.add_flag("--fail-on-regression", fail_on_regression, "exit 3 when a regression is flagged");
+  app.add_option("--device", device, "where the index runs: cpu, gpu or auto")->capture_default_str();
 
   WalBenchConfig wc;
+  auto add_wal_options = [&](CLI::App* sub) {
+    sub->add_option("--threads", wc.threads, "writer threads in workload 1")->capture_default_str();
+    sub->add_option("--inflight", wc.inflight, "durable writes in flight")->capture_default_str();
+    sub->add_option("--max-write-kib", wc.max_write_kib, "largest write the log issues")->capture_default_str();
+    sub->add_option("--min-concurrent-kib", wc.min_concurrent_kib,
+                    "bytes gathered before another write starts while writes are in flight")
+        ->capture_default_str();
+    sub->add_option("--segment-mib", wc.segment_mib, "segment size")->capture_default_str();
+    sub->add_option("--only", wc.only, "workloads to run, e.g. 13")->capture_default_str();
+    sub->add_flag("!--no-fio", wc.fio, "skip the fio baseline");
+  };
   auto* wal = app.add_subcommand("wal", "durable appends: 64 writers, batches, latency; vs RocksDB, naive, raw device");
   wal->add_option("--dir", wc.dir, "directory on the disk to measure (required)")->required();
-  wal->add_option("--threads", wc.threads, "writer threads in workload 1")->capture_default_str();
   wal->add_option("--dim", wc.dim, "float32 components per vector")->capture_default_str();
   wal->add_option("--batch", wc.batch, "records per batch in workload 2")->capture_default_str();
   wal->add_option("--seconds", wc.seconds, "duration of each measurement")->capture_default_str();
   wal->add_option("--repeat", wc.repeat, "runs per measurement; medians are reported")->capture_default_str();
-  wal->add_option("--inflight", wc.inflight, "durable writes in flight")->capture_default_str();
-  wal->add_option("--max-write-kib", wc.max_write_kib, "largest write the log issues")->capture_default_str();
-  wal->add_option("--min-concurrent-kib", wc.min_concurrent_kib,
-                  "bytes gathered before another write starts while writes are in flight")
-      ->capture_default_str();
-  wal->add_option("--segment-mib", wc.segment_mib, "segment size")->capture_default_str();
-  wal->add_option("--only", wc.only, "workloads to run, e.g. 13")->capture_default_str();
   wal->add_flag("!--no-rocksdb", wc.rocksdb, "skip the RocksDB baseline");
-  wal->add_flag("!--no-fio", wc.fio, "skip the fio baseline");
+  add_wal_options(wal);
+
   StoreBenchConfig sc;
   auto add_store_options = [&](CLI::App* sub) {
     sub->add_option("--dir", sc.dir, "directory on the disk to measure (required)")->required();
@@ -50,32 +84,91 @@ int main(int argc, char** argv) {
   add_store_options(rec);
   auto* ck = app.add_subcommand("checkpoint", "checkpoint write and load vs raw I/O and faiss::read_index");
   add_store_options(ck);
+
+  StoreWorkloadConfig xc;
+  auto add_workload_options = [&](CLI::App* sub) {
+    sub->add_option("--dir", xc.dir, "directory on the disk to measure (required)")->required();
+    sub->add_option("--vectors", xc.vectors, "vectors in the store")->capture_default_str();
+    sub->add_option("--dim", xc.dim, "float32 components per vector")->capture_default_str();
+    sub->add_option("--index", xc.description, "FAISS index_factory description")->capture_default_str();
+    sub->add_option("--writers", xc.writers, "threads doing single-op upserts")->capture_default_str();
+    sub->add_option("--searchers", xc.searchers, "threads doing batched searches")->capture_default_str();
+    sub->add_option("--batch", xc.batch, "vectors per atomic batch")->capture_default_str();
+    sub->add_option("--queries", xc.queries, "queries per search call")->capture_default_str();
+    sub->add_option("--k", xc.k, "neighbours per query")->capture_default_str();
+    sub->add_option("--seconds", xc.seconds, "duration of each measurement")->capture_default_str();
+    sub->add_option("--repeat", xc.repeat, "runs per measurement; medians are reported")->capture_default_str();
+    sub->add_option("--checkpoint-mib", xc.checkpoint_mib, "automatic checkpoint interval")->capture_default_str();
+    sub->add_flag("!--no-rocksdb", xc.rocksdb, "skip the RocksDB baseline");
+  };
+  auto* ingest = app.add_subcommand("ingest", "durable upserts, single and batched; vs RocksDB sync puts, raw device");
+  add_workload_options(ingest);
+  auto* search = app.add_subcommand("search", "batched k-NN through the store vs FAISS CPU search of the same index");
+  add_workload_options(search);
+  auto* mixed = app.add_subcommand("mixed", "writers + searchers + checkpoints at once, vs each alone");
+  add_workload_options(mixed);
+
+  std::string all_dir = DefaultDir();
+  double all_seconds = 1.5;
+  size_t all_vectors = 20000;
+  auto* all = app.add_subcommand("all", "every workload, short (about a minute), and one summary table");
+  all->add_option("--dir", all_dir, "directory on the disk to measure")->capture_default_str();
+  all->add_option("--seconds", all_seconds, "duration of each measurement")->capture_default_str();
+  all->add_option("--vectors", all_vectors, "vectors in each store")->capture_default_str();
+  all->add_option("--dim", xc.dim, "float32 components per vector")->capture_default_str();
+  all->add_option("--index", xc.description, "FAISS index_factory description")->capture_default_str();
+  add_wal_options(all);
   CLI11_PARSE(app, argc, argv);
+  if (!DeviceOk(device)) return 2;
 
-  if (rec->parsed() || ck->parsed()) {
-    std::vector<Row> rows;
-    try {
-      rows = rec->parsed() ? RunRecoveryBench(sc) : RunCheckpointBench(sc);
-    } catch (const std::exception& e) {
-      fmt::print(stderr, "vecwal-bench: {}\n", e.what());
-      return 1;
-    }
-    PrintTable(rows);
-    if (!json_path.empty()) std::ofstream(json_path) << ToJson(rows).dump(2) << "\n";
-    return 0;
-  }
-
-  auto fs = vecwal::NewPosixFileSystem();
-  fmt::print("vecwal-bench wal: dir {}, backend {}, {} s x {} per measurement\n", wc.dir, fs->backend_name(),
-             wc.seconds, wc.repeat);
   std::vector<Row> rows;
   try {
-    rows = RunWalBench(wc);
+    if (wal->parsed()) {
+      fmt::print("vecwal-bench wal: dir {}, backend {}, {} s x {} per measurement\n", wc.dir,
+                 vecwal::NewPosixFileSystem()->backend_name(), wc.seconds, wc.repeat);
+      rows = RunWalBench(wc);
+    } else if (rec->parsed()) {
+      rows = RunRecoveryBench(sc);
+    } else if (ck->parsed()) {
+      rows = RunCheckpointBench(sc);
+    } else if (ingest->parsed()) {
+      rows = RunIngestBench(xc);
+    } else if (search->parsed()) {
+      rows = RunSearchBench(xc);
+    } else if (mixed->parsed()) {
+      rows = RunMixedBench(xc);
+    } else {
+      fmt::print("vecwal-bench all: dir {}, backend {}, {} s per measurement, {} x {}-d {} stores\n", all_dir,
+                 vecwal::NewPosixFileSystem()->backend_name(), all_seconds, all_vectors, xc.dim, xc.description);
+      auto add = [&](const char* what, std::vector<Row> r) {
+        fmt::print(stderr, "vecwal-bench all: {} done\n", what);
+        rows.insert(rows.end(), r.begin(), r.end());
+      };
+      wc.dir = xc.dir = sc.dir = all_dir;
+      wc.seconds = xc.seconds = all_seconds;
+      wc.dim = xc.dim;
+      xc.vectors = sc.vectors = all_vectors;
+      sc.dim = xc.dim;
+      sc.description = xc.description;
+      add("wal", RunWalBench(wc));
+      add("ingest", RunIngestBench(xc));
+      add("search", RunSearchBench(xc));
+      add("mixed", RunMixedBench(xc));
+      add("recovery", RunRecoveryBench(sc));
+      add("checkpoint", RunCheckpointBench(sc));
+    }
   } catch (const std::exception& e) {
     fmt::print(stderr, "vecwal-bench: {}\n", e.what());
     return 1;
   }
   PrintTable(rows);
+  int rc = 0;
+  if (!baseline_path.empty()) {
+    auto before = LoadRows(baseline_path);
+    if (!before) return 2;
+    int regressions = PrintComparison(*before, rows, regression_pct, baseline_path);
+    if (regressions > 0 && fail_on_regression) rc = 3;
+  }
   if (!json_path.empty()) {
     std::ofstream out(json_path);
     out << ToJson(rows).dump(2) << "\n";
@@ -84,5 +177,5 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  return 0;
+  return rc;
 }

@@ -13,15 +13,20 @@ std::string Human(double v) {
 }
 }  // namespace
 
+double Ratio(const Row& r) {
+  if (r.baseline <= 0 || r.ours <= 0) return 0;
+  return r.higher_is_better ? r.ours / r.baseline : r.baseline / r.ours;
+}
+
 void PrintTable(const std::vector<Row>& rows) {
-  fmt::print("\n{:<40} {:<12} {:>10}  {:<34} {:>10} {:>8}  {}\n", "workload", "metric", "vecwal", "baseline", "value",
+  fmt::print("\n{:<62} {:<13} {:>9}  {:<36} {:>9} {:>7}  {}\n", "workload", "metric", "vecwal", "baseline", "value",
              "ratio", "target");
-  fmt::print("{}\n", std::string(128, '-'));
+  fmt::print("{}\n", std::string(150, '-'));
   for (const auto& r : rows) {
-    double ratio = 0;
-    if (r.baseline > 0 && r.ours > 0) ratio = r.higher_is_better ? r.ours / r.baseline : r.baseline / r.ours;
-    fmt::print("{:<40} {:<12} {:>10}  {:<34} {:>10} {:>7.2f}x  {}\n", r.workload, r.metric, Human(r.ours),
-               r.baseline_name, r.baseline > 0 ? Human(r.baseline) : "n/a", ratio, r.target);
+    const double ratio = Ratio(r);
+    fmt::print("{:<62} {:<13} {:>9}  {:<36} {:>9} {:>7}  {}\n", r.workload, r.metric, Human(r.ours),
+               r.baseline_name, r.baseline > 0 ? Human(r.baseline) : "n/a",
+               ratio > 0 ? fmt::format("{:.2f}x", ratio) : "", r.target);
   }
   fmt::print("(ratio > 1 means vecwal is better: throughput ours/baseline, latency baseline/ours)\n");
 }
@@ -29,8 +34,7 @@ void PrintTable(const std::vector<Row>& rows) {
 nlohmann::json ToJson(const std::vector<Row>& rows) {
   nlohmann::json a = nlohmann::json::array();
   for (const auto& r : rows) {
-    double ratio = 0;
-    if (r.baseline > 0 && r.ours > 0) ratio = r.higher_is_better ? r.ours / r.baseline : r.baseline / r.ours;
+    const double ratio = Ratio(r);
     a.push_back({{"workload", r.workload},
                  {"metric", r.metric},
                  {"vecwal", r.ours},
@@ -40,7 +44,7 @@ nlohmann::json ToJson(const std::vector<Row>& rows) {
                  {"higher_is_better", r.higher_is_better},
                  {"target", r.target}});
   }
-  return a;
+  return {{"format", "vecwal-bench/1"}, {"rows", a}};
 }
 
 }  // namespace vecwal::bench

@@ -13,6 +13,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tools/progress.h"
+
 namespace vecwal::bench {
 
 using Clock = std::chrono::steady_clock;
@@ -36,7 +38,13 @@ inline double RunFor(int threads, double seconds, const std::function<uint64_t(i
       }
       total += mine;
     });
-  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  {
+    tools::Progress p("measuring", static_cast<uint64_t>(seconds * 10 + 0.5), "x 100 ms");
+    while (Seconds(Clock::now() - start) < seconds) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      p.Update(static_cast<uint64_t>(Seconds(Clock::now() - start) * 10));
+    }
+  }
   stop = true;
   for (auto& t : ts) t.join();
   return static_cast<double>(total.load()) / Seconds(Clock::now() - start);
@@ -47,15 +55,8 @@ struct Latency {
   uint64_t samples = 0;
 };
 
-// Calls op() back to back for `seconds`, timing each call.
-inline Latency MeasureLatency(double seconds, const std::function<bool()>& op) {
-  std::vector<double> us;
-  auto end = Clock::now() + std::chrono::duration<double>(seconds);
-  while (Clock::now() < end) {
-    auto t0 = Clock::now();
-    if (!op()) break;
-    us.push_back(Seconds(Clock::now() - t0) * 1e6);
-  }
+// p50/p99/p999 of latency samples in microseconds.
+inline Latency Percentiles(std::vector<double> us) {
   Latency l;
   l.samples = us.size();
   if (us.empty()) return l;
@@ -65,6 +66,18 @@ inline Latency MeasureLatency(double seconds, const std::function<bool()>& op) {
   l.p99_us = pct(0.99);
   l.p999_us = pct(0.999);
   return l;
+}
+
+// Calls op() back to back for `seconds`, timing each call.
+inline Latency MeasureLatency(double seconds, const std::function<bool()>& op) {
+  std::vector<double> us;
+  auto end = Clock::now() + std::chrono::duration<double>(seconds);
+  while (Clock::now() < end) {
+    auto t0 = Clock::now();
+    if (!op()) break;
+    us.push_back(Seconds(Clock::now() - t0) * 1e6);
+  }
+  return Percentiles(std::move(us));
 }
 
 inline double Median(std::vector<double> v) {
@@ -84,6 +97,10 @@ struct Row {
   bool higher_is_better = true;
   std::string target;  // e.g. ">= 9x"
 };
+
+// ours/baseline for throughput, baseline/ours for latency (higher is better
+// either way); 0 when either figure is missing.
+double Ratio(const Row& r);
 
 void PrintTable(const std::vector<Row>& rows);
 nlohmann::json ToJson(const std::vector<Row>& rows);

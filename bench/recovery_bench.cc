@@ -14,6 +14,7 @@
 #include <faiss/index_io.h>
 #include <fmt/core.h>
 
+#include "bench/scratch.h"
 #include "io/aligned_buffer.h"
 #include "recovery/durable_index.h"
 
@@ -116,19 +117,6 @@ std::pair<double, uint64_t> InChild(const std::function<void()>& f) {
   if (n != sizeof(in) || !WIFEXITED(st) || WEXITSTATUS(st) != 0) throw std::runtime_error("benchmark child failed");
   return {in[0], static_cast<uint64_t>(in[1])};
 }
-
-class Scratch {
- public:
-  explicit Scratch(const std::string& parent) : path_(parent + "/store-" + std::to_string(::getpid())) {
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~Scratch() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 }  // namespace
 

@@ -9,26 +9,12 @@
 #include <fmt/core.h>
 
 #include "bench/baselines.h"
+#include "bench/scratch.h"
 #include "wal/record_ops.h"
 #include "wal/wal.h"
 
 namespace vecwal::bench {
 namespace {
-
-// A fresh directory under the bench directory, removed when done.
-class Scratch {
- public:
-  explicit Scratch(const std::string& parent) {
-    std::string t = parent + "/run-XXXXXX";
-    if (::mkdtemp(t.data()) == nullptr) throw std::runtime_error("mkdtemp in " + parent);
-    path_ = t;
-  }
-  ~Scratch() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 std::vector<std::byte> UpsertRecord(uint64_t id, size_t dim) {
   std::vector<float> v(dim);

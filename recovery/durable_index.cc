@@ -174,18 +174,33 @@ void DurableIndex::NoteOverlay(const wal::Op& op, uint64_t seq) {
 }
 
 // Applies every op that is next in order and durable, whoever placed it.
-void DurableIndex::ApplyReady() {
-  bool any = false;
-  while (!ready_.empty() && ready_.begin()->first == applied_seq_.load() + 1 && failed().ok()) {
+// One writer at a time is the applier: it takes the run of consecutive ready
+// ops and applies them under one exclusive hold of the index, waiting for
+// that hold without apply_mu_, so that the ops of writers arriving meanwhile
+// join the next run rather than each paying for the exclusive lock.
+void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
+  if (applying_) return;  // the applier's next run takes ours
+  applying_ = true;
+  std::vector<const wal::Op*> run;
+  for (;;) {
+    run.clear();
+    uint64_t next = applied_seq_.load() + 1;
+    for (auto it = ready_.begin(); it != ready_.end() && it->first == next && failed().ok(); ++next) {
+      run.push_back(it->second);
+      it = ready_.erase(it);
+    }
+    if (run.empty()) break;
+    a.unlock();
     {
       std::unique_lock w(state_mu_);
-      ApplyOp(*ready_.begin()->second);
+      for (const wal::Op* op : run) ApplyOp(*op);
     }
-    ready_.erase(ready_.begin());
-    applied_seq_.fetch_add(1);
-    any = true;
+    a.lock();
+    applied_seq_.fetch_add(run.size());
+    applied_cv_.notify_all();
   }
-  if (any || !failed().ok()) applied_cv_.notify_all();
+  applying_ = false;
+  if (!failed().ok()) applied_cv_.notify_all();
 }
 
 Status DurableIndex::DrainLocked() {
@@ -236,7 +251,7 @@ Status DurableIndex::Write(const wal::Op& op, uint64_t id, Need need) {
   {
     std::unique_lock a(apply_mu_);
     ready_.emplace(seq, &op);
-    ApplyReady();
+    ApplyReady(a);
     applied_cv_.wait(a, [&] { return applied_seq_.load() >= seq || !failed().ok(); });
     if (applied_seq_.load() < seq) return failed();
   }

@@ -35,6 +35,7 @@
 
 #include "index/vector_index.h"
 #include "recovery/checkpoint_file.h"
+#include "recovery/writer_priority_mutex.h"
 #include "wal/wal.h"
 
 namespace vecwal::recovery {
@@ -113,7 +114,7 @@ class DurableIndex {
   Status Write(const wal::Op& op, uint64_t id, Need need);
   bool PresentLocked(uint64_t id);
   void NoteOverlay(const wal::Op& op, uint64_t seq);
-  void ApplyReady();  // under apply_mu_
+  void ApplyReady(std::unique_lock<std::mutex>& a);  // a holds apply_mu_; released while applying
   Status DrainLocked();  // under write_mu_: waits until every placed op is applied
   Status failed() const;
   void SetFailed(const Status& s);
@@ -137,7 +138,7 @@ class DurableIndex {
   // Lock order: ckpt_mu_, then write_mu_, then state_mu_ / apply_mu_.
   std::mutex ckpt_mu_;                   // one checkpoint at a time; Close waits for it
   mutable std::mutex write_mu_;          // placement order; checkpoint snapshots, Train, Close
-  mutable std::shared_mutex state_mu_;   // index_ and payloads_: readers shared, applies exclusive
+  mutable WriterPriorityMutex state_mu_;  // index_ and payloads_: readers shared, applies exclusive
   std::atomic<uint64_t> last_checkpoint_lsn_{0};  // written under ckpt_mu_
   std::atomic<uint64_t> log_bytes_since_checkpoint_{0};
   RecoveryStats recovery_;
@@ -150,6 +151,7 @@ class DurableIndex {
   std::mutex apply_mu_;
   std::condition_variable applied_cv_;
   std::map<uint64_t, const wal::Op*> ready_;  // durable, not yet applied; owners wait
+  bool applying_ = false;                     // a writer is applying a run; under apply_mu_
   std::atomic<uint64_t> applied_seq_{0};
   std::atomic<bool> checkpointing_{false};
 

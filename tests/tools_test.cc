@@ -230,3 +230,48 @@ BOOST_AUTO_TEST_CASE(recovery_estimate_predicts_from_an_existing_store) {
   // Read-only: the store is unchanged and still opens with the same last LSN.
   BOOST_TEST(RunJson(kInspect + " --json verify " + store)["ok"].get<bool>());
 }
+
+BOOST_AUTO_TEST_CASE(bench_store_workloads_print_each_figure_beside_its_baseline) {
+  test::TempDir t;
+  const std::string common = " --dir " + t.path() + " --seconds 0.3 --dim 16 --vectors 600 --writers 2 --batch 64";
+  for (const std::string sub : {"ingest", "search", "mixed"}) {
+    const std::string json_path = t / (sub + ".json");
+    Ran r = Run(kBench + " " + sub + common + " --no-rocksdb --json " + json_path);
+    BOOST_REQUIRE_MESSAGE(r.status == 0, sub << " exited " << r.status);
+    BOOST_TEST(r.out.find("ratio") != std::string::npos);
+    json j = json::parse(Slurp(json_path));
+    BOOST_TEST(j["format"] == "vecwal-bench/1");
+    BOOST_REQUIRE(!j["rows"].empty());
+    for (const auto& row : j["rows"]) {
+      BOOST_TEST(row["vecwal"].get<double>() > 0.0, sub << ": " << row.dump());
+      if (!row["baseline"].get<std::string>().empty())
+        BOOST_TEST(row["ratio"].get<double>() > 0.0, sub << ": " << row.dump());
+    }
+  }
+  // The device is named, not assumed.
+  BOOST_TEST(Run(kBench + " --device gpu search" + common).status == 2);
+}
+
+BOOST_AUTO_TEST_CASE(bench_baseline_flags_a_regression_against_a_saved_run) {
+  test::TempDir t;
+  const std::string cmd = kBench + " search --dir " + t.path() + " --seconds 0.3 --dim 16 --vectors 600";
+  BOOST_REQUIRE(Run(cmd + " --json " + (t / "before.json")).status == 0);
+  // Within a wide tolerance the same workload is no regression.
+  Ran same = Run(cmd + " --baseline " + (t / "before.json") + " --regression-pct 1000 --fail-on-regression");
+  BOOST_TEST(same.status == 0);
+  BOOST_TEST(same.out.find("2 row(s) compared, 0 regression(s)") != std::string::npos);
+  // An earlier run whose ratios were ten times better: every row regressed.
+  json before = json::parse(Slurp(t / "before.json"));
+  for (auto& row : before["rows"]) {
+    double v = row["baseline_value"].get<double>();
+    row["baseline_value"] = row["higher_is_better"].get<bool>() ? v / 10 : v * 10;
+  }
+  std::ofstream(t / "better.json") << before.dump();
+  Ran worse = Run(cmd + " --baseline " + (t / "better.json") + " --fail-on-regression");
+  BOOST_TEST(worse.status == 3);
+  BOOST_TEST(worse.out.find("REGRESSION") != std::string::npos);
+  BOOST_TEST(worse.out.find("2 regression(s)") != std::string::npos);
+  // A file that is not a saved run is refused by name.
+  std::ofstream(t / "junk.json") << "{\"x\": 1}";
+  BOOST_TEST(Run(cmd + " --baseline " + (t / "junk.json")).status == 2);
+}

@@ -1,0 +1,217 @@
+#include "bench/store_bench.h"
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <thread>
+
+#include <faiss/index_factory.h>
+#include <fmt/core.h>
+
+#include "bench/baselines.h"
+#include "bench/scratch.h"
+#include "recovery/durable_index.h"
+
+namespace vecwal::bench {
+namespace {
+
+std::vector<float> RandomVectors(size_t n, size_t dim, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(-1, 1);
+  std::vector<float> v(n * dim);
+  for (auto& x : v) x = u(rng);
+  return v;
+}
+
+std::unique_ptr<recovery::DurableIndex> OpenStore(const StoreWorkloadConfig& c, const std::string& dir,
+                                                  double checkpoint_mib) {
+  recovery::DurableIndexOptions o;
+  o.dir = dir;
+  o.spec = {static_cast<uint32_t>(c.dim), index::Metric::kL2, c.description};
+  o.checkpoint_every_log_bytes = static_cast<uint64_t>(checkpoint_mib * (1 << 20));
+  auto d = recovery::DurableIndex::Open(o);
+  if (!d.ok()) throw std::runtime_error(d.status().ToString());
+  return std::move(d).value();
+}
+
+void Check(const Status& s) {
+  if (!s.ok()) throw std::runtime_error(s.ToString());
+}
+
+// Trains on all of `data` when the index needs it, then upserts its first n
+// vectors as ids [0, n) in batches.
+void Fill(recovery::DurableIndex& d, const StoreWorkloadConfig& c, const std::vector<float>& data, size_t n) {
+  std::unique_ptr<faiss::Index> probe(faiss::index_factory(static_cast<int>(c.dim), c.description.c_str()));
+  if (!probe->is_trained) Check(d.Train(data));
+  for (size_t base = 0; base < n; base += c.batch) {
+    recovery::WriteBatch b;
+    for (size_t i = base; i < std::min(n, base + c.batch); ++i) b.Upsert(i, {data.data() + i * c.dim, c.dim});
+    Check(d.Apply(b));
+  }
+}
+
+// Latency percentiles of calls made by several threads for `seconds`.
+struct Timed {
+  double per_sec = 0;  // calls per second, all threads
+  Latency lat;
+};
+
+Timed TimeCalls(int threads, double seconds, const std::function<bool(int, uint64_t)>& call) {
+  std::vector<std::vector<double>> us(threads);
+  std::atomic<uint64_t> calls{0};
+  double per_sec = RunFor(threads, seconds, [&](int t) -> uint64_t {
+    auto t0 = Clock::now();
+    if (!call(t, calls.fetch_add(1, std::memory_order_relaxed))) return 0;
+    us[t].push_back(Seconds(Clock::now() - t0) * 1e6);
+    return 1;
+  });
+  std::vector<double> all;
+  for (auto& v : us) all.insert(all.end(), v.begin(), v.end());
+  return {per_sec, Percentiles(std::move(all))};
+}
+
+}  // namespace
+
+std::vector<Row> RunIngestBench(const StoreWorkloadConfig& c) {
+  const std::string w = fmt::format("ingest, {}-d {}", c.dim, c.description);
+  const size_t bytes_per_vector = c.dim * sizeof(float);
+  std::vector<double> single, rocks, batched, raw;
+  const auto data = RandomVectors(std::max<size_t>(c.batch, 4096), c.dim, 1);
+  for (int r = 0; r < c.repeat; ++r) {
+    {
+      Scratch s(c.dir);
+      auto d = OpenStore(c, s.path() + "/db", 256);
+      Fill(*d, c, data, 0);
+      single.push_back(TimeCalls(c.writers, c.seconds, [&](int t, uint64_t i) {
+                         (void)t;
+                         return d->Upsert(i, {data.data() + (i % 4096) * c.dim, c.dim}).ok();
+                       }).per_sec);
+    }
+    if (c.rocksdb) {
+      Scratch s(c.dir);
+      rocks.push_back(RocksDbSyncPutsPerSec(s.path(), c.writers, bytes_per_vector, c.seconds).value_or(0));
+    }
+    {
+      Scratch s(c.dir);
+      auto d = OpenStore(c, s.path() + "/db", 256);
+      std::atomic<uint64_t> next{0};
+      double batches = RunFor(1, c.seconds, [&](int) -> uint64_t {
+        recovery::WriteBatch b;
+        const uint64_t base = next.fetch_add(c.batch);
+        for (size_t i = 0; i < c.batch; ++i) b.Upsert(base + i, {data.data() + (i % 4096) * c.dim, c.dim});
+        return d->Apply(b).ok() ? 1 : 0;
+      });
+      batched.push_back(batches * static_cast<double>(c.batch * bytes_per_vector));
+    }
+    {
+      Scratch s(c.dir);
+      raw.push_back(RawDurableWriteBytesPerSec(s.path(), c.batch * bytes_per_vector, 1, c.seconds));
+    }
+  }
+  std::vector<Row> rows;
+  rows.push_back({fmt::format("{}, {} threads, 1 op each", w, c.writers), "upserts/s", Median(single),
+                  c.rocksdb ? fmt::format("RocksDB sync puts ({} threads)", c.writers) : "", c.rocksdb ? Median(rocks) : 0,
+                  true, ""});
+  rows.push_back({fmt::format("{}, batches of {}", w, c.batch), "vector B/s", Median(batched),
+                  fmt::format("raw O_DIRECT+DSYNC {} KiB writes", c.batch * bytes_per_vector >> 10), Median(raw),
+                  true, ""});
+  return rows;
+}
+
+std::vector<Row> RunSearchBench(const StoreWorkloadConfig& c) {
+  Scratch s(c.dir);
+  const auto data = RandomVectors(c.vectors, c.dim, 2);
+  const auto queries = RandomVectors(16 * c.queries, c.dim, 3);
+  fmt::print(stderr, "  building a store of {} x {}-d vectors ({}) ...\n", c.vectors, c.dim, c.description);
+  auto d = OpenStore(c, s.path() + "/db", 0);
+  Fill(*d, c, data, c.vectors);
+  // The same vectors in a FAISS index of the same description, searched directly.
+  std::unique_ptr<faiss::Index> fi(faiss::index_factory(static_cast<int>(c.dim), c.description.c_str()));
+  if (!fi->is_trained) fi->train(static_cast<faiss::Index::idx_t>(c.vectors), data.data());
+  fi->add(static_cast<faiss::Index::idx_t>(c.vectors), data.data());
+  auto query = [&](uint64_t i) {
+    return std::span<const float>(queries.data() + (i % 16) * c.queries * c.dim, c.queries * c.dim);
+  };
+  std::vector<double> ours_qps, faiss_qps, ours_p99, faiss_p99;
+  std::vector<float> dist(c.queries * c.k * static_cast<size_t>(c.searchers));
+  std::vector<faiss::Index::idx_t> labels(dist.size());
+  for (int r = 0; r < c.repeat; ++r) {
+    auto o = TimeCalls(c.searchers, c.seconds, [&](int, uint64_t i) { return d->Search(query(i), c.k).ok(); });
+    auto f = TimeCalls(c.searchers, c.seconds, [&](int t, uint64_t i) {
+      auto q = query(i);
+      const size_t off = static_cast<size_t>(t) * c.queries * c.k;
+      fi->search(static_cast<faiss::Index::idx_t>(c.queries), q.data(), static_cast<faiss::Index::idx_t>(c.k),
+                 dist.data() + off, labels.data() + off);
+      return true;
+    });
+    ours_qps.push_back(o.per_sec * static_cast<double>(c.queries));
+    faiss_qps.push_back(f.per_sec * static_cast<double>(c.queries));
+    ours_p99.push_back(o.lat.p99_us);
+    faiss_p99.push_back(f.lat.p99_us);
+  }
+  const std::string w = fmt::format("search {}k x {}-d {}, k={}, {} queries/call, {} threads", c.vectors / 1000, c.dim,
+                                    c.description, c.k, c.queries, c.searchers);
+  return {{w, "queries/s", Median(ours_qps), "FAISS CPU search, same index", Median(faiss_qps), true, ""},
+          {w, "call p99 us", Median(ours_p99), "FAISS CPU search p99", Median(faiss_p99), false, ""}};
+}
+
+std::vector<Row> RunMixedBench(const StoreWorkloadConfig& c) {
+  Scratch s(c.dir);
+  const auto data = RandomVectors(std::max<size_t>(c.vectors, 4096), c.dim, 4);
+  const auto queries = RandomVectors(16 * c.queries, c.dim, 5);
+  fmt::print(stderr, "  building a store of {} x {}-d vectors ({}) ...\n", c.vectors, c.dim, c.description);
+  auto d = OpenStore(c, s.path() + "/db", c.checkpoint_mib);
+  Fill(*d, c, data, c.vectors);
+  std::atomic<uint64_t> next_id{0};
+  auto write = [&](int, uint64_t i) {
+    // Updates of existing ids and inserts of new ones, half and half.
+    uint64_t id = i % 2 ? next_id.fetch_add(1) + c.vectors : (i * 7919) % c.vectors;
+    return d->Upsert(id, {data.data() + (i % 4096) * c.dim, c.dim}).ok();
+  };
+  auto search = [&](int, uint64_t i) {
+    return d->Search({queries.data() + (i % 16) * c.queries * c.dim, c.queries * c.dim}, c.k).ok();
+  };
+  std::vector<double> w_alone, w_mixed, w99_alone, w99_mixed, s_alone, s_mixed, s99_alone, s99_mixed, ckpts;
+  for (int r = 0; r < c.repeat; ++r) {
+    auto wa = TimeCalls(c.writers, c.seconds, write);
+    auto sa = TimeCalls(c.searchers, c.seconds, search);
+    const uint64_t ck0 = d->Stats().last_checkpoint_lsn;
+    int checkpoints = 0;
+    Timed wm, sm;
+    {
+      std::atomic<bool> stop{false};
+      // Checkpoints by log volume, as configured; and at least one forced, so
+      // every run has writes and searches meeting a checkpoint.
+      std::thread ck([&] {
+        std::this_thread::sleep_for(std::chrono::duration<double>(c.seconds / 3));
+        if (!stop && d->Checkpoint().ok()) ++checkpoints;
+      });
+      std::thread searchers([&] { sm = TimeCalls(c.searchers, c.seconds, search); });
+      wm = TimeCalls(c.writers, c.seconds, write);
+      searchers.join();
+      stop = true;
+      ck.join();
+    }
+    if (d->Stats().last_checkpoint_lsn != ck0 && checkpoints == 0) checkpoints = 1;
+    w_alone.push_back(wa.per_sec);
+    w_mixed.push_back(wm.per_sec);
+    w99_alone.push_back(wa.lat.p99_us);
+    w99_mixed.push_back(wm.lat.p99_us);
+    s_alone.push_back(sa.per_sec * static_cast<double>(c.queries));
+    s_mixed.push_back(sm.per_sec * static_cast<double>(c.queries));
+    s99_alone.push_back(sa.lat.p99_us);
+    s99_mixed.push_back(sm.lat.p99_us);
+    ckpts.push_back(checkpoints);
+  }
+  const std::string w = fmt::format("mixed {}k x {}-d {}: {} writers + {} searchers + checkpoints", c.vectors / 1000,
+                                    c.dim, c.description, c.writers, c.searchers);
+  return {{w, "upserts/s", Median(w_mixed), "the same writers alone", Median(w_alone), true, ""},
+          {w, "upsert p99 us", Median(w99_mixed), "upsert p99, writers alone", Median(w99_alone), false, ""},
+          {w, "queries/s", Median(s_mixed), "the same searchers alone", Median(s_alone), true, ""},
+          {w, "search p99 us", Median(s99_mixed), "search p99, searchers alone", Median(s99_alone), false, ""},
+          {w, "checkpoints", Median(ckpts), "", 0, true, ""}};
+}
+
+}  // namespace vecwal::bench

@@ -1,0 +1,39 @@
+// `vecwal-bench ingest`, `search` and `mixed`: the durable index as a server
+// uses it, each figure beside its baseline from the same run.
+//  - ingest: durable single-op upserts from many threads vs RocksDB sync puts
+//    of the same bytes; batched upserts vs the raw device writing as many
+//    bytes durably.
+//  - search: batched k-NN through the store vs the same FAISS index searched
+//    directly (the cost of the store's locking and id mapping).
+//  - mixed: writers, searchers and automatic checkpoints at once, vs each of
+//    them alone.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "bench/measure.h"
+
+namespace vecwal::bench {
+
+struct StoreWorkloadConfig {
+  std::string dir;
+  size_t vectors = 20000;       // in the store searched and written to
+  size_t dim = 768;
+  std::string description = "Flat";
+  int writers = 16;             // threads doing single-op upserts
+  int searchers = 2;            // threads doing batched searches
+  size_t batch = 1024;          // vectors per atomic batch in batched ingest
+  size_t queries = 16;          // queries per search call
+  size_t k = 10;
+  double seconds = 3;           // per measurement
+  int repeat = 1;               // medians over this many runs
+  double checkpoint_mib = 64;   // automatic checkpoint interval in mixed
+  bool rocksdb = true;
+};
+
+std::vector<Row> RunIngestBench(const StoreWorkloadConfig& c);
+std::vector<Row> RunSearchBench(const StoreWorkloadConfig& c);
+std::vector<Row> RunMixedBench(const StoreWorkloadConfig& c);
+
+}  // namespace vecwal::bench
