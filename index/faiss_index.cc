@@ -139,6 +139,11 @@ class FaissIndex final : public VectorIndex {
       dead_.insert(slots.begin(), slots.end());
       return Status::OK();
     }
+    if (auto* map = dynamic_cast<faiss::IndexIDMap2*>(index_.get()))
+      if (auto* flat = dynamic_cast<faiss::IndexFlatCodes*>(map->index)) {
+        for (auto slot : slots) RemoveBySwap(*map, *flat, slot);
+        return Status::OK();
+      }
     faiss::IDSelectorBatch sel(slots.size(), slots.data());
     return Guard("removing from '" + spec_.description + "'", [&] { index_->remove_ids(sel); });
   }
@@ -279,6 +284,28 @@ class FaissIndex final : public VectorIndex {
   }
 
  private:
+  // FAISS removes from flat codes by shifting every later vector down: O(n)
+  // per call, which made each upsert of an existing id in a 1M-vector Flat
+  // store move gigabytes. Order inside flat codes means nothing to a search,
+  // so the last vector moves into the hole instead: O(d).
+  static void RemoveBySwap(faiss::IndexIDMap2& map, faiss::IndexFlatCodes& flat, faiss::Index::idx_t slot) {
+    auto it = map.rev_map.find(slot);
+    if (it == map.rev_map.end()) return;
+    const size_t pos = static_cast<size_t>(it->second), last = static_cast<size_t>(flat.ntotal) - 1;
+    const size_t cs = flat.code_size;
+    if (pos != last) {
+      std::memcpy(flat.codes.data() + pos * cs, flat.codes.data() + last * cs, cs);
+      const faiss::Index::idx_t moved = map.id_map[last];
+      map.id_map[pos] = moved;
+      map.rev_map[moved] = static_cast<faiss::Index::idx_t>(pos);
+    }
+    map.rev_map.erase(it);
+    map.id_map.pop_back();
+    flat.codes.resize(last * cs);
+    flat.ntotal = static_cast<faiss::Index::idx_t>(last);
+    map.ntotal = flat.ntotal;
+  }
+
   Status CheckRows(std::span<const float> v, const char* what) const {
     if (v.size() % spec_.dim != 0)
       return Status::InvalidArgument(std::string(what) + ": " + std::to_string(v.size()) +

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <fstream>
 #include <random>
+#include <set>
 
 #include "index/vector_index.h"
 #include "tests/test_util.h"
@@ -205,4 +206,48 @@ BOOST_AUTO_TEST_CASE(faiss_section_loads_in_stock_faiss_read_index) {
   std::string cmd = "/usr/bin/python3 -c \"import faiss; i = faiss.read_index('" + path +
                     "'); assert i.ntotal == 100 and i.d == 16, (i.ntotal, i.d)\"";
   BOOST_TEST(std::system(cmd.c_str()) == 0);
+}
+
+BOOST_AUTO_TEST_CASE(flat_removal_moves_the_last_vector_and_keeps_every_other_exact) {
+  for (const std::string desc : {"Flat", "SQ8"}) {
+    auto idx = Make(desc);
+    auto ids = Ids(300, 5);
+    auto vecs = RandomVectors(300, 11);
+    BOOST_REQUIRE(idx->Add(ids, vecs).ok());
+    std::vector<std::vector<float>> before;
+    for (uint64_t id : ids) before.push_back(*idx->Reconstruct(id));
+    // The first, one in the middle, the last, a batch, and an id twice.
+    std::vector<uint64_t> gone = {ids[0], ids[150], ids[299], ids[10], ids[11], ids[12], ids[150]};
+    BOOST_REQUIRE(idx->Remove(gone).ok());
+    std::set<uint64_t> removed(gone.begin(), gone.end());
+    BOOST_TEST(idx->size() == 300 - removed.size());
+    std::vector<uint64_t> left_ids;
+    std::vector<float> left_vecs;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (removed.count(ids[i])) {
+        BOOST_TEST(!idx->Contains(ids[i]));
+        continue;
+      }
+      auto v = idx->Reconstruct(ids[i]);
+      BOOST_REQUIRE(v.ok());
+      BOOST_TEST(*v == before[i], boost::test_tools::per_element());
+      left_ids.push_back(ids[i]);
+      left_vecs.insert(left_vecs.end(), v->begin(), v->end());
+    }
+    // Every stored vector still finds itself first, under its own id.
+    auto r = idx->Search(left_vecs, 1);
+    BOOST_REQUIRE(r.ok());
+    for (size_t i = 0; i < left_ids.size(); ++i) BOOST_TEST(r->ids[i] == left_ids[i]);
+    // An upsert after removals lands under its id, and a round trip keeps all.
+    BOOST_REQUIRE(idx->Add(std::vector<uint64_t>{ids[0]}, std::span(vecs).first(kDim)).ok());
+    std::vector<std::byte> bytes;
+    BOOST_REQUIRE(idx->Serialize([&](std::span<const std::byte> b) {
+                       bytes.insert(bytes.end(), b.begin(), b.end());
+                       return Status::OK();
+                     }).ok());
+    auto back = LoadFaissIndex({kDim, Metric::kL2, desc}, bytes);
+    BOOST_REQUIRE(back.ok());
+    BOOST_TEST((*back)->size() == idx->size());
+    BOOST_TEST(*(*back)->Reconstruct(ids[0]) == *idx->Reconstruct(ids[0]), boost::test_tools::per_element());
+  }
 }

@@ -368,6 +368,7 @@ int Verify(FileSystem& fs, const Layout& l, bool as_json) {
 int main(int argc, char** argv) {
   CLI::App app{"vecwal-inspect: list, dump and verify a vecwal log or store directory (read-only, lock-free)"};
   app.require_subcommand(1);
+  app.fallthrough();  // --json may also follow the subcommand
   bool as_json = false;
   app.add_flag("--json", as_json, "print JSON instead of tables");
   std::string dir;

@@ -58,6 +58,7 @@ std::string DefaultDir() {
 int main(int argc, char** argv) {
   CLI::App app{"vecwal-recovery: restart time after a real crash (SIGKILL), phase by phase"};
   app.require_subcommand(1);
+  app.fallthrough();  // --json may also follow the subcommand
   std::string json_path;
   app.add_option("--json", json_path, "also write the results as JSON to this file ('-': to stdout, instead of the tables)");
 
