@@ -313,9 +313,44 @@ Status DurableIndex::Apply(const WriteBatch& batch) {
   return Write(batch.op(), 0, Need::kAny);
 }
 
+// A search holds the index shared, and every apply needs it exclusive, so a
+// long search holds back every writer's return. Queries are therefore taken
+// in chunks sized to hold the index for about search_hold_us, from the time
+// a query took last: one query at a time on a big Flat index (tens of ms
+// each here), dozens at a time on HNSW. Each query sees one durable state;
+// the queries of one call may see successive ones. vecwal-bench mixed, 20k x
+// 768-d Flat, 16 writers beside 2 searchers: 15 -> 107 upserts/s, for 35
+// instead of 56 queries/s (single queries lose FAISS's batching).
 Result<index::SearchResults> DurableIndex::Search(std::span<const float> queries, size_t k) const {
-  std::shared_lock r(state_mu_);
-  return index_->Search(queries, k);
+  const uint64_t hold_ns = opts_.search_hold_us * 1000;
+  const size_t dim = opts_.spec.dim;
+  if (queries.empty() || queries.size() % dim != 0 || k == 0) {
+    std::shared_lock r(state_mu_);
+    return index_->Search(queries, k);  // its error names the problem
+  }
+  const size_t nq = queries.size() / dim;
+  index::SearchResults out;
+  out.nq = nq;
+  out.k = k;
+  out.ids.reserve(nq * k);
+  out.distances.reserve(nq * k);
+  for (size_t done = 0; done < nq;) {
+    const uint64_t per_query = search_ns_per_query_.load(std::memory_order_relaxed);
+    const size_t chunk =
+        per_query == 0 || hold_ns == 0 ? nq - done : std::clamp<size_t>(hold_ns / per_query, 1, nq - done);
+    const auto t0 = Clock::now();
+    auto part = [&] {
+      std::shared_lock r(state_mu_);
+      return index_->Search(queries.subspan(done * dim, chunk * dim), k);
+    }();
+    if (!part.ok()) return part.status();
+    const auto ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
+    search_ns_per_query_.store(std::max<uint64_t>(1, ns / chunk), std::memory_order_relaxed);
+    out.ids.insert(out.ids.end(), part->ids.begin(), part->ids.end());
+    out.distances.insert(out.distances.end(), part->distances.begin(), part->distances.end());
+    done += chunk;
+  }
+  return out;
 }
 
 Result<Entry> DurableIndex::Get(uint64_t id) const {

@@ -47,6 +47,10 @@ struct DurableIndexOptions {
   size_t max_payload_bytes = 64 << 10;
   uint64_t checkpoint_every_log_bytes = 256ull << 20;  // 0: only explicit Checkpoint()
   size_t keep_checkpoints = 2;
+  // A search call holds the index (and so holds back applies) for about this
+  // long at a time, taking its queries in chunks; 0: a whole call at once,
+  // which batches queries best but makes writers wait for the longest search.
+  uint64_t search_hold_us = 5000;
   wal::WalOptions wal;  // wal.fs is shared with checkpoints
 };
 
@@ -154,6 +158,7 @@ class DurableIndex {
   bool applying_ = false;                     // a writer is applying a run; under apply_mu_
   std::atomic<uint64_t> applied_seq_{0};
   std::atomic<bool> checkpointing_{false};
+  mutable std::atomic<uint64_t> search_ns_per_query_{0};  // the latest search's time per query
 
   mutable std::mutex fail_mu_;
   Status failed_;
