@@ -46,10 +46,10 @@ case "$cmd" in
     (cd build && ctest --output-on-failure -j 2)
     # Memory errors and undefined behaviour, then data races, on the same suites.
     build build-asan -DVECWAL_SANITIZE=address -DVECWAL_BUILD_BENCH=OFF
-    (cd build-asan && VECWAL_CRASH_POINTS=60 ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j 2)
+    (cd build-asan && VECWAL_CRASH_POINTS=60 VECWAL_POWER_POINTS=150 ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j 2)
     build build-tsan -DVECWAL_SANITIZE=thread -DVECWAL_BUILD_BENCH=OFF
     # libgomp is not instrumented: FAISS's OpenMP regions would read as races.
-    (cd build-tsan && VECWAL_CRASH_POINTS=30 OMP_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1 \
+    (cd build-tsan && VECWAL_CRASH_POINTS=30 VECWAL_POWER_POINTS=60 OMP_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1 \
        ctest --output-on-failure -j 2)
     ;;
   *)
