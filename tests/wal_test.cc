@@ -235,6 +235,27 @@ BOOST_AUTO_TEST_CASE(torn_tail_is_cut) {
   BOOST_TEST(Write(102) == 7u);
 }
 
+// Found by the bit-flip campaign (bitflip_test): a record at a block start
+// whose segment id field took a flip looked like bytes of a recycled file's
+// earlier life, so even strict mode read the log as ending cleanly before
+// it, and the acknowledged last record vanished without a word.
+BOOST_AUTO_TEST_CASE(flipped_segment_id_in_the_last_record_is_not_taken_for_stale_bytes) {
+  Open();
+  for (int i = 0; i < 5; ++i) Write(i);
+  Close();
+  auto recs = Read();
+  const auto& last = recs.back();
+  BOOST_REQUIRE(last.offset % 4096 == 0);  // each flush starts a block
+  std::string seg = test::SegmentPath(dir.path(), last.segment_id);
+  test::XorByte(seg, last.offset + 24, 0x02);  // the segment id field
+  Status strict = ReadStatus(RecoveryMode::kStrict);
+  BOOST_TEST(strict.IsCorruption());
+  BOOST_TEST(strict.ToString().find("LSN 5") != std::string::npos);
+  LogScanReport rep;
+  BOOST_TEST(Read(RecoveryMode::kTolerateTail, &rep).size() == 4u);
+  BOOST_TEST(rep.tail_cut);  // reported, not silent
+}
+
 BOOST_AUTO_TEST_CASE(unacknowledged_writes_past_a_torn_one_are_discarded) {
   // One AppendMany call places 20 records in 10 flushes before any of them
   // is durable: each says acked = 0. A crash that tears flush 3 and lands
