@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vecwal's one entry point on a fresh Debian 12 machine:
 #   ./vecwal.sh bench   install what is missing, build, run vecwal-bench's default workload
-#   ./vecwal.sh test    install what is missing, build, run every test (plain, ASan+UBSan, TSan)
+#   ./vecwal.sh test    install what is missing, build, run every test (plain, ASan+UBSan, TSan, libFuzzer)
 # Extra arguments after `bench` go to vecwal-bench.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 DEPS=(build-essential cmake ninja-build pkg-config librsvg2-bin
       liburing-dev libisal-dev libfmt-dev libboost-test-dev libcli11-dev nlohmann-json3-dev
       libfaiss-dev libopenblas-dev python3-faiss
-      librocksdb-dev fio)
+      librocksdb-dev fio clang libclang-rt-14-dev)
 
 install_deps() {
   local missing=()
@@ -28,6 +28,28 @@ build() {  # build DIR [cmake args...]
   local dir=$1; shift
   cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
   cmake --build "$dir" -j "$(nproc)"
+}
+
+# libFuzzer (clang): the log reader, record decoding and checkpoint loading,
+# each for VECWAL_FUZZ_SECONDS (default 20) from seeds the library writes.
+# A crash fails the run and leaves its input in build-fuzz/crashes/.
+fuzz() {
+  build build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DVECWAL_SANITIZE=fuzzer -DVECWAL_BUILD_BENCH=OFF
+  ./build-fuzz/tests/fuzz/make_fuzz_seeds build-fuzz/seeds
+  mkdir -p build-fuzz/crashes
+  for t in wal_reader:wal record_decode:record checkpoint:checkpoint; do
+    local name=${t%%:*} seeds=${t##*:}
+    mkdir -p "build-fuzz/corpus/$name"
+    if ! ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=0 "./build-fuzz/tests/fuzz/${name}_fuzz" \
+        -max_total_time="${VECWAL_FUZZ_SECONDS:-20}" -max_len=300000 \
+        -artifact_prefix="build-fuzz/crashes/${name}-" "build-fuzz/corpus/$name" "build-fuzz/seeds/$seeds" \
+        >"build-fuzz/$name.log" 2>&1; then
+      tail -60 "build-fuzz/$name.log"
+      echo "fuzz: ${name}_fuzz found a crash (input in build-fuzz/crashes/)" >&2
+      return 1
+    fi
+    echo "fuzz: ${name}_fuzz: $(grep -E '^Done [0-9]+ runs' "build-fuzz/$name.log")"
+  done
 }
 
 cmd=${1:-}
@@ -51,6 +73,7 @@ case "$cmd" in
     # libgomp is not instrumented: FAISS's OpenMP regions would read as races.
     (cd build-tsan && VECWAL_CRASH_POINTS=30 VECWAL_POWER_POINTS=60 OMP_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1 \
        ctest --output-on-failure -j 2)
+    fuzz
     ;;
   *)
     echo "usage: $0 bench [vecwal-bench options] | test" >&2

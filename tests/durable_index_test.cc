@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <random>
 
+#include "io/fault_file_system.h"
 #include "recovery/durable_index.h"
 #include "tests/test_util.h"
 
@@ -367,4 +368,114 @@ BOOST_AUTO_TEST_CASE(chunked_search_returns_what_one_whole_search_returns) {
       BOOST_TEST(std::abs(got->distances[j] - want->distances[j]) <= 1e-3f * (1 + want->distances[j]));
   }
   for (size_t q = 0; q < 37; ++q) BOOST_TEST(want->ids[q * 5] == q);  // each finds itself first
+}
+
+namespace {
+
+// A store whose every file goes through a fault-injecting seam.
+struct FaultyStore {
+  explicit FaultyStore(const std::string& dir, size_t spare_segments = 2)
+      : faulty(std::make_shared<FaultInjectionFileSystem>(NewPosixFileSystem(test::BackendUnderTest()))) {
+    opts = Options(dir);
+    opts.wal.fs = faulty;
+    opts.wal.spare_segments = spare_segments;
+    store = OpenOrDie(opts);
+  }
+  // Upserts ids [from, to) and returns their vectors.
+  std::map<uint64_t, std::vector<float>> Write(uint64_t from, uint64_t to) {
+    std::map<uint64_t, std::vector<float>> m;
+    for (uint64_t i = from; i < to; ++i) {
+      std::vector<float> v(kDim, static_cast<float>(i) + 0.5f);
+      BOOST_REQUIRE(store->Upsert(i, v).ok());
+      m[i] = v;
+    }
+    return m;
+  }
+  // Reopens on a healthy file system and checks it holds exactly `want`.
+  void ReopenHolds(const std::map<uint64_t, std::vector<float>>& want) {
+    (void)store->Close();
+    store.reset();
+    auto healthy = opts;
+    healthy.wal.fs = NewPosixFileSystem(test::BackendUnderTest());
+    auto d = OpenOrDie(healthy);
+    BOOST_TEST(d->Size() == want.size());
+    for (const auto& [id, v] : want) {
+      auto e = d->Get(id);
+      BOOST_REQUIRE_MESSAGE(e.ok(), "id " << id << " lost");
+      BOOST_TEST(e->vector == v, boost::test_tools::per_element());
+    }
+  }
+  std::shared_ptr<FaultInjectionFileSystem> faulty;
+  DurableIndexOptions opts;
+  std::unique_ptr<DurableIndex> store;
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(failed_checkpoint_write_leaves_the_previous_checkpoint_usable) {
+  for (bool fail_sync : {false, true}) {
+    test::TempDir t;
+    FaultyStore s(t / "db");
+    auto want = s.Write(0, 20);
+    BOOST_REQUIRE(s.store->Checkpoint().ok());
+    auto more = s.Write(20, 30);
+    want.insert(more.begin(), more.end());
+    if (fail_sync) s.faulty->FailSyncsFrom(0);
+    else s.faulty->FailWritesFrom(0, EIO);
+    auto ck = s.store->Checkpoint();
+    BOOST_TEST(!ck.ok());
+    BOOST_TEST(ck.status().ToString().find("injected fault") != std::string::npos, ck.status().ToString());
+    s.faulty->ClearFaults();
+    // The log was not touched: writes and the next checkpoint go on.
+    more = s.Write(30, 35);
+    want.insert(more.begin(), more.end());
+    BOOST_REQUIRE(s.store->Checkpoint().ok());
+    s.ReopenHolds(want);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(failed_log_write_or_sync_fails_the_store_and_reopen_has_every_acknowledged_op) {
+  for (bool fail_sync : {false, true}) {
+    test::TempDir t;
+    FaultyStore s(t / "db");
+    auto want = s.Write(0, 25);
+    if (fail_sync) s.faulty->FailSyncsFrom(0);
+    else s.faulty->FailWritesFrom(0, EIO);
+    std::vector<float> v(kDim, 9.f);
+    Status st = s.store->Upsert(100, v);
+    BOOST_TEST(!st.ok());
+    BOOST_TEST(st.sys_errno() == EIO, st.ToString());
+    BOOST_TEST(!s.store->Contains(100));  // never visible: it was never acknowledged
+    s.faulty->ClearFaults();
+    BOOST_TEST(!s.store->Upsert(101, v).ok());  // fail-stop: the disk "recovering" changes nothing
+    BOOST_TEST(!s.store->Checkpoint().ok());
+    // The failed op may have reached the disk (a failed sync says nothing
+    // either way), so the reopened store holds the acknowledged ops and at
+    // most that one.
+    (void)s.store->Close();
+    s.store.reset();
+    auto healthy = s.opts;
+    healthy.wal.fs = NewPosixFileSystem(test::BackendUnderTest());
+    auto d = OpenOrDie(healthy);
+    BOOST_TEST(!d->Contains(101));
+    BOOST_TEST(d->Size() == want.size() + (d->Contains(100) ? 1 : 0));
+    for (const auto& [id, vec] : want) BOOST_TEST(d->Get(id)->vector == vec, boost::test_tools::per_element());
+  }
+}
+
+BOOST_AUTO_TEST_CASE(no_space_is_a_clear_error_and_reopen_loses_nothing) {
+  test::TempDir t;
+  FaultyStore s(t / "db", 0);
+  auto want = s.Write(0, 10);
+  s.faulty->FailReservations(true);
+  Status last;
+  std::vector<float> v(kDim, 1.f);
+  uint64_t id = 1000;
+  for (int i = 0; i < 5000 && last.ok(); ++i, ++id) {
+    last = s.store->Upsert(id, v);
+    if (last.ok()) want[id] = v;
+  }
+  BOOST_TEST(last.IsNoSpace(), last.ToString());
+  s.faulty->ClearFaults();  // space freed
+  s.ReopenHolds(want);
 }
