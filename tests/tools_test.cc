@@ -275,3 +275,13 @@ BOOST_AUTO_TEST_CASE(bench_baseline_flags_a_regression_against_a_saved_run) {
   std::ofstream(t / "junk.json") << "{\"x\": 1}";
   BOOST_TEST(Run(cmd + " --baseline " + (t / "junk.json")).status == 2);
 }
+
+BOOST_AUTO_TEST_CASE(recovery_soak_survives_kill_after_kill) {
+  test::TempDir t;
+  json j = RunJson(kRecovery + " --json - soak --seconds 4 --max-delay-ms 600 --vectors 800 --dim 16 --batch 32 "
+                               "--checkpoint-mib 0.1 --dir " + t.path());
+  BOOST_TEST(j["failures"] == 0);
+  BOOST_TEST(j["kills"].get<uint64_t>() >= 3u);
+  BOOST_TEST(j["ops_acknowledged"].get<uint64_t>() > 0u);
+  BOOST_TEST(j["ops_in_store"].get<uint64_t>() >= j["ops_acknowledged"].get<uint64_t>());
+}

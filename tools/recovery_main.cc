@@ -102,6 +102,25 @@ int main(int argc, char** argv) {
   sweep->add_option("--batch", sc.base.batch, "ops per atomic write batch")->capture_default_str();
   sweep->add_option("--dir", sc.base.dir, "work directory (default: a new one under $TMPDIR)");
 
+  SoakConfig soak_c;
+  soak_c.base.vectors = 20000;
+  soak_c.base.dim = 128;
+  soak_c.base.batch = 64;
+  soak_c.base.checkpoint_mib = 8;
+  auto* soak = app.add_subcommand("soak", "kill one store's writer again and again; check every acknowledged op");
+  soak->add_option("--seconds", soak_c.seconds, "how long to go on")->capture_default_str();
+  soak->add_option("--max-delay-ms", soak_c.max_delay_ms, "a kill lands at most this long after a writer starts")
+      ->capture_default_str();
+  soak->add_option("--vectors", soak_c.base.vectors, "ids the workload writes")->capture_default_str();
+  soak->add_option("--dim", soak_c.base.dim, "float32 components per vector")->capture_default_str();
+  soak->add_option("--index", soak_c.base.index, "FAISS index_factory description")->capture_default_str();
+  soak->add_option("--batch", soak_c.base.batch, "ops per atomic write batch")->capture_default_str();
+  soak->add_option("--checkpoint-mib", soak_c.base.checkpoint_mib, "automatic checkpoint interval")
+      ->capture_default_str();
+  soak->add_option("--seed", soak_c.base.seed, "seed of the kill delays")->capture_default_str();
+  soak->add_option("--dir", soak_c.base.dir, "work directory (default: a new one under $TMPDIR)");
+  soak->add_flag("--keep", keep, "keep the store afterwards (it is always kept after a loss)");
+
   EstimateConfig ec;
   auto* estimate = app.add_subcommand("estimate", "predict the restart time of an existing store");
   estimate->add_option("dir", ec.dir, "the store directory")->required()->check(CLI::ExistingDirectory);
@@ -136,6 +155,17 @@ int main(int argc, char** argv) {
                  out["png"].is_null() ? "" : ", " + out["png"].get<std::string>());
       if (failures > 0) fmt::print(human, "FAILED: {} run(s) lost acknowledged ops\n", failures);
       rc = failures > 0 || out["png"].is_null() ? 1 : 0;
+    } else if (soak->parsed()) {
+      if (soak_c.base.dir.empty()) soak_c.base.dir = DefaultDir();
+      int failures = 0;
+      out = RunSoak(soak_c, &failures);
+      fmt::print(human, "soak: {} kills survived, {} acknowledged ops all present after each, restart median {:.3f} s (max {:.3f} s)\n",
+                 out["kills"].get<uint64_t>(), out["ops_acknowledged"].get<uint64_t>(),
+                 out["restart_s_median"].get<double>(), out["restart_s_max"].get<double>());
+      if (failures > 0) fmt::print(human, "FAILED: {} (store kept in {})\n", out["problem"].get<std::string>(),
+                                   out["store"].get<std::string>());
+      else if (!keep) std::filesystem::remove_all(soak_c.base.dir);
+      rc = failures > 0 ? 1 : 0;
     } else {
       if (ec.scratch.empty()) {
         const char* t = std::getenv("TMPDIR");

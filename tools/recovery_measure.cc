@@ -2,21 +2,19 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <memory>
 #include <random>
 #include <stdexcept>
 #include <thread>
 
-#include <faiss/index_factory.h>
 #include <fmt/core.h>
 
+#include "tools/crash_process.h"
 #include "tools/crash_workload.h"
 #include "tools/progress.h"
 #include "wal/log_reader.h"
@@ -29,96 +27,7 @@ namespace stdfs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 
-// Marks the writer's report that the base checkpoint is durable.
-constexpr uint64_t kBaseDone = 1ull << 63;
-
 double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-index::Metric ParseMetric(const std::string& m) {
-  if (m == "l2") return index::Metric::kL2;
-  if (m == "ip") return index::Metric::kInnerProduct;
-  throw std::runtime_error("unknown metric '" + m + "' (l2, ip)");
-}
-
-recovery::DurableIndexOptions StoreOptions(const MeasureConfig& c, const std::string& store) {
-  recovery::DurableIndexOptions o;
-  o.dir = store;
-  o.spec = {static_cast<uint32_t>(c.dim), ParseMetric(c.metric), c.index};
-  o.checkpoint_every_log_bytes = static_cast<uint64_t>(c.checkpoint_mib * (1 << 20));
-  auto mode = wal::ParseRecoveryMode(c.mode);
-  if (!mode.ok()) throw std::runtime_error(mode.status().ToString());
-  o.recovery_mode = *mode;
-  return o;
-}
-
-bool NeedsTraining(const MeasureConfig& c) {
-  std::unique_ptr<faiss::Index> probe(faiss::index_factory(static_cast<int>(c.dim), c.index.c_str(),
-                                                           c.metric == "ip" ? faiss::METRIC_INNER_PRODUCT
-                                                                            : faiss::METRIC_L2));
-  return !probe->is_trained;
-}
-
-// Encodings that do not give back the exact vector (product or scalar
-// quantizers); ids and payloads are still checked exactly.
-bool ExactVectors(const std::string& description) {
-  return description.find("PQ") == std::string::npos && description.find("SQ") == std::string::npos &&
-         description.find("LSH") == std::string::npos && description.find("RaBitQ") == std::string::npos;
-}
-
-void Send(int fd, uint64_t v) {
-  if (::write(fd, &v, sizeof v) != sizeof v) ::_exit(5);
-}
-
-[[noreturn]] void Die(const std::string& what, const Status& s) {
-  fmt::print(stderr, "vecwal-recovery writer: {}: {}\n", what, s.ToString());
-  ::_exit(4);
-}
-
-// The writer process: runs until it is killed.
-[[noreturn]] void RunWriter(const MeasureConfig& c, const std::string& store, int out) {
-  auto opened = recovery::DurableIndex::Open(StoreOptions(c, store));
-  if (!opened.ok()) Die("open " + store, opened.status());
-  auto& d = **opened;
-  CrashModel m(c.vectors, c.dim);
-  if (NeedsTraining(c)) {
-    const uint64_t n = std::min<uint64_t>(c.vectors, 65536);
-    std::vector<float> sample(n * c.dim);
-    for (uint64_t s = 0; s < n; ++s) m.VectorFor(s, std::span(sample).subspan(s * c.dim, c.dim));
-    if (Status s = d.Train(sample); !s.ok()) Die("train", s);
-  }
-  auto write_batch = [&](uint64_t n) {
-    recovery::WriteBatch b;
-    NextBatch(m, n, b);
-    if (Status s = d.Apply(b); !s.ok()) Die("write", s);
-  };
-  while (m.ops() < c.vectors) {
-    write_batch(std::min(c.batch, c.vectors - m.ops()));
-    Send(out, m.ops());
-  }
-  if (auto ck = d.Checkpoint(); !ck.ok()) Die("checkpoint", ck.status());
-  Send(out, kBaseDone | m.ops());
-  for (;;) {
-    write_batch(c.batch);
-    Send(out, m.ops());
-  }
-}
-
-void DropFromPageCache(const std::string& dir) {
-  for (const auto& e : stdfs::recursive_directory_iterator(dir)) {
-    if (!e.is_regular_file()) continue;
-    int fd = ::open(e.path().c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    ::close(fd);
-  }
-}
-
-uint64_t DirBytes(const std::string& dir) {
-  uint64_t n = 0;
-  for (const auto& e : stdfs::recursive_directory_iterator(dir))
-    if (e.is_regular_file()) n += e.file_size();
-  return n;
-}
 
 // Flips one byte inside the log record that holds the last acknowledged
 // batch: a lost acknowledged record, planted to prove the check fails.
@@ -160,72 +69,6 @@ json PlantLostRecord(const std::string& store, uint64_t acked_ops, uint64_t batc
   return {{"file", path}, {"offset", found->offset}, {"lsn", found->lsn}};
 }
 
-// The restart, in a fresh process so that its memory and timings are its own.
-[[noreturn]] void RunRecovery(const MeasureConfig& c, const std::string& store, uint64_t acked, int out) {
-  json j;
-  auto o = StoreOptions(c, store);
-  o.checkpoint_every_log_bytes = 0;  // a checkpoint here would be timed as recovery
-  const auto t0 = Clock::now();
-  auto opened = recovery::DurableIndex::Open(o);
-  if (!opened.ok()) {
-    j["open_error"] = opened.status().ToString();
-  } else {
-    auto& d = **opened;
-    const double open_s = Since(t0);
-    std::vector<float> q(c.dim);
-    CrashModel(1, c.dim).VectorFor(0, q);
-    auto hits = d.Search(q, 10);
-    const double first_search_s = Since(t0);
-    const auto& r = d.Stats().recovery;
-    rusage ru;
-    ::getrusage(RUSAGE_SELF, &ru);
-    j["recovery"] = {{"checkpoint_lsn", r.checkpoint_lsn},
-                     {"checkpoint_load_s", r.checkpoint_load_s},
-                     {"log_read_s", r.log_read_s},
-                     {"decode_s", r.decode_s},
-                     {"apply_s", r.apply_s},
-                     {"open_s", open_s},
-                     {"first_search_s", first_search_s},
-                     {"search_ok", hits.ok()},
-                     {"records_replayed", r.records_replayed},
-                     {"log_bytes_replayed", r.bytes_replayed},
-                     {"log_bytes_read", r.log_bytes_read},
-                     {"tail_note", r.tail_note},
-                     {"checkpoint_note", r.checkpoint_note},
-                     {"dropped_ranges", r.dropped.size()},
-                     {"peak_rss_bytes", static_cast<uint64_t>(ru.ru_maxrss) * 1024},
-                     {"vectors", d.Size()}};
-    // Two batches may be durable beyond what the writer reported: one whose
-    // report the kill cut off, one in flight.
-    auto v = VerifyPrefix(d, c.vectors, c.dim, c.batch, acked, 2, ExactVectors(c.index));
-    j["verify"] = {{"ok", v.ok}, {"acked_ops", v.acked_ops}, {"recovered_ops", v.recovered_ops},
-                   {"problem", v.problem}};
-    (void)d.Close();
-    opened->release();  // leave freeing to exit: not part of a restart
-  }
-  std::string s = j.dump();
-  size_t done = 0;
-  while (done < s.size()) {
-    ssize_t n = ::write(out, s.data() + done, s.size() - done);
-    if (n <= 0) ::_exit(5);
-    done += static_cast<size_t>(n);
-  }
-  ::_exit(0);
-}
-
-std::string ReadAll(int fd) {
-  std::string s;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(fd, buf, sizeof buf)) > 0) s.append(buf, static_cast<size_t>(n));
-  return s;
-}
-
-std::string ExitDescription(int st) {
-  if (WIFSIGNALED(st)) return fmt::format("killed by signal {}", WTERMSIG(st));
-  return fmt::format("exit status {}", WEXITSTATUS(st));
-}
-
 }  // namespace
 
 std::string ResolveDevice(const std::string& requested) {
@@ -251,22 +94,16 @@ MeasureResult MeasureOnce(const MeasureConfig& c) {
                    : c.random_kill ? c.vectors + std::uniform_int_distribution<uint64_t>(0, after_base)(rng)
                                    : c.vectors + after_base;
 
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
   const auto t0 = Clock::now();
-  pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error("fork");
-  if (pid == 0) {
-    ::close(fds[0]);
-    RunWriter(c, store, fds[1]);
-  }
-  ::close(fds[1]);
+  auto writer = StartWriter(c, store, 0, false);
+  const pid_t pid = writer.pid;
+  const int reports = writer.reports;
   uint64_t acked = 0;
   bool base_done = false, killed = false;
   {
     Progress progress("writer", target, "ops acknowledged");
     uint64_t v;
-    while (::read(fds[0], &v, sizeof v) == sizeof v) {
+    while (::read(reports, &v, sizeof v) == sizeof v) {
       base_done |= (v & kBaseDone) != 0;
       acked = v & ~kBaseDone;
       progress.Update(acked);
@@ -280,8 +117,8 @@ MeasureResult MeasureOnce(const MeasureConfig& c) {
   }
   // Reports written before the kill are still in the pipe.
   uint64_t v;
-  while (::read(fds[0], &v, sizeof v) == sizeof v) acked = std::max(acked, v & ~kBaseDone);
-  ::close(fds[0]);
+  while (::read(reports, &v, sizeof v) == sizeof v) acked = std::max(acked, v & ~kBaseDone);
+  ::close(reports);
   int st = 0;
   ::waitpid(pid, &st, 0);
   if (!killed) throw std::runtime_error("the writer process ended before the kill: " + ExitDescription(st));
@@ -303,20 +140,7 @@ MeasureResult MeasureOnce(const MeasureConfig& c) {
   if (c.plant_lost_record) report["planted_damage"] = PlantLostRecord(store, acked, c.batch);
   DropFromPageCache(store);
 
-  if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
-  pid = ::fork();
-  if (pid < 0) throw std::runtime_error("fork");
-  if (pid == 0) {
-    ::close(fds[0]);
-    RunRecovery(c, store, acked, fds[1]);
-  }
-  ::close(fds[1]);
-  std::string out = ReadAll(fds[0]);
-  ::close(fds[0]);
-  ::waitpid(pid, &st, 0);
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || out.empty())
-    throw std::runtime_error("the recovery process failed: " + ExitDescription(st));
-  json rec = json::parse(out);
+  json rec = TimedRestart(c, store, acked);
   MeasureResult res;
   if (rec.contains("open_error")) {
     res.problem = "recovery refused to open the store: " + rec["open_error"].get<std::string>();

@@ -57,6 +57,17 @@ struct SweepConfig {
 // runs that lost an acknowledged op.
 nlohmann::json RunSweep(const SweepConfig& c, int* failures);
 
+// `vecwal-recovery soak`: kill after kill of one store's writer (writes,
+// searches and automatic checkpoints at once) at random moments, checking
+// every acknowledged op after each restart, for `seconds`.
+struct SoakConfig {
+  MeasureConfig base;  // vectors, dim, index, batch, checkpoint_mib, seed, dir
+  double seconds = 300;
+  uint64_t max_delay_ms = 1500;  // a kill lands this long after a writer starts, at most
+};
+// `ops_acknowledged`: every op the writers saw acknowledged, each checked at every restart after it.
+nlohmann::json RunSoak(const SoakConfig& c, int* failures);
+
 // `vecwal-recovery estimate DIR`: predicted restart time of an existing store
 // from its checkpoint and log-tail sizes and rates measured on this machine
 // by a small calibration crash in `scratch`.
