@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <thread>
@@ -21,10 +22,7 @@ namespace vecwal::tools {
 namespace {
 
 namespace stdfs = std::filesystem;
-using Clock = std::chrono::steady_clock;
 using nlohmann::json;
-
-double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 index::Metric ParseMetric(const std::string& m) {
   if (m == "l2") return index::Metric::kL2;
@@ -121,17 +119,17 @@ void Send(int fd, uint64_t v) {
   json j;
   auto o = StoreOptions(c, store);
   o.checkpoint_every_log_bytes = 0;  // a checkpoint here would be timed as recovery
-  const auto t0 = Clock::now();
+  const auto t0 = std::chrono::steady_clock::now();
   auto opened = recovery::DurableIndex::Open(o);
   if (!opened.ok()) {
     j["open_error"] = opened.status().ToString();
   } else {
     auto& d = **opened;
-    const double open_s = Since(t0);
+    const double open_s = SecondsSince(t0);
     std::vector<float> q(c.dim);
     CrashModel(1, c.dim).VectorFor(0, q);
     auto hits = d.Search(q, 10);
-    const double first_search_s = Since(t0);
+    const double first_search_s = SecondsSince(t0);
     const auto& r = d.Stats().recovery;
     rusage ru;
     ::getrusage(RUSAGE_SELF, &ru);
@@ -201,31 +199,33 @@ std::string ExitDescription(int st) {
   return fmt::format("exit status {}", WEXITSTATUS(st));
 }
 
-WriterProcess StartWriter(const MeasureConfig& c, const std::string& store, uint64_t start_ops, bool search) {
+namespace {
+
+// Forks `child`, which writes to the fd it is given and never returns.
+WriterProcess Fork(const std::function<void(int)>& child) {
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
   pid_t pid = ::fork();
   if (pid < 0) throw std::runtime_error("fork");
   if (pid == 0) {
     ::close(fds[0]);
-    RunWriter(c, store, start_ops, search, fds[1]);
+    child(fds[1]);
+    ::_exit(0);
   }
   ::close(fds[1]);
   return {pid, fds[0]};
 }
 
+}  // namespace
+
+WriterProcess StartWriter(const MeasureConfig& c, const std::string& store, uint64_t start_ops, bool search) {
+  return Fork([&](int out) { RunWriter(c, store, start_ops, search, out); });
+}
+
 json TimedRestart(const MeasureConfig& c, const std::string& store, uint64_t acked_ops) {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
-  pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error("fork");
-  if (pid == 0) {
-    ::close(fds[0]);
-    RunRecovery(c, store, acked_ops, fds[1]);
-  }
-  ::close(fds[1]);
-  std::string out = ReadAll(fds[0]);
-  ::close(fds[0]);
+  auto [pid, from] = Fork([&](int out) { RunRecovery(c, store, acked_ops, out); });
+  std::string out = ReadAll(from);
+  ::close(from);
   int st = 0;
   ::waitpid(pid, &st, 0);
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || out.empty())

@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -37,6 +38,9 @@ WriterProcess StartWriter(const MeasureConfig& c, const std::string& store, uint
 // found ("recovery" and "verify", or "open_error").
 nlohmann::json TimedRestart(const MeasureConfig& c, const std::string& store, uint64_t acked_ops);
 
+inline double SecondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
 void DropFromPageCache(const std::string& dir);
 uint64_t DirBytes(const std::string& dir);
 std::string ExitDescription(int wait_status);

@@ -24,10 +24,7 @@ namespace vecwal::tools {
 namespace {
 
 namespace stdfs = std::filesystem;
-using Clock = std::chrono::steady_clock;
 using nlohmann::json;
-
-double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // Flips one byte inside the log record that holds the last acknowledged
 // batch: a lost acknowledged record, planted to prove the check fails.
@@ -94,7 +91,7 @@ MeasureResult MeasureOnce(const MeasureConfig& c) {
                    : c.random_kill ? c.vectors + std::uniform_int_distribution<uint64_t>(0, after_base)(rng)
                                    : c.vectors + after_base;
 
-  const auto t0 = Clock::now();
+  const auto t0 = std::chrono::steady_clock::now();
   auto writer = StartWriter(c, store, 0, false);
   const pid_t pid = writer.pid;
   const int reports = writer.reports;
@@ -122,7 +119,7 @@ MeasureResult MeasureOnce(const MeasureConfig& c) {
   int st = 0;
   ::waitpid(pid, &st, 0);
   if (!killed) throw std::runtime_error("the writer process ended before the kill: " + ExitDescription(st));
-  const double write_s = Since(t0);
+  const double write_s = SecondsSince(t0);
 
   json report;
   report["config"] = {{"vectors", c.vectors}, {"dim", c.dim},       {"index", c.index},
