@@ -20,6 +20,14 @@ std::string Describe(const index::IndexSpec& s) {
 
 }  // namespace
 
+struct DurableIndex::AsyncWrite {
+  wal::Op op;
+  std::vector<std::byte> bytes;
+  uint64_t seq = 0;
+  WriteCallback done;
+  std::atomic<bool> refused{false};  // the log refused it before placing it
+};
+
 void WriteBatch::Upsert(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) {
   op_.ops.emplace_back(wal::UpsertOp{id, {v.begin(), v.end()}, {payload.begin(), payload.end()}});
 }
@@ -33,18 +41,35 @@ Result<std::unique_ptr<DurableIndex>> DurableIndex::Open(const DurableIndexOptio
   d->opts_.wal.recovery_mode = opts.recovery_mode;
   VECWAL_RETURN_IF_ERROR(d->fs_->CreateDir(opts.dir));
   VECWAL_RETURN_IF_ERROR(d->Recover(&d->recovery_));
+  d->applier_ = std::thread([p = d.get()] { p->ApplierLoop(); });
   return d;
 }
 
 DurableIndex::~DurableIndex() { (void)Close(); }
 
 Status DurableIndex::Close() {
+  {
+    std::lock_guard a(apply_mu_);
+    stop_applier_ = true;
+  }
+  applied_cv_.notify_all();
+  if (applier_.joinable()) applier_.join();
   std::lock_guard c(ckpt_mu_);
   std::lock_guard lk(write_mu_);
   if (!wal_) return Status::OK();
+  Status drained = DrainLocked();  // async ops placed before Close complete
   Status s = wal_->Close();
   wal_.reset();
-  return s;
+  // Whatever could not complete (a failed store) is told so.
+  std::map<uint64_t, std::shared_ptr<AsyncWrite>> left;
+  {
+    std::lock_guard a(apply_mu_);
+    left.swap(async_);
+    ready_.clear();
+  }
+  const Status why = !drained.ok() ? drained : Status::Unavailable(opts_.dir + " was closed");
+  for (auto& [seq, w] : left) w->done(why);
+  return s.ok() ? drained : s;
 }
 
 Status DurableIndex::Recover(RecoveryStats* st) {
@@ -182,11 +207,17 @@ void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
   if (applying_) return;  // the applier's next run takes ours
   applying_ = true;
   std::vector<const wal::Op*> run;
+  std::vector<std::shared_ptr<AsyncWrite>> finished;
   for (;;) {
     run.clear();
+    finished.clear();
     uint64_t next = applied_seq_.load() + 1;
     for (auto it = ready_.begin(); it != ready_.end() && it->first == next && failed().ok(); ++next) {
       run.push_back(it->second);
+      if (auto as = async_.find(next); as != async_.end()) {
+        finished.push_back(std::move(as->second));
+        async_.erase(as);
+      }
       it = ready_.erase(it);
     }
     if (run.empty()) break;
@@ -195,6 +226,7 @@ void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
       std::unique_lock w(state_mu_);
       for (const wal::Op* op : run) ApplyOp(*op);
     }
+    for (auto& f : finished) f->done(failed());  // visible now; outside every lock
     a.lock();
     applied_seq_.fetch_add(run.size());
     applied_cv_.notify_all();
@@ -205,7 +237,12 @@ void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
 
 Status DurableIndex::DrainLocked() {
   std::unique_lock a(apply_mu_);
-  applied_cv_.wait(a, [&] { return applied_seq_.load() == placed_seq_ || !failed().ok(); });
+  // Applies what is ready itself: the applier thread may be the one waiting here.
+  for (;;) {
+    ApplyReady(a);
+    if (applied_seq_.load() == placed_seq_ || !failed().ok()) break;
+    applied_cv_.wait(a);
+  }
   return failed();
 }
 
@@ -226,11 +263,7 @@ Status DurableIndex::Write(const wal::Op& op, uint64_t id, Need need) {
     if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
     if (!index_->is_trained())
       return Status::InvalidArgument("index '" + opts_.spec.description + "' needs training before writes");
-    if (need != Need::kAny) {
-      bool present = PresentLocked(id);
-      if (need == Need::kAbsent && present) return Status::InvalidArgument("id " + std::to_string(id) + " already exists");
-      if (need == Need::kPresent && !present) return Status::NotFound("id " + std::to_string(id) + " does not exist");
-    }
+    VECWAL_RETURN_IF_ERROR(CheckNeedLocked(id, need));
     wal_->AppendAsync(wal::TypeOf(op), bytes, on_durable);
     // A record the log refused at once (lsn 0) was never placed.
     if (done.try_acquire()) {
@@ -257,14 +290,98 @@ Status DurableIndex::Write(const wal::Op& op, uint64_t id, Need need) {
   }
   VECWAL_RETURN_IF_ERROR(failed());
   log_bytes_since_checkpoint_ += bytes.size() + wal::kRecordHeaderSize;
-  if (opts_.checkpoint_every_log_bytes && log_bytes_since_checkpoint_ >= opts_.checkpoint_every_log_bytes &&
-      !checkpointing_.exchange(true)) {
-    auto c = Checkpoint();
-    checkpointing_ = false;
-    if (!c.ok() && c.status().code() != Status::Code::kUnavailable)
-      return c.status().WithContext("the write is durable and applied, but the automatic checkpoint after it failed");
-  }
+  return MaybeCheckpoint();
+}
+
+Status DurableIndex::MaybeCheckpoint() {
+  if (opts_.checkpoint_every_log_bytes == 0 || log_bytes_since_checkpoint_ < opts_.checkpoint_every_log_bytes ||
+      checkpointing_.exchange(true))
+    return Status::OK();
+  auto c = Checkpoint();
+  checkpointing_ = false;
+  if (!c.ok() && c.status().code() != Status::Code::kUnavailable)
+    return c.status().WithContext("the write is durable and applied, but the automatic checkpoint after it failed");
   return Status::OK();
+}
+
+Status DurableIndex::CheckNeedLocked(uint64_t id, Need need) {
+  if (need == Need::kAny) return Status::OK();
+  const bool present = PresentLocked(id);
+  if (need == Need::kAbsent && present) return Status::InvalidArgument("id " + std::to_string(id) + " already exists");
+  if (need == Need::kPresent && !present) return Status::NotFound("id " + std::to_string(id) + " does not exist");
+  return Status::OK();
+}
+
+void DurableIndex::WriteAsync(wal::Op op, uint64_t id, Need need, WriteCallback done) {
+  auto w = std::make_shared<AsyncWrite>();
+  w->op = std::move(op);
+  w->done = std::move(done);
+  wal::EncodeOp(w->op, w->bytes);
+  Status refused;
+  {
+    std::lock_guard lk(write_mu_);
+    refused = failed();
+    if (refused.ok() && !wal_) refused = Status::Unavailable(opts_.dir + " is closed");
+    if (refused.ok() && !index_->is_trained())
+      refused = Status::InvalidArgument("index '" + opts_.spec.description + "' needs training before writes");
+    if (refused.ok()) refused = CheckNeedLocked(id, need);
+    if (refused.ok()) {
+      // The seq is set before the log can call back: a durable completion
+      // may arrive before AppendAsync returns.
+      w->seq = placed_seq_ + 1;
+      wal_->AppendAsync(wal::TypeOf(w->op), w->bytes,
+                        [this, w](const Status& s, uint64_t lsn) { OnAsyncDurable(w, s, lsn); });
+      if (w->refused.load()) return;  // its callback has told the caller
+      ++placed_seq_;
+      NoteOverlay(w->op, w->seq);
+      return;
+    }
+  }
+  w->done(refused);
+}
+
+// On the log's thread: queue the durable op for the applier.
+void DurableIndex::OnAsyncDurable(const std::shared_ptr<AsyncWrite>& w, const Status& s, uint64_t lsn) {
+  if (!s.ok()) {
+    if (lsn == 0) w->refused = true;  // never placed
+    // A record the log refuses for its size leaves the log healthy; any
+    // other failure is the log's, and so the store's.
+    if (s.code() != Status::Code::kInvalidArgument) SetFailed(s);
+    w->done(s);
+    return;
+  }
+  log_bytes_since_checkpoint_ += w->bytes.size() + wal::kRecordHeaderSize;
+  {
+    std::lock_guard a(apply_mu_);
+    ready_.emplace(w->seq, &w->op);
+    async_.emplace(w->seq, w);
+  }
+  applied_cv_.notify_all();
+}
+
+// Applies async ops when no blocking writer is there to, fails them when the
+// store has failed, and takes the automatic checkpoints their log calls for.
+void DurableIndex::ApplierLoop() {
+  std::unique_lock a(apply_mu_);
+  for (;;) {
+    applied_cv_.wait(a, [&] {
+      return stop_applier_ || (!async_.empty() && !failed().ok()) ||
+             (!ready_.empty() && ready_.begin()->first == applied_seq_.load() + 1 && !applying_);
+    });
+    if (stop_applier_) return;
+    if (!failed().ok()) {
+      std::map<uint64_t, std::shared_ptr<AsyncWrite>> dead;
+      dead.swap(async_);
+      a.unlock();
+      for (auto& [seq, w] : dead) w->done(failed());
+      a.lock();
+      continue;
+    }
+    ApplyReady(a);
+    a.unlock();
+    (void)MaybeCheckpoint();  // a failure fails nothing acknowledged; the next write retries it
+    a.lock();
+  }
 }
 
 // Invariant: the op passed Validate and the presence checks, so the index
@@ -305,6 +422,61 @@ Status DurableIndex::Upsert(uint64_t id, std::span<const float> v, std::span<con
   return Write(wal::UpsertOp{id, {v.begin(), v.end()}, {payload.begin(), payload.end()}}, id, Need::kAny);
 }
 Status DurableIndex::Remove(uint64_t id) { return Write(wal::DeleteOp{id}, id, Need::kPresent); }
+
+void DurableIndex::InsertAsync(uint64_t id, std::span<const float> v, std::span<const std::byte> payload,
+                               WriteCallback done) {
+  if (Status s = Validate(id, v, payload); !s.ok()) return done(s);
+  WriteAsync(wal::UpsertOp{id, {v.begin(), v.end()}, {payload.begin(), payload.end()}}, id, Need::kAbsent,
+             std::move(done));
+}
+void DurableIndex::UpdateAsync(uint64_t id, std::span<const float> v, std::span<const std::byte> payload,
+                               WriteCallback done) {
+  if (Status s = Validate(id, v, payload); !s.ok()) return done(s);
+  WriteAsync(wal::UpsertOp{id, {v.begin(), v.end()}, {payload.begin(), payload.end()}}, id, Need::kPresent,
+             std::move(done));
+}
+void DurableIndex::UpsertAsync(uint64_t id, std::span<const float> v, std::span<const std::byte> payload,
+                               WriteCallback done) {
+  if (Status s = Validate(id, v, payload); !s.ok()) return done(s);
+  WriteAsync(wal::UpsertOp{id, {v.begin(), v.end()}, {payload.begin(), payload.end()}}, id, Need::kAny,
+             std::move(done));
+}
+void DurableIndex::RemoveAsync(uint64_t id, WriteCallback done) {
+  WriteAsync(wal::DeleteOp{id}, id, Need::kPresent, std::move(done));
+}
+void DurableIndex::ApplyAsync(const WriteBatch& batch, WriteCallback done) {
+  for (const auto& sub : batch.op().ops)
+    if (auto* u = std::get_if<wal::UpsertOp>(&sub))
+      if (Status s = Validate(u->id, u->vector, u->payload); !s.ok()) return done(s);
+  if (batch.size() == 0) return done(Status::OK());
+  WriteAsync(batch.op(), 0, Need::kAny, std::move(done));
+}
+
+namespace {
+// A callback that fulfils a promise, and the future it gives.
+std::pair<DurableIndex::WriteCallback, std::future<Status>> Promised() {
+  auto p = std::make_shared<std::promise<Status>>();
+  auto f = p->get_future();
+  return {[p](const Status& s) { p->set_value(s); }, std::move(f)};
+}
+}  // namespace
+
+std::future<Status> DurableIndex::UpsertAsync(uint64_t id, std::span<const float> v,
+                                              std::span<const std::byte> payload) {
+  auto [cb, f] = Promised();
+  UpsertAsync(id, v, payload, std::move(cb));
+  return std::move(f);
+}
+std::future<Status> DurableIndex::RemoveAsync(uint64_t id) {
+  auto [cb, f] = Promised();
+  RemoveAsync(id, std::move(cb));
+  return std::move(f);
+}
+std::future<Status> DurableIndex::ApplyAsync(const WriteBatch& batch) {
+  auto [cb, f] = Promised();
+  ApplyAsync(batch, std::move(cb));
+  return std::move(f);
+}
 
 Status DurableIndex::Apply(const WriteBatch& batch) {
   for (const auto& sub : batch.op().ops)

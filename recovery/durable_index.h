@@ -23,6 +23,8 @@
 #include <cstdint>
 #include <atomic>
 #include <condition_variable>
+#include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -30,6 +32,7 @@
 #include <shared_mutex>
 #include <span>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -98,6 +101,24 @@ class DurableIndex {
   Status Remove(uint64_t id);
   Status Apply(const WriteBatch& batch);
 
+  // Async forms: the op is validated and placed in the log before the call
+  // returns (so calls from one thread keep their order), and `done` runs
+  // once it is durable and visible to searches, or with the error that
+  // stopped it. A refused op calls `done` at once, on the caller's thread;
+  // otherwise it runs on the thread that applied the op (the store's applier,
+  // or one inside another writer's blocking call), so it must be short and
+  // must not make blocking writes on this store (async ones are fine).
+  // Close() waits for every op placed before it.
+  using WriteCallback = std::function<void(const Status&)>;
+  void InsertAsync(uint64_t id, std::span<const float> v, std::span<const std::byte> payload, WriteCallback done);
+  void UpdateAsync(uint64_t id, std::span<const float> v, std::span<const std::byte> payload, WriteCallback done);
+  void UpsertAsync(uint64_t id, std::span<const float> v, std::span<const std::byte> payload, WriteCallback done);
+  void RemoveAsync(uint64_t id, WriteCallback done);
+  void ApplyAsync(const WriteBatch& batch, WriteCallback done);
+  std::future<Status> UpsertAsync(uint64_t id, std::span<const float> v, std::span<const std::byte> payload = {});
+  std::future<Status> RemoveAsync(uint64_t id);
+  std::future<Status> ApplyAsync(const WriteBatch& batch);
+
   Result<index::SearchResults> Search(std::span<const float> queries, size_t k) const;
   Result<Entry> Get(uint64_t id) const;
   bool Contains(uint64_t id) const;
@@ -116,6 +137,13 @@ class DurableIndex {
   DurableIndex() = default;
   enum class Need { kAbsent, kPresent, kAny };
   Status Write(const wal::Op& op, uint64_t id, Need need);
+  struct AsyncWrite;
+  void WriteAsync(wal::Op op, uint64_t id, Need need, WriteCallback done);
+  void OnAsyncDurable(const std::shared_ptr<AsyncWrite>& w, const Status& s, uint64_t lsn);
+  void ApplierLoop();
+  Status MaybeCheckpoint();
+  // Checks presence for an op that needs it; under write_mu_.
+  Status CheckNeedLocked(uint64_t id, Need need);
   bool PresentLocked(uint64_t id);
   void NoteOverlay(const wal::Op& op, uint64_t seq);
   void ApplyReady(std::unique_lock<std::mutex>& a);  // a holds apply_mu_; released while applying
@@ -156,6 +184,11 @@ class DurableIndex {
   std::condition_variable applied_cv_;
   std::map<uint64_t, const wal::Op*> ready_;  // durable, not yet applied; owners wait
   bool applying_ = false;                     // a writer is applying a run; under apply_mu_
+  // Async ops durable and waiting to be applied, by seq: their owner is the
+  // applier thread, which applies them when no blocking writer does.
+  std::map<uint64_t, std::shared_ptr<AsyncWrite>> async_;  // under apply_mu_
+  std::thread applier_;
+  bool stop_applier_ = false;  // under apply_mu_
   std::atomic<uint64_t> applied_seq_{0};
   std::atomic<bool> checkpointing_{false};
   mutable std::atomic<uint64_t> search_ns_per_query_{0};  // the latest search's time per query

@@ -479,3 +479,79 @@ BOOST_AUTO_TEST_CASE(no_space_is_a_clear_error_and_reopen_loses_nothing) {
   s.faulty->ClearFaults();  // space freed
   s.ReopenHolds(want);
 }
+
+BOOST_AUTO_TEST_CASE(async_writes_complete_in_order_once_visible_and_close_drains_them) {
+  test::TempDir t;
+  auto o = Options(t / "db");
+  o.checkpoint_every_log_bytes = 16 << 10;  // only async writes: the applier takes the checkpoints
+  auto d = OpenOrDie(o);
+  constexpr int kThreads = 8, kEach = 150;
+  std::vector<std::vector<uint64_t>> completed(kThreads);
+  std::vector<std::mutex> mu(kThreads);
+  std::atomic<int> not_visible{0}, failures{0};
+  std::vector<std::thread> ts;
+  for (int th = 0; th < kThreads; ++th)
+    ts.emplace_back([&, th] {
+      for (int i = 0; i < kEach; ++i) {
+        const uint64_t id = static_cast<uint64_t>(th) * 1000 + static_cast<uint64_t>(i);
+        std::vector<float> v(kDim, static_cast<float>(id));
+        d->UpsertAsync(id, v, {}, [&, th, id](const Status& s) {
+          if (!s.ok()) ++failures;
+          if (!d->Contains(id)) ++not_visible;  // visible by the time it is acknowledged
+          std::lock_guard lk(mu[th]);
+          completed[th].push_back(id);
+        });
+      }
+    });
+  for (auto& th : ts) th.join();
+  BOOST_REQUIRE(d->Close().ok());  // waits for every op placed before it
+  BOOST_TEST(failures.load() == 0);
+  BOOST_TEST(not_visible.load() == 0);
+  for (int th = 0; th < kThreads; ++th) {
+    BOOST_REQUIRE(completed[th].size() == static_cast<size_t>(kEach));
+    BOOST_TEST(std::is_sorted(completed[th].begin(), completed[th].end()));  // each thread's ops in its order
+  }
+  BOOST_TEST(d->Stats().last_checkpoint_lsn > 0u);
+  d.reset();
+  auto again = OpenOrDie(o);
+  BOOST_TEST(again->Size() == static_cast<size_t>(kThreads * kEach));
+  BOOST_TEST(again->Get(3149)->vector[0] == 3149.f);
+}
+
+BOOST_AUTO_TEST_CASE(async_forms_refuse_bad_ops_at_once_and_mix_with_blocking_writes) {
+  test::TempDir t;
+  auto d = OpenOrDie(Options(t / "db"));
+  std::vector<float> v(kDim, 1.f), bad(kDim + 1, 1.f);
+  bool called = false;
+  Status got;
+  d->UpsertAsync(1, bad, {}, [&](const Status& s) { called = true; got = s; });
+  BOOST_TEST(called);  // on the caller's thread, before the call returned
+  BOOST_TEST(got.code() == Status::Code::kInvalidArgument);
+  BOOST_TEST(d->UpsertAsync(1, v).get().ok());
+  BOOST_TEST(d->Contains(1));
+  called = false;
+  d->InsertAsync(1, v, {}, [&](const Status& s) { called = true; got = s; });
+  BOOST_TEST(called);
+  BOOST_TEST(got.code() == Status::Code::kInvalidArgument);  // it exists
+  BOOST_TEST(d->RemoveAsync(2).get().code() == Status::Code::kNotFound);
+  // An async write is ordered before a later blocking one from the same thread.
+  auto f = d->RemoveAsync(1);
+  BOOST_REQUIRE(d->Insert(1, v).ok());  // the removal is placed first, so 1 is absent here
+  BOOST_TEST(f.get().ok());
+  BOOST_TEST(d->Contains(1));
+  recovery::WriteBatch b;
+  b.Upsert(5, v);
+  b.Upsert(6, v);
+  b.Remove(1);
+  BOOST_TEST(d->ApplyAsync(b).get().ok());
+  BOOST_TEST(d->Size() == 2u);
+  std::promise<Status> updated;
+  d->UpdateAsync(5, std::vector<float>(kDim, 7.f), {}, [&](const Status& s) { updated.set_value(s); });
+  BOOST_TEST(updated.get_future().get().ok());
+  BOOST_TEST(d->Get(5)->vector[0] == 7.f);
+  BOOST_REQUIRE(d->Close().ok());
+  called = false;
+  d->UpsertAsync(9, v, {}, [&](const Status& s) { called = true; got = s; });
+  BOOST_TEST(called);
+  BOOST_TEST(got.code() == Status::Code::kUnavailable);  // closed
+}
