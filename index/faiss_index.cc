@@ -43,12 +43,19 @@ Status Guard(const std::string& what, F&& f) {
   }
 }
 
-// Buffers FAISS's many small writes into 1 MiB pieces for the sink.
+// Buffers FAISS's many small writes into 1 MiB pieces for the sink, and
+// hands its big ones (the vectors: one write of the whole array) straight
+// through: buffering those copied the index twice, growing as it went.
 struct SinkWriter : faiss::IOWriter {
   explicit SinkWriter(const ByteSink& s) : sink(s) { name = "vecwal checkpoint sink"; }
   size_t operator()(const void* p, size_t size, size_t n) override {
     if (!status.ok()) return 0;
     const auto* b = static_cast<const std::byte*>(p);
+    if (size * n >= (1u << 20)) {
+      Flush();
+      if (status.ok()) status = sink({b, size * n});
+      return status.ok() ? n : 0;
+    }
     buf.insert(buf.end(), b, b + size * n);
     if (buf.size() >= (1u << 20)) Flush();
     return status.ok() ? n : 0;

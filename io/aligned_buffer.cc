@@ -7,12 +7,15 @@
 
 namespace vecwal {
 
-AlignedBuffer::AlignedBuffer(size_t size, size_t alignment)
+AlignedBuffer::AlignedBuffer(size_t size, size_t alignment) : AlignedBuffer(size, alignment, kUninitialized) {
+  if (data_) std::memset(data_, 0, size_);
+}
+
+AlignedBuffer::AlignedBuffer(size_t size, size_t alignment, Uninitialized)
     : size_(AlignUp(size, alignment)), alignment_(alignment) {
   if (size_ == 0) return;
   void* p = std::aligned_alloc(alignment, size_);
   if (p == nullptr) throw std::bad_alloc();
-  std::memset(p, 0, size_);
   data_ = static_cast<std::byte*>(p);
 }
 

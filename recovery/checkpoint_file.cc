@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <future>
 
 #include "io/crc32c.h"
 #include "wal/format.h"
@@ -36,48 +37,63 @@ T Get(const std::byte* p, size_t off) {
   return v;
 }
 
-// Streams a section into the file through an aligned staging buffer, with
-// its CRC; every write is block-aligned, as O_DIRECT wants.
+// Streams a section into the file through two aligned staging buffers, with
+// its CRC: one is written (O_DIRECT, so every write is block-aligned) while
+// the other fills, so copying and checksumming overlap the device's work.
 class SectionWriter {
  public:
-  SectionWriter(File& f, uint64_t offset) : f_(f), offset_(offset), stage_(kStageBytes, 4096) {}
+  SectionWriter(File& f, uint64_t offset)
+      : f_(f), offset_(offset), stages_{AlignedBuffer(kStageBytes, 4096), AlignedBuffer(kStageBytes, 4096)} {}
+  ~SectionWriter() { (void)Wait(); }
   Status Append(std::span<const std::byte> b) {
     crc_ = crc32c::Extend(crc_, b.data(), b.size());
     length_ += b.size();
     while (!b.empty()) {
-      size_t n = std::min(b.size(), stage_.size() - used_);
-      std::memcpy(stage_.data() + used_, b.data(), n);
+      AlignedBuffer& stage = stages_[cur_];
+      size_t n = std::min(b.size(), stage.size() - used_);
+      std::memcpy(stage.data() + used_, b.data(), n);
       used_ += n;
       b = b.subspan(n);
-      if (used_ == stage_.size()) VECWAL_RETURN_IF_ERROR(Drain());
+      if (used_ == stage.size()) VECWAL_RETURN_IF_ERROR(Drain());
     }
     return Status::OK();
   }
   // Writes the rest, padded with zeros to the block; returns the section.
   Result<Section> Finish(uint32_t kind) {
     size_t padded = AlignUp(used_, 4096);
-    std::memset(stage_.data() + used_, 0, padded - used_);
+    std::memset(stages_[cur_].data() + used_, 0, padded - used_);
     used_ = padded;
     VECWAL_RETURN_IF_ERROR(Drain());
+    VECWAL_RETURN_IF_ERROR(Wait());
     return Section{kind, start_, length_, crc_};
   }
   uint64_t end() const { return offset_; }
 
  private:
+  // Starts writing the current stage and moves to the other one, once the
+  // write that used it has finished.
   Status Drain() {
     if (used_ == 0) return Status::OK();
-    VECWAL_RETURN_IF_ERROR(f_.WriteAt(offset_, stage_.span().first(used_)));
+    VECWAL_RETURN_IF_ERROR(Wait());
+    pending_ = std::async(std::launch::async, [this, off = offset_, data = stages_[cur_].span().first(used_)] {
+      return f_.WriteAt(off, data);
+    });
     offset_ += used_;
     used_ = 0;
+    cur_ ^= 1;
     return Status::OK();
   }
+  Status Wait() { return pending_.valid() ? pending_.get() : Status::OK(); }
+
   File& f_;
   uint64_t offset_;
   const uint64_t start_ = offset_;
-  AlignedBuffer stage_;
+  AlignedBuffer stages_[2];
+  int cur_ = 0;
   size_t used_ = 0;
   uint64_t length_ = 0;
   uint32_t crc_ = 0;
+  std::future<Status> pending_;  // last: destroyed (and so waited for) before the stages
 };
 
 void EncodePayloads(const Payloads& p, std::vector<std::byte>& out, Payloads::const_iterator& it, size_t budget) {
@@ -137,12 +153,29 @@ Result<Header> ReadHeader(File& f, const std::string& path) {
   return h;
 }
 
-Result<std::vector<std::byte>> ReadSection(File& f, const std::string& path, const Header& h, uint32_t kind) {
+// A section's bytes, read straight into an aligned buffer (sections start on
+// a block boundary): no zeroing, no copy out of a bounce buffer.
+struct SectionBytes {
+  AlignedBuffer buf;
+  std::span<const std::byte> bytes;
+};
+
+Result<SectionBytes> ReadSectionBytes(File& f, const std::string& path, const Section& s) {
+  const size_t a = std::max<size_t>(f.alignment(), 1);
+  SectionBytes out{AlignedBuffer(AlignUp(s.length, a), std::max<size_t>(a, 64), AlignedBuffer::kUninitialized), {}};
+  VECWAL_ASSIGN_OR_RETURN(size_t got, f.ReadAt(s.offset, out.buf.span()));
+  if (got < s.length) return Status::Corruption(Where(path, s) + ": the file ends " + std::to_string(s.length - got) +
+                                                " bytes before the section does");
+  out.bytes = out.buf.span().first(s.length);
+  return out;
+}
+
+Result<SectionBytes> ReadSection(File& f, const std::string& path, const Header& h, uint32_t kind) {
   for (const auto& s : h.sections) {
     if (s.kind != kind) continue;
-    VECWAL_ASSIGN_OR_RETURN(auto bytes, ReadRange(f, s.offset, s.length));
-    if (crc32c::Value(bytes.data(), bytes.size()) != s.crc) return Status::Corruption(Where(path, s) + ": checksum mismatch");
-    return bytes;
+    VECWAL_ASSIGN_OR_RETURN(auto sec, ReadSectionBytes(f, path, s));
+    if (crc32c::Value(sec.bytes) != s.crc) return Status::Corruption(Where(path, s) + ": checksum mismatch");
+    return sec;
   }
   return Status::Corruption(path + ": no " + SectionName(kind) + " section");
 }
@@ -277,10 +310,10 @@ Result<CheckpointReport> VerifyCheckpoint(FileSystem& fs, const std::string& pat
   r.info = h.info;
   for (const auto& s : h.sections) {
     CheckpointSection out{SectionName(s.kind), s.offset, s.length, s.crc, ""};
-    auto bytes = ReadRange(*f, s.offset, s.length);
-    if (!bytes.ok())
-      out.problem = bytes.status().ToString();
-    else if (crc32c::Value(bytes->data(), bytes->size()) != s.crc)
+    auto sec = ReadSectionBytes(*f, path, s);
+    if (!sec.ok())
+      out.problem = sec.status().ToString();
+    else if (crc32c::Value(sec->bytes) != s.crc)
       out.problem = Where(path, s) + ": checksum mismatch";
     r.sections.push_back(std::move(out));
   }
@@ -297,8 +330,8 @@ Result<LoadedCheckpoint> LoadCheckpoint(FileSystem& fs, const std::string& path)
   LoadedCheckpoint out;
   out.info = h.info;
   {
-    VECWAL_ASSIGN_OR_RETURN(auto bytes, ReadSection(*f, path, h, kIndexSection));
-    auto idx = index::LoadFaissIndex(h.info.spec, bytes);
+    VECWAL_ASSIGN_OR_RETURN(auto sec, ReadSection(*f, path, h, kIndexSection));
+    auto idx = index::LoadFaissIndex(h.info.spec, sec.bytes);
     if (!idx.ok()) return idx.status().WithContext(path + ": index section");
     out.index = std::move(idx).value();
   }
@@ -306,7 +339,7 @@ Result<LoadedCheckpoint> LoadCheckpoint(FileSystem& fs, const std::string& path)
     return Status::Corruption(path + ": index holds " + std::to_string(out.index->size()) + " ids, header says " +
                               std::to_string(h.info.live_count));
   VECWAL_ASSIGN_OR_RETURN(auto pb, ReadSection(*f, path, h, kPayloadSection));
-  VECWAL_ASSIGN_OR_RETURN(out.payloads, DecodePayloads(pb, h.info.payload_count, path + ": payloads section"));
+  VECWAL_ASSIGN_OR_RETURN(out.payloads, DecodePayloads(pb.bytes, h.info.payload_count, path + ": payloads section"));
   return out;
 }
 

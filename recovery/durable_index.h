@@ -178,6 +178,7 @@ class DurableIndex {
   // Placement and apply order. seq numbers follow LSN order because records
   // are placed in the log under write_mu_.
   uint64_t placed_seq_ = 0;  // under write_mu_
+  uint64_t last_snapshot_bytes_ = 0, last_snapshot_live_ = 0;  // under write_mu_
   // Presence of ids whose ops are placed but not yet applied: id -> (present, seq).
   std::unordered_map<uint64_t, std::pair<bool, uint64_t>> overlay_;  // under write_mu_
   std::mutex apply_mu_;
