@@ -54,21 +54,24 @@ Status DurableIndex::Close() {
   }
   applied_cv_.notify_all();
   if (applier_.joinable()) applier_.join();
-  std::lock_guard c(ckpt_mu_);
-  std::lock_guard lk(write_mu_);
-  if (!wal_) return Status::OK();
-  Status drained = DrainLocked();  // async ops placed before Close complete
-  Status s = wal_->Close();
-  wal_.reset();
-  // Whatever could not complete (a failed store) is told so.
-  std::map<uint64_t, std::shared_ptr<AsyncWrite>> left;
+  Status drained, s;
+  std::vector<std::pair<std::shared_ptr<AsyncWrite>, Status>> tell;
   {
+    std::lock_guard c(ckpt_mu_);
+    std::lock_guard lk(write_mu_);
+    if (!wal_) return Status::OK();
+    drained = DrainLocked();  // async ops placed before Close complete
+    s = wal_->Close();
+    wal_.reset();
     std::lock_guard a(apply_mu_);
-    left.swap(async_);
+    tell.swap(completions_);
+    // Whatever could not complete (a failed store) is told so.
+    const Status why = !drained.ok() ? drained : Status::Unavailable(opts_.dir + " was closed");
+    for (auto& [seq, w] : async_) tell.emplace_back(std::move(w), why);
+    async_.clear();
     ready_.clear();
   }
-  const Status why = !drained.ok() ? drained : Status::Unavailable(opts_.dir + " was closed");
-  for (auto& [seq, w] : left) w->done(why);
+  for (auto& [w, st] : tell) w->done(st);  // outside every lock: a callback may write (and be refused)
   return s.ok() ? drained : s;
 }
 
@@ -226,8 +229,10 @@ void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
       std::unique_lock w(state_mu_);
       for (const wal::Op* op : run) ApplyOp(*op);
     }
-    for (auto& f : finished) f->done(failed());  // visible now; outside every lock
     a.lock();
+    // Visible now. The applier thread runs the callbacks, in order: here a
+    // checkpoint may hold write_mu_, which a callback's own write would need.
+    for (auto& f : finished) completions_.emplace_back(std::move(f), failed());
     applied_seq_.fetch_add(run.size());
     applied_cv_.notify_all();
   }
@@ -365,15 +370,19 @@ void DurableIndex::ApplierLoop() {
   std::unique_lock a(apply_mu_);
   for (;;) {
     applied_cv_.wait(a, [&] {
-      return stop_applier_ || (!async_.empty() && !failed().ok()) ||
-             (!ready_.empty() && ready_.begin()->first == applied_seq_.load() + 1 && !applying_);
+      return stop_applier_ || !completions_.empty() || (!async_.empty() && !failed().ok()) ||
+             (failed().ok() && !ready_.empty() && ready_.begin()->first == applied_seq_.load() + 1 && !applying_);
     });
-    if (stop_applier_) return;
-    if (!failed().ok()) {
-      std::map<uint64_t, std::shared_ptr<AsyncWrite>> dead;
-      dead.swap(async_);
+    if (stop_applier_) return;  // Close runs what is left
+    if (!completions_.empty() || !failed().ok()) {
+      std::vector<std::pair<std::shared_ptr<AsyncWrite>, Status>> tell;
+      tell.swap(completions_);
+      if (!failed().ok()) {
+        for (auto& [seq, w] : async_) tell.emplace_back(std::move(w), failed());
+        async_.clear();
+      }
       a.unlock();
-      for (auto& [seq, w] : dead) w->done(failed());
+      for (auto& [w, st] : tell) w->done(st);
       a.lock();
       continue;
     }

@@ -105,10 +105,10 @@ class DurableIndex {
   // returns (so calls from one thread keep their order), and `done` runs
   // once it is durable and visible to searches, or with the error that
   // stopped it. A refused op calls `done` at once, on the caller's thread;
-  // otherwise it runs on the thread that applied the op (the store's applier,
-  // or one inside another writer's blocking call), so it must be short and
-  // must not make blocking writes on this store (async ones are fine).
-  // Close() waits for every op placed before it.
+  // otherwise it runs on the store's applier thread, in the order the ops
+  // were placed, so it must be short and must not make blocking writes on
+  // this store (async ones are fine). Close() waits for every op placed
+  // before it.
   using WriteCallback = std::function<void(const Status&)>;
   void InsertAsync(uint64_t id, std::span<const float> v, std::span<const std::byte> payload, WriteCallback done);
   void UpdateAsync(uint64_t id, std::span<const float> v, std::span<const std::byte> payload, WriteCallback done);
@@ -188,6 +188,8 @@ class DurableIndex {
   // Async ops durable and waiting to be applied, by seq: their owner is the
   // applier thread, which applies them when no blocking writer does.
   std::map<uint64_t, std::shared_ptr<AsyncWrite>> async_;  // under apply_mu_
+  // Applied async ops whose callbacks the applier thread is to run, in order.
+  std::vector<std::pair<std::shared_ptr<AsyncWrite>, Status>> completions_;  // under apply_mu_
   std::thread applier_;
   bool stop_applier_ = false;  // under apply_mu_
   std::atomic<uint64_t> applied_seq_{0};

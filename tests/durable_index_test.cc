@@ -558,3 +558,28 @@ BOOST_AUTO_TEST_CASE(async_forms_refuse_bad_ops_at_once_and_mix_with_blocking_wr
   BOOST_TEST(called);
   BOOST_TEST(got.code() == Status::Code::kUnavailable);  // closed
 }
+
+BOOST_AUTO_TEST_CASE(async_callbacks_may_write_again_even_while_checkpoints_drain) {
+  test::TempDir t;
+  auto o = Options(t / "db");
+  o.checkpoint_every_log_bytes = 4 << 10;  // a checkpoint every few ops: drains run while callbacks chain
+  auto d = OpenOrDie(o);
+  constexpr uint64_t kChain = 300;
+  std::promise<Status> finished;
+  std::function<void(uint64_t)> next = [&](uint64_t id) {
+    std::vector<float> v(kDim, static_cast<float>(id));
+    d->UpsertAsync(id, v, {}, [&, id](const Status& s) {
+      if (!s.ok() || id + 1 == kChain) return finished.set_value(s);
+      next(id + 1);  // an async write from a callback
+    });
+  };
+  std::thread checkpointer([&] {
+    for (int i = 0; i < 20; ++i) (void)d->Checkpoint();
+  });
+  next(0);
+  auto f = finished.get_future();
+  BOOST_REQUIRE_MESSAGE(f.wait_for(std::chrono::seconds(60)) == std::future_status::ready, "the chain stalled");
+  BOOST_TEST(f.get().ok());
+  checkpointer.join();
+  BOOST_TEST(d->Size() == kChain);
+}
