@@ -1,6 +1,7 @@
 // The FAISS CPU backend of VectorIndex. Every FAISS call is wrapped: FAISS
 // throws, and an exception must not cross into the durable layer.
 #include <faiss/Index.h>
+#include <faiss/IndexFlat.h>
 #include <faiss/IndexFlatCodes.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIDMap.h>
@@ -147,7 +148,8 @@ class FaissIndex final : public VectorIndex {
       return Status::OK();
     }
     if (auto* map = dynamic_cast<faiss::IndexIDMap2*>(index_.get()))
-      if (auto* flat = dynamic_cast<faiss::IndexFlatCodes*>(map->index)) {
+      if (auto* flat = dynamic_cast<faiss::IndexFlatCodes*>(map->index);
+          flat != nullptr && dynamic_cast<faiss::IndexFlat1D*>(flat) == nullptr) {  // 1D keeps a sorted order
         for (auto slot : slots) RemoveBySwap(*map, *flat, slot);
         return Status::OK();
       }
