@@ -92,6 +92,14 @@ class Scanner {
 
   Result<LogScanReport> Run(const std::string& dir) {
     VECWAL_ASSIGN_OR_RETURN(auto files, ListSegmentFiles(fs_, dir));
+    // A read-ahead still running reads `files`: it ends before they go, on
+    // every way out of here.
+    struct JoinReadAhead {
+      std::future<Status>& f;
+      ~JoinReadAhead() {
+        if (f.valid()) (void)f.get();
+      }
+    } join{ahead_};
     std::vector<const SegmentFileInfo*> segs;
     for (const auto& f : files) {
       report_.highest_file_id = std::max(report_.highest_file_id, f.id);
