@@ -43,8 +43,7 @@ void Check(const Status& s) {
 // Trains on all of `data` when the index needs it, then upserts its first n
 // vectors as ids [0, n) in batches.
 void Fill(recovery::DurableIndex& d, const StoreWorkloadConfig& c, const std::vector<float>& data, size_t n) {
-  std::unique_ptr<faiss::Index> probe(faiss::index_factory(static_cast<int>(c.dim), c.description.c_str()));
-  if (!probe->is_trained) Check(d.Train(data));
+  if (d.NeedsTraining()) Check(d.Train(data));
   for (size_t base = 0; base < n; base += c.batch) {
     recovery::WriteBatch b;
     for (size_t i = base; i < std::min(n, base + c.batch); ++i) b.Upsert(i, {data.data() + i * c.dim, c.dim});

@@ -160,6 +160,18 @@ struct SectionBytes {
   std::span<const std::byte> bytes;
 };
 
+struct OpenedCheckpoint {
+  std::unique_ptr<File> file;
+  Header header;
+};
+
+Result<OpenedCheckpoint> OpenCheckpoint(FileSystem& fs, const std::string& path) {
+  FileOpenOptions ro;
+  VECWAL_ASSIGN_OR_RETURN(auto f, fs.Open(path, ro));
+  VECWAL_ASSIGN_OR_RETURN(Header h, ReadHeader(*f, path));
+  return OpenedCheckpoint{std::move(f), std::move(h)};
+}
+
 Result<SectionBytes> ReadSectionBytes(File& f, const std::string& path, const Section& s) {
   const size_t a = std::max<size_t>(f.alignment(), 1);
   SectionBytes out{AlignedBuffer(AlignUp(s.length, a), std::max<size_t>(a, 64), AlignedBuffer::kUninitialized), {}};
@@ -170,13 +182,16 @@ Result<SectionBytes> ReadSectionBytes(File& f, const std::string& path, const Se
   return out;
 }
 
+// A section's bytes once they match its CRC.
+Result<SectionBytes> ReadVerifiedSection(File& f, const std::string& path, const Section& s) {
+  VECWAL_ASSIGN_OR_RETURN(auto sec, ReadSectionBytes(f, path, s));
+  if (crc32c::Value(sec.bytes) != s.crc) return Status::Corruption(Where(path, s) + ": checksum mismatch");
+  return sec;
+}
+
 Result<SectionBytes> ReadSection(File& f, const std::string& path, const Header& h, uint32_t kind) {
-  for (const auto& s : h.sections) {
-    if (s.kind != kind) continue;
-    VECWAL_ASSIGN_OR_RETURN(auto sec, ReadSectionBytes(f, path, s));
-    if (crc32c::Value(sec.bytes) != s.crc) return Status::Corruption(Where(path, s) + ": checksum mismatch");
-    return sec;
-  }
+  for (const auto& s : h.sections)
+    if (s.kind == kind) return ReadVerifiedSection(f, path, s);
   return Status::Corruption(path + ": no " + SectionName(kind) + " section");
 }
 
@@ -292,10 +307,8 @@ Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint
 }
 
 Result<CheckpointInfo> ReadCheckpointInfo(FileSystem& fs, const std::string& path) {
-  FileOpenOptions ro;
-  VECWAL_ASSIGN_OR_RETURN(auto f, fs.Open(path, ro));
-  VECWAL_ASSIGN_OR_RETURN(Header h, ReadHeader(*f, path));
-  return h.info;
+  VECWAL_ASSIGN_OR_RETURN(auto c, OpenCheckpoint(fs, path));
+  return c.header.info;
 }
 
 bool CheckpointReport::ok() const {
@@ -303,18 +316,14 @@ bool CheckpointReport::ok() const {
 }
 
 Result<CheckpointReport> VerifyCheckpoint(FileSystem& fs, const std::string& path) {
-  FileOpenOptions ro;
-  VECWAL_ASSIGN_OR_RETURN(auto f, fs.Open(path, ro));
-  VECWAL_ASSIGN_OR_RETURN(Header h, ReadHeader(*f, path));
+  VECWAL_ASSIGN_OR_RETURN(auto c, OpenCheckpoint(fs, path));
+  File* f = c.file.get();
+  const Header& h = c.header;
   CheckpointReport r;
   r.info = h.info;
   for (const auto& s : h.sections) {
     CheckpointSection out{SectionName(s.kind), s.offset, s.length, s.crc, ""};
-    auto sec = ReadSectionBytes(*f, path, s);
-    if (!sec.ok())
-      out.problem = sec.status().ToString();
-    else if (crc32c::Value(sec->bytes) != s.crc)
-      out.problem = Where(path, s) + ": checksum mismatch";
+    if (auto sec = ReadVerifiedSection(*f, path, s); !sec.ok()) out.problem = sec.status().ToString();
     r.sections.push_back(std::move(out));
   }
   for (uint32_t kind : {kIndexSection, kPayloadSection})
@@ -324,9 +333,9 @@ Result<CheckpointReport> VerifyCheckpoint(FileSystem& fs, const std::string& pat
 }
 
 Result<LoadedCheckpoint> LoadCheckpoint(FileSystem& fs, const std::string& path) {
-  FileOpenOptions ro;
-  VECWAL_ASSIGN_OR_RETURN(auto f, fs.Open(path, ro));
-  VECWAL_ASSIGN_OR_RETURN(Header h, ReadHeader(*f, path));
+  VECWAL_ASSIGN_OR_RETURN(auto c, OpenCheckpoint(fs, path));
+  File* f = c.file.get();
+  const Header& h = c.header;
   LoadedCheckpoint out;
   out.info = h.info;
   {

@@ -569,6 +569,11 @@ Status DurableIndex::Train(std::span<const float> sample) {
   return Persist(std::move(snap)).status();
 }
 
+bool DurableIndex::NeedsTraining() const {
+  std::shared_lock r(state_mu_);
+  return !index_->is_trained();
+}
+
 Result<uint64_t> DurableIndex::Checkpoint() {
   std::lock_guard c(ckpt_mu_);
   Snapshot snap;

@@ -128,6 +128,8 @@ class DurableIndex {
   // trained empty index at once, so recovery never trains again. Only before
   // the first write; an index that needs no training refuses it.
   Status Train(std::span<const float> sample);
+  // True while the index still needs Train() before it takes writes.
+  bool NeedsTraining() const;
 
   Result<uint64_t> Checkpoint();  // returns its LSN
   DurableIndexStats Stats() const;

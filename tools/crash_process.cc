@@ -12,7 +12,6 @@
 #include <stdexcept>
 #include <thread>
 
-#include <faiss/index_factory.h>
 #include <fmt/core.h>
 
 #include "tools/crash_workload.h"
@@ -44,13 +43,6 @@ recovery::DurableIndexOptions StoreOptions(const MeasureConfig& c, const std::st
 }
 
 namespace {
-
-bool NeedsTraining(const MeasureConfig& c) {
-  std::unique_ptr<faiss::Index> probe(faiss::index_factory(static_cast<int>(c.dim), c.index.c_str(),
-                                                           c.metric == "ip" ? faiss::METRIC_INNER_PRODUCT
-                                                                            : faiss::METRIC_L2));
-  return !probe->is_trained;
-}
 
 // Encodings that do not give back the exact vector (product or scalar
 // quantizers); ids and payloads are still checked exactly.
@@ -92,7 +84,7 @@ void Send(int fd, uint64_t v) {
       Send(out, m.ops());
     }
   }
-  if (NeedsTraining(c)) {
+  if (d.NeedsTraining()) {
     const uint64_t n = std::min<uint64_t>(c.vectors, 65536);
     std::vector<float> sample(n * c.dim);
     for (uint64_t s = 0; s < n; ++s) m.VectorFor(s, std::span(sample).subspan(s * c.dim, c.dim));
