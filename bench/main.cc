@@ -67,6 +67,10 @@ int main(int argc, char** argv) {
   wal->add_option("--dir", wc.dir, "directory on the disk to measure (required)")->required();
   wal->add_option("--dim", wc.dim, "float32 components per vector")->capture_default_str();
   wal->add_option("--batch", wc.batch, "records per batch in workload 2")->capture_default_str();
+  wal->add_option("--batches-in-flight", wc.batches_in_flight,
+                  "workload 2: batches the one writer keeps outstanding (AppendManyAsync); 1 = blocking AppendMany")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   wal->add_option("--seconds", wc.seconds, "duration of each measurement")->capture_default_str();
   wal->add_option("--repeat", wc.repeat, "runs per measurement; medians are reported")->capture_default_str();
   wal->add_flag("!--no-rocksdb", wc.rocksdb, "skip the RocksDB baseline");

@@ -13,6 +13,7 @@ struct WalBenchConfig {
   int threads = 64;         // workload 1 writers
   size_t dim = 768;         // float32 components per vector: a 3 KiB record
   size_t batch = 1024;      // workload 2 records per AppendMany
+  int batches_in_flight = 3;  // workload 2: async batches the one writer keeps outstanding
   double seconds = 3;       // per measurement
   int repeat = 1;           // medians over this many runs
   unsigned inflight = 8;    // durable writes in flight

@@ -188,6 +188,37 @@ BOOST_AUTO_TEST_CASE(append_many_is_durable_and_ordered) {
   for (size_t i = 0; i < recs.size(); ++i) BOOST_REQUIRE((recs[i].payload == ps[i]));
 }
 
+// One thread keeps several batches in flight: each completes once, in
+// order, with its last LSN, and the log holds every record in append order
+// across segment rotations.
+BOOST_AUTO_TEST_CASE(async_batches_complete_in_order_with_their_last_lsn) {
+  Open();
+  constexpr int kBatches = 24, kPerBatch = 100;
+  std::vector<std::vector<std::byte>> ps;
+  for (int i = 0; i < kBatches * kPerBatch; ++i) ps.push_back(Payload(i, 3072));
+  std::mutex mu;
+  std::vector<uint64_t> done_lsns;
+  std::atomic<int> failed{0};
+  for (int b = 0; b < kBatches; ++b) {
+    std::vector<RecordView> views;
+    for (int i = 0; i < kPerBatch; ++i) views.push_back({RecordType::kOpaque, ps[b * kPerBatch + i]});
+    wal->AppendManyAsync(views, [&](const Status& s, uint64_t lsn) {
+      if (!s.ok()) ++failed;
+      BOOST_CHECK_LE(lsn, wal->durable_lsn());  // never acknowledged early
+      std::lock_guard lk(mu);
+      done_lsns.push_back(lsn);
+    });
+  }
+  Close();  // every callback ran before Close returns
+  BOOST_TEST(failed.load() == 0);
+  BOOST_REQUIRE(done_lsns.size() == static_cast<size_t>(kBatches));
+  for (int b = 0; b < kBatches; ++b) BOOST_TEST(done_lsns[b] == static_cast<uint64_t>((b + 1) * kPerBatch));
+  auto recs = Read(RecoveryMode::kStrict);
+  BOOST_REQUIRE(recs.size() == ps.size());
+  BOOST_TEST(recs.back().segment_id > recs.front().segment_id);  // the batches crossed rotations
+  for (size_t i = 0; i < recs.size(); ++i) BOOST_REQUIRE((recs[i].payload == ps[i]));
+}
+
 BOOST_AUTO_TEST_CASE(record_larger_than_a_segment_is_refused) {
   Open();
   std::vector<std::byte> big(opts.segment_bytes);
@@ -412,6 +443,29 @@ BOOST_AUTO_TEST_CASE(failed_write_fails_pending_and_later_appends) {
   Open();  // the acknowledged prefix is all there
   BOOST_TEST(wal->open_report().last_lsn == 10u);
   BOOST_TEST(Write(12) == 11u);
+}
+
+BOOST_AUTO_TEST_CASE(failed_write_fails_every_batch_in_flight) {
+  auto faulty = std::make_shared<FaultInjectionFileSystem>(opts.fs);
+  opts.fs = faulty;
+  Open();
+  Write(0);
+  faulty->FailWritesFrom(0, EIO);
+  std::vector<std::vector<std::byte>> ps;
+  for (int i = 0; i < 40; ++i) ps.push_back(Payload(i, 3000));
+  std::atomic<int> ok{0}, failed{0};
+  for (int b = 0; b < 4; ++b) {
+    std::vector<RecordView> views;
+    for (int i = 0; i < 10; ++i) views.push_back({RecordType::kOpaque, ps[b * 10 + i]});
+    wal->AppendManyAsync(views, [&](const Status& s, uint64_t) { (s.ok() ? ok : failed)++; });
+  }
+  BOOST_TEST(!wal->Close().ok());
+  BOOST_TEST(ok.load() == 0);
+  BOOST_TEST(failed.load() == 4);
+  wal.reset();
+  opts.fs = NewPosixFileSystem(test::BackendUnderTest());
+  Open();
+  BOOST_TEST(wal->open_report().last_lsn == 1u);
 }
 
 BOOST_AUTO_TEST_CASE(failed_sync_is_never_acknowledged) {

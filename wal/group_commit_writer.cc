@@ -130,8 +130,10 @@ void GroupCommitWriter::Seal() {
 void GroupCommitWriter::WakeLoopIfIdle(std::unique_lock<std::mutex>& lk) {
   if (!loop_idle_) return;
   // Only when the loop would take something: see TakeReady.
-  bool ready = !sealed_.empty() || (open_ && appending_many_ == 0 &&
-                                     (inflight_count_ == 0 || open_->used >= opts_.min_concurrent_write_bytes));
+  bool ready = !sealed_.empty() ||
+               (open_ && appending_many_ == 0 &&
+                (inflight_count_ == 0 || (open_->used >= opts_.min_concurrent_write_bytes &&
+                                          2 * inflight_count_ < opts_.max_writes_in_flight)));
   if (!ready) return;
   loop_idle_ = false;  // one wake per sleep
   lk.unlock();
@@ -178,31 +180,56 @@ Result<uint64_t> GroupCommitWriter::Append(const RecordView& rec) {
   return lsn;
 }
 
-Status GroupCommitWriter::AppendMany(std::span<const RecordView> recs, std::vector<uint64_t>* lsns) {
+// Leaves `lk` holding mu_ after the last record is placed, so the caller
+// registers its wait or callback before the loop can see the records durable.
+Status GroupCommitWriter::PlaceMany(std::span<const RecordView> recs, std::vector<uint64_t>* lsns,
+                                    std::unique_lock<std::mutex>& lk, uint64_t* last) {
   for (const auto& r : recs) VECWAL_RETURN_IF_ERROR(CheckRecordSize(r.payload.size()));
-  uint64_t last = 0;
   size_t i = 0;
+  std::vector<uint32_t> crcs;
   while (i < recs.size()) {
     // Checksums outside the lock; copies under it, a few hundred KiB at a time
     // so the submission thread can take sealed buffers meanwhile.
     size_t end = i, bytes = 0;
     while (end < recs.size() && bytes < (256u << 10)) bytes += recs[end++].payload.size() + kRecordHeaderSize;
-    std::vector<uint32_t> crcs(end - i);
+    crcs.resize(end - i);
     for (size_t k = i; k < end; ++k) crcs[k - i] = crc32c::Value(recs[k].payload);
-    std::unique_lock lk(mu_);
+    lk.lock();
     if (i == 0) ++appending_many_;
     Status s;
     for (size_t k = i; k < end && s.ok(); ++k) {
-      s = Place(recs[k], crcs[k - i], &last);
-      if (s.ok() && lsns) lsns->push_back(last);
+      s = Place(recs[k], crcs[k - i], last);
+      if (s.ok() && lsns) lsns->push_back(*last);
     }
     i = end;
     if (!s.ok() || i == recs.size()) --appending_many_;
-    if (!s.ok()) return s;
-    if (i == recs.size()) return RegisterAndWait(lk, last);
+    if (!s.ok()) {
+      lk.unlock();
+      return s;
+    }
+    if (i == recs.size()) return Status::OK();
     WakeLoopIfIdle(lk);
+    if (lk.owns_lock()) lk.unlock();
   }
   return Status::OK();
+}
+
+Status GroupCommitWriter::AppendMany(std::span<const RecordView> recs, std::vector<uint64_t>* lsns) {
+  if (recs.empty()) return Status::OK();
+  std::unique_lock lk(mu_, std::defer_lock);
+  uint64_t last = 0;
+  VECWAL_RETURN_IF_ERROR(PlaceMany(recs, lsns, lk, &last));
+  return RegisterAndWait(lk, last);
+}
+
+void GroupCommitWriter::AppendManyAsync(std::span<const RecordView> recs, AppendCallback done) {
+  if (recs.empty()) return done(Status::OK(), durable_lsn());
+  std::unique_lock lk(mu_, std::defer_lock);
+  uint64_t last = 0;
+  Status s = PlaceMany(recs, nullptr, lk, &last);
+  if (!s.ok()) return done(s, 0);
+  callbacks_.emplace_back(last, std::move(done));
+  WakeLoopIfIdle(lk);
 }
 
 void GroupCommitWriter::AppendAsync(const RecordView& rec, AppendCallback done) {
@@ -254,8 +281,13 @@ std::vector<std::unique_ptr<GroupCommitWriter::Flush>> GroupCommitWriter::TakeRe
     // carries more records and each completion wakes more appenders.
     // While a batch is being copied in, only full buffers go: its last
     // partial one follows when the batch is whole.
+    // With the device more than half busy, a partial buffer waits to fill:
+    // its records lose nothing (the writes ahead of it keep the device busy)
+    // and the device gets full-size writes.
+    const size_t busy = inflight_count_ + out.size();
     if (sealed_.empty() && open_ && open_->used > 0 && appending_many_ == 0 &&
-        ((inflight_count_ == 0 && out.empty()) || open_->used >= opts_.min_concurrent_write_bytes))
+        (busy == 0 ||
+         (open_->used >= opts_.min_concurrent_write_bytes && 2 * busy < opts_.max_writes_in_flight)))
       Seal();
     if (sealed_.empty()) break;
     const Flush& f = *sealed_.front();

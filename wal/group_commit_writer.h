@@ -88,6 +88,11 @@ class GroupCommitWriter {
   Status AppendMany(std::span<const RecordView> recs, std::vector<uint64_t>* lsns);
   // Appends without waiting; `done` runs when durable or failed.
   void AppendAsync(const RecordView& rec, AppendCallback done);
+  // Appends records in order without waiting; `done` runs once, with the last
+  // record's LSN, when all of them are durable (or with the error). Lets one
+  // thread keep several batches in flight, as a raw device loop keeps several
+  // writes.
+  void AppendManyAsync(std::span<const RecordView> recs, AppendCallback done);
 
   // Releases every segment whose records all have LSN < lsn; never the
   // active one. Returns how many were released.
@@ -113,6 +118,8 @@ class GroupCommitWriter {
   Status Place(const RecordView& rec, uint32_t payload_crc, uint64_t* lsn);
   void Seal();
   Status CheckRecordSize(size_t payload_len) const;
+  Status PlaceMany(std::span<const RecordView> recs, std::vector<uint64_t>* lsns, std::unique_lock<std::mutex>& lk,
+                   uint64_t* last);
   Status RegisterAndWait(std::unique_lock<std::mutex>& lk, uint64_t lsn);
   void WakeLoopIfIdle(std::unique_lock<std::mutex>& lk);
 

@@ -112,6 +112,10 @@ Status Wal::AppendMany(std::span<const RecordView> recs, std::vector<uint64_t>* 
   return writer_->AppendMany(recs, lsns);
 }
 
+void Wal::AppendManyAsync(std::span<const RecordView> recs, AppendCallback done) {
+  writer_->AppendManyAsync(recs, std::move(done));
+}
+
 void Wal::AppendAsync(RecordType type, std::span<const std::byte> payload, AppendCallback done) {
   writer_->AppendAsync({type, payload}, std::move(done));
 }

@@ -58,6 +58,9 @@ class Wal {
   Result<uint64_t> Append(const Op& op);
   Status AppendMany(std::span<const RecordView> recs, std::vector<uint64_t>* lsns = nullptr);
   void AppendAsync(RecordType type, std::span<const std::byte> payload, AppendCallback done);
+  // Appends a batch without waiting; `done` runs once with the last LSN when
+  // every record of it is durable. The payloads are copied before it returns.
+  void AppendManyAsync(std::span<const RecordView> recs, AppendCallback done);
   std::future<Result<uint64_t>> AppendAsync(RecordType type, std::span<const std::byte> payload);
 
   // Releases (recycles or removes) every segment whose LSNs are all < lsn.
