@@ -130,25 +130,23 @@ std::vector<Row> RunWalBench(const WalBenchConfig& c) {
 
   auto want = [&](char w) { return c.only.find(w) != std::string::npos; };
   if (want('1')) {
-  Progress("workload 1: vecwal (RWF_DSYNC)");
-  double ours1 = MedianOf(c.repeat, [&] { return Workload1(c, DurableWriteMode::kDsyncWrite); });
-  Progress("workload 1: vecwal (write + fdatasync)");
-  double ours1_fsync = MedianOf(c.repeat, [&] { return Workload1(c, DurableWriteMode::kWriteThenFdatasync); });
-  std::optional<double> rocks;
-  if (c.rocksdb) {
-    Progress("workload 1: RocksDB sync puts");
-    std::vector<double> v;
-    for (int i = 0; i < c.repeat; ++i) {
+  // Rounds alternate ours and each baseline, as for workload 2 below.
+  std::vector<double> ours1v, fsyncv, rocksv, naivev;
+  for (int i = 0; i < c.repeat; ++i) {
+    Progress(fmt::format("workload 1, round {}/{}: vecwal (RWF_DSYNC, write+fdatasync), {}naive log", i + 1, c.repeat,
+                         c.rocksdb ? "RocksDB sync puts, " : ""));
+    ours1v.push_back(Workload1(c, DurableWriteMode::kDsyncWrite));
+    fsyncv.push_back(Workload1(c, DurableWriteMode::kWriteThenFdatasync));
+    if (c.rocksdb) {
       Scratch s(c.dir);
-      if (auto r = RocksDbSyncPutsPerSec(s.path(), c.threads, rec_bytes, c.seconds)) v.push_back(*r);
+      if (auto r = RocksDbSyncPutsPerSec(s.path(), c.threads, rec_bytes, c.seconds)) rocksv.push_back(*r);
     }
-    if (!v.empty()) rocks = Median(v);
-  }
-  Progress("workload 1: naive log");
-  double naive1 = MedianOf(c.repeat, [&] {
     Scratch s(c.dir);
-    return NaiveLogRecordsPerSec(s.path(), c.threads, rec_bytes, c.seconds);
-  });
+    naivev.push_back(NaiveLogRecordsPerSec(s.path(), c.threads, rec_bytes, c.seconds));
+  }
+  const double ours1 = Median(ours1v), ours1_fsync = Median(fsyncv), naive1 = Median(naivev);
+  std::optional<double> rocks;
+  if (!rocksv.empty()) rocks = Median(rocksv);
   rows.push_back({w1, "records/s", ours1, "RocksDB WAL, sync=true", rocks.value_or(0), true, ">= 9x"});
   rows.push_back({w1, "records/s", ours1, "naive pwrite+fdatasync", naive1, true, ""});
   rows.push_back({w1, "records/s", ours1, "vecwal, write+fdatasync mode", ours1_fsync, true, "(mode choice)"});
