@@ -18,6 +18,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "index/page_prefaulter.h"
 #include "index/vector_index.h"
 
 namespace vecwal::index {
@@ -122,9 +123,13 @@ class FaissIndex final : public VectorIndex {
         return Status::InvalidArgument("id " + std::to_string(id) + " is already in the index");
     std::vector<faiss::Index::idx_t> slots(ids.size());
     for (size_t i = 0; i < ids.size(); ++i) slots[i] = static_cast<faiss::Index::idx_t>(next_slot_ + i);
+    auto* flat = FlatCodes();
+    if (prefault_ && flat && flat->codes.size() + ids.size() * flat->code_size > flat->codes.capacity())
+      prefault_.reset();  // the add moves the storage
     VECWAL_RETURN_IF_ERROR(Guard("adding to '" + spec_.description + "'", [&] {
       index_->add_with_ids(static_cast<faiss::Index::idx_t>(ids.size()), vectors.data(), slots.data());
     }));
+    if (prefault_) prefault_->Advance(reinterpret_cast<std::byte*>(flat->codes.data() + flat->codes.size()));
     for (size_t i = 0; i < ids.size(); ++i) {
       slot_of_[ids[i]] = next_slot_ + i;
       id_of_[next_slot_ + i] = ids[i];
@@ -208,7 +213,14 @@ class FaissIndex final : public VectorIndex {
     if (map == nullptr) return;
     map->id_map.reserve(n);
     map->rev_map.reserve(n);
-    if (auto* flat = dynamic_cast<faiss::IndexFlatCodes*>(map->index)) flat->codes.reserve(n * flat->code_size);
+    auto* flat = FlatCodes();
+    if (flat == nullptr) return;
+    prefault_.reset();
+    flat->codes.reserve(n * flat->code_size);
+    auto* data = reinterpret_cast<std::byte*>(flat->codes.data());
+    if (flat->codes.capacity() - flat->codes.size() >= kPrefaultMin)
+      prefault_ = std::make_unique<PagePrefaulter>(data + flat->codes.size(), data + flat->codes.capacity(),
+                                                   kPrefaultLead);
   }
 
   size_t size() const override { return slot_of_.size(); }
@@ -216,6 +228,7 @@ class FaissIndex final : public VectorIndex {
 
   Status Compact() override {
     if (dead_.empty()) return Status::OK();
+    prefault_.reset();  // the index and its storage are replaced
     std::vector<faiss::Index::idx_t> live;
     live.reserve(id_of_.size());
     for (const auto& [slot, id] : id_of_) live.push_back(static_cast<faiss::Index::idx_t>(slot));
@@ -293,6 +306,17 @@ class FaissIndex final : public VectorIndex {
   }
 
  private:
+  // Replay adds a window (ReplayWindow: 16 MiB) at a time: fault in one
+  // window ahead, and no more (pages faulted past the last add are RSS).
+  static constexpr size_t kPrefaultLead = 16 << 20;
+  static constexpr size_t kPrefaultMin = 64 << 20;  // below this the faults are not worth a thread
+
+  // The flat codes under the id map, where vectors are stored raw.
+  faiss::IndexFlatCodes* FlatCodes() const {
+    auto* map = dynamic_cast<faiss::IndexIDMap2*>(index_.get());
+    return map ? dynamic_cast<faiss::IndexFlatCodes*>(map->index) : nullptr;
+  }
+
   // FAISS removes from flat codes by shifting every later vector down: O(n)
   // per call, which made each upsert of an existing id in a 1M-vector Flat
   // store move gigabytes. Order inside flat codes means nothing to a search,
@@ -329,6 +353,8 @@ class FaissIndex final : public VectorIndex {
   std::unordered_map<uint64_t, uint64_t> id_of_;    // live slot -> id
   std::unordered_set<uint64_t> dead_;               // tombstoned slots
   uint64_t next_slot_ = 0;
+  // After index_: it goes first, while the storage it faults in still exists.
+  std::unique_ptr<PagePrefaulter> prefault_;
 };
 
 // IVF indices take labels themselves; everything else is wrapped in an

@@ -24,7 +24,7 @@ namespace vecwal::recovery {
 
 class ReplayWindow {
  public:
-  static constexpr size_t kWindowBytes = 32 << 20;
+  static constexpr size_t kWindowBytes = 16 << 20;
   ReplayWindow(index::VectorIndex& idx, Payloads& payloads, size_t rows_per_flush = 0)
       : idx_(idx),
         payloads_(payloads),

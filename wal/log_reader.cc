@@ -1,12 +1,12 @@
 #include "wal/log_reader.h"
 
 #include <algorithm>
-#include <future>
 #include <cstring>
 
 #include "io/aligned_buffer.h"
 #include "io/crc32c.h"
 #include "wal/segment_files.h"
+#include "wal/segment_window.h"
 
 namespace vecwal::wal {
 
@@ -30,9 +30,13 @@ namespace {
 
 using State = SegmentFileInfo::State;
 
+// A segment being scanned; its bytes come through a window (At), so a
+// pointer from it is good until the next At.
 struct Segment {
   const SegmentFileInfo* info;
-  std::span<const std::byte> data;
+  SegmentWindow* window;
+  uint64_t size() const { return info->file_bytes; }
+  Result<const std::byte*> At(uint64_t pos, size_t len) const { return window->At(pos, len); }
   std::string Where(uint64_t pos) const { return info->path + " offset " + std::to_string(pos); }
 };
 
@@ -55,13 +59,14 @@ bool AllZero(std::span<const std::byte> s) {
   return std::all_of(s.begin(), s.end(), [](std::byte b) { return b == std::byte{0}; });
 }
 
-bool ValidRecordAt(const Segment& seg, uint64_t pos, RecordHeader* out) {
-  const uint64_t size = seg.data.size();
+Result<bool> ValidRecordAt(const Segment& seg, uint64_t pos, RecordHeader* out) {
+  const uint64_t size = seg.size();
   if (pos + kRecordHeaderSize > size) return false;
-  const std::byte* p = seg.data.data() + pos;
+  VECWAL_ASSIGN_OR_RETURN(const std::byte* p, seg.At(pos, kRecordHeaderSize));
   RecordHeader h = DecodeRecordHeader(p);
   if (h.segment_id != seg.info->id || !IsKnownRecordType(h.type) || h.lsn == 0) return false;
   if (h.length > size - pos - kRecordHeaderSize) return false;
+  VECWAL_ASSIGN_OR_RETURN(p, seg.At(pos, kRecordHeaderSize + h.length));
   uint32_t payload_crc = crc32c::Value(p + kRecordHeaderSize, h.length);
   if (RecordCrc(payload_crc, p, seg.info->header.epoch) != h.crc) return false;
   *out = h;
@@ -72,11 +77,12 @@ bool ValidRecordAt(const Segment& seg, uint64_t pos, RecordHeader* out) {
 // an earlier life of a recycled file, unless they verify once the id is
 // this segment's: then they are one of our records with its id field
 // damaged (a flip there must not pass for the clean end of the log).
-bool StaleRecordAt(const Segment& seg, uint64_t pos) {
-  const std::byte* p = seg.data.data() + pos;
+Result<bool> StaleRecordAt(const Segment& seg, uint64_t pos) {
+  VECWAL_ASSIGN_OR_RETURN(const std::byte* p, seg.At(pos, kRecordHeaderSize));
   RecordHeader h = DecodeRecordHeader(p);
   if (h.segment_id == seg.info->id) return false;
-  if (h.length > seg.data.size() - pos - kRecordHeaderSize) return true;
+  if (h.length > seg.size() - pos - kRecordHeaderSize) return true;
+  VECWAL_ASSIGN_OR_RETURN(p, seg.At(pos, kRecordHeaderSize + h.length));
   std::byte fixed[kRecordHeaderSize];
   std::memcpy(fixed, p, kRecordHeaderSize);
   const uint64_t id = seg.info->id;
@@ -88,18 +94,16 @@ bool StaleRecordAt(const Segment& seg, uint64_t pos) {
 class Scanner {
  public:
   Scanner(FileSystem& fs, uint64_t from_lsn, RecoveryMode mode, const RecordVisitor& visit)
-      : fs_(fs), from_lsn_(from_lsn), mode_(mode), visit_(visit) {}
+      : fs_(fs), from_lsn_(from_lsn), mode_(mode), visit_(visit), window_(fs) {}
 
   Result<LogScanReport> Run(const std::string& dir) {
     VECWAL_ASSIGN_OR_RETURN(auto files, ListSegmentFiles(fs_, dir));
-    // A read-ahead still running reads `files`: it ends before they go, on
-    // every way out of here.
-    struct JoinReadAhead {
-      std::future<Status>& f;
-      ~JoinReadAhead() {
-        if (f.valid()) (void)f.get();
-      }
-    } join{ahead_};
+    // A read-ahead still running was set up from `files`: it ends before
+    // they go, on every way out of here.
+    struct EndWindow {
+      SegmentWindow& w;
+      ~EndWindow() { w.End(); }
+    } end{window_};
     std::vector<const SegmentFileInfo*> segs;
     for (const auto& f : files) {
       report_.highest_file_id = std::max(report_.highest_file_id, f.id);
@@ -113,6 +117,7 @@ class Scanner {
       VECWAL_RETURN_IF_ERROR(ScanOne(*segs[i], next));
     }
     report_.last_lsn = expected_ == 0 ? 0 : expected_ - 1;
+    report_.bytes_read = window_.bytes_read();
     return report_;
   }
 
@@ -154,8 +159,8 @@ class Scanner {
       expected_ = next->header.first_lsn;
       return Status::OK();
     }
-    VECWAL_RETURN_IF_ERROR(Load(info));
-    Segment seg{&info, {buf_.data(), static_cast<size_t>(info.file_bytes)}};
+    VECWAL_RETURN_IF_ERROR(window_.Begin(info, NextToRead()));
+    Segment seg{&info, &window_};
     uint64_t pos = info.header.block_size;
     for (;;) {
       VECWAL_ASSIGN_OR_RETURN(Stop stop, ScanRecords(seg, pos));
@@ -173,7 +178,7 @@ class Scanner {
         if (done) return Status::OK();
       }
       // Salvage: resume at the next valid record, or give up on this segment.
-      Lookahead la = Look(seg, stop.pos + kRecordAlign);
+      VECWAL_ASSIGN_OR_RETURN(Lookahead la, Look(seg, stop.pos + kRecordAlign));
       if (la.count == 0) {
         uint64_t last = next && next->state == State::kLive ? next->header.first_lsn - 1 : expected_ - 1;
         report_.dropped.push_back({expected_, last, seg.Where(stop.pos), stop.why});
@@ -199,7 +204,7 @@ class Scanner {
   // of the log is over, false when salvage should resume past the damage.
   Result<bool> AtTail(const Segment& seg, const Stop& stop) {
     if (stop.kind == Stop::kSegmentEnd) return true;  // full; appends go to a new segment
-    Lookahead la = Look(seg, stop.pos + kRecordAlign);
+    VECWAL_ASSIGN_OR_RETURN(Lookahead la, Look(seg, stop.pos + kRecordAlign));
     if (la.count == 0 && stop.kind == Stop::kZeros) {
       report_.append_in_place = true;
       report_.append_offset = stop.pos;
@@ -229,24 +234,39 @@ class Scanner {
 
   // Visits consecutive records from pos until one is missing or invalid.
   Result<Stop> ScanRecords(const Segment& seg, uint64_t pos) {
-    const uint64_t size = seg.data.size();
+    const uint64_t size = seg.size();
     const uint64_t block = seg.info->header.block_size;
     for (;;) {
       if (pos + kRecordHeaderSize > size) return Stop{Stop::kSegmentEnd, pos, "end of segment"};
-      const std::byte* p = seg.data.data() + pos;
+      VECWAL_ASSIGN_OR_RETURN(const std::byte* p, seg.At(pos, kRecordHeaderSize));
+      const bool zero_header = IsZeroHeader(p);
       RecordHeader h;
-      if (IsZeroHeader(p) || !ValidRecordAt(seg, pos, &h)) {
+      bool valid = false;
+      if (!zero_header) {
+        VECWAL_ASSIGN_OR_RETURN(valid, ValidRecordAt(seg, pos, &h));
+      }
+      if (!valid) {
         const uint64_t block_end = std::min(AlignUp(pos + 1, block), size);
-        if (pos % block != 0 && AllZero(seg.data.subspan(pos, block_end - pos))) {
-          pos = block_end;  // the zero padding after a flush
-          continue;
+        if (pos % block != 0) {
+          VECWAL_ASSIGN_OR_RETURN(const std::byte* rest, seg.At(pos, block_end - pos));
+          if (AllZero({rest, static_cast<size_t>(block_end - pos)})) {
+            pos = block_end;  // the zero padding after a flush
+            continue;
+          }
         }
         // Nothing was written here: zeros of a new file, or bytes of a
         // recycled one's earlier life (another segment id).
-        if (pos % block == 0 && (IsZeroHeader(p) || StaleRecordAt(seg, pos)))
-          return Stop{Stop::kZeros, pos, "no record"};
+        if (pos % block == 0) {
+          bool stale = zero_header;
+          if (!stale) {
+            VECWAL_ASSIGN_OR_RETURN(stale, StaleRecordAt(seg, pos));
+          }
+          if (stale) return Stop{Stop::kZeros, pos, "no record"};
+        }
         return Stop{Stop::kInvalid, pos, "invalid record (checksum or header)"};
       }
+      // ValidRecordAt made the whole record resident.
+      VECWAL_ASSIGN_OR_RETURN(p, seg.At(pos, kRecordHeaderSize + h.length));
       if (h.lsn != expected_)
         return Stop{Stop::kInvalid, pos, "record has LSN " + std::to_string(h.lsn) + ", not the next"};
       if (h.lsn >= from_lsn_ && visit_) {
@@ -261,11 +281,12 @@ class Scanner {
   }
 
   // Valid records of this segment at or after `from`, with LSN >= expected.
-  Lookahead Look(const Segment& seg, uint64_t from) const {
+  Result<Lookahead> Look(const Segment& seg, uint64_t from) const {
     Lookahead la;
     RecordHeader h;
-    for (uint64_t pos = AlignUp(from, kRecordAlign); pos + kRecordHeaderSize <= seg.data.size(); pos += kRecordAlign) {
-      if (!ValidRecordAt(seg, pos, &h) || h.lsn < expected_) continue;
+    for (uint64_t pos = AlignUp(from, kRecordAlign); pos + kRecordHeaderSize <= seg.size(); pos += kRecordAlign) {
+      VECWAL_ASSIGN_OR_RETURN(bool valid, ValidRecordAt(seg, pos, &h));
+      if (!valid || h.lsn < expected_) continue;
       if (la.count++ == 0) {
         la.first_pos = pos;
         la.first_lsn = h.lsn;
@@ -275,53 +296,15 @@ class Scanner {
     return la;
   }
 
-  // Reads a whole segment into `buf`; the count of bytes read goes to *read.
-  static Status ReadSegment(FileSystem& fs, const SegmentFileInfo& info, AlignedBuffer& buf, uint64_t* read) {
-    FileOpenOptions ro;
-    VECWAL_ASSIGN_OR_RETURN(auto file, fs.Open(info.path, ro));
-    if (buf.size() < info.file_bytes) buf = AlignedBuffer(info.file_bytes, 4096);
-    constexpr size_t kChunk = 8 << 20;
-    for (uint64_t off = 0; off < info.file_bytes; off += kChunk) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(kChunk, info.file_bytes - off));
-      VECWAL_ASSIGN_OR_RETURN(size_t got, file->ReadAt(off, {buf.data() + off, n}));
-      *read += got;
-      if (got != n)
-        return Status::Corruption(info.path + ": file ended at offset " + std::to_string(off + got) + ", header says " +
-                                  std::to_string(info.file_bytes) + " bytes");
-    }
-    return Status::OK();
-  }
-
-  // Loads segment `info` into buf_, from the read-ahead when it has it, and
-  // starts reading the segment after it: replay then reads while it applies,
-  // instead of leaving the device idle between segments.
-  Status Load(const SegmentFileInfo& info) {
-    Status s;
-    if (ahead_.valid() && ahead_info_ == &info) {
-      s = ahead_.get();
-      std::swap(buf_, ahead_buf_);
-      report_.bytes_read += ahead_read_;
-    } else {
-      if (ahead_.valid()) (void)ahead_.get();  // a read-ahead of a segment that is not needed after all
-      uint64_t read = 0;
-      s = ReadSegment(fs_, info, buf_, &read);
-      report_.bytes_read += read;
-    }
-    ReadAhead();
-    return s;
-  }
-
-  void ReadAhead() {
+  // The segment the scan reads after the current one, for the window to
+  // read ahead: not one wholly below from_lsn, which the scan skips.
+  const SegmentFileInfo* NextToRead() const {
     const auto& segs = *segs_;
     const size_t k = index_ + 1;
-    if (k >= segs.size() || segs[k]->state != State::kLive) return;
-    // Not when it is wholly below from_lsn: the scan will skip it.
-    if (k + 1 < segs.size() && segs[k + 1]->state == State::kLive && segs[k + 1]->header.first_lsn <= from_lsn_) return;
-    ahead_info_ = segs[k];
-    ahead_read_ = 0;
-    ahead_ = std::async(std::launch::async, [this, info = segs[k]] {
-      return ReadSegment(fs_, *info, ahead_buf_, &ahead_read_);
-    });
+    if (k >= segs.size() || segs[k]->state != State::kLive) return nullptr;
+    if (k + 1 < segs.size() && segs[k + 1]->state == State::kLive && segs[k + 1]->header.first_lsn <= from_lsn_)
+      return nullptr;
+    return segs[k];
   }
 
   FileSystem& fs_;
@@ -330,16 +313,9 @@ class Scanner {
   const RecordVisitor& visit_;
   LogScanReport report_;
   uint64_t expected_ = 0;  // the next LSN the log must hold
-  AlignedBuffer buf_;
   const std::vector<const SegmentFileInfo*>* segs_ = nullptr;
   size_t index_ = 0;  // of the segment being scanned
-  // The read-ahead: the next segment, read by another thread into
-  // ahead_buf_. Declared last so that it is destroyed first: a std::async
-  // future waits for its thread, which must not outlive the buffer.
-  const SegmentFileInfo* ahead_info_ = nullptr;
-  AlignedBuffer ahead_buf_;
-  uint64_t ahead_read_ = 0;
-  std::future<Status> ahead_;
+  SegmentWindow window_;
 };
 
 }  // namespace
