@@ -1,6 +1,7 @@
 #include "index/page_prefaulter.h"
 
-#include <sys/mman.h>
+#include "io/prefault.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -50,7 +51,7 @@ void PagePrefaulter::Run() {
     const size_t n = std::min<size_t>(kStep, static_cast<size_t>(target - done));
     lk.unlock();
     const size_t len = static_cast<size_t>(std::min(PageUp(done + n), end_) - done);
-    const bool ok = len == 0 || ::madvise(done, len, MADV_POPULATE_WRITE) == 0;
+    const bool ok = PrefaultForWrite(done, len);
     lk.lock();
     if (!ok) return;  // unsupported, or out of memory: the adds fault pages in themselves
     done += len;

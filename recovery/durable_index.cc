@@ -5,6 +5,7 @@
 #include <cmath>
 #include <semaphore>
 
+#include "io/prefault.h"
 #include "recovery/replay_window.h"
 
 namespace vecwal::recovery {
@@ -564,7 +565,7 @@ Status DurableIndex::Train(std::span<const float> sample) {
       std::unique_lock w(state_mu_);
       VECWAL_RETURN_IF_ERROR(index_->Train(sample));
     }
-    VECWAL_ASSIGN_OR_RETURN(snap, SnapshotLocked());
+    VECWAL_ASSIGN_OR_RETURN(snap, SnapshotLocked({}));
   }
   return Persist(std::move(snap)).status();
 }
@@ -576,20 +577,36 @@ bool DurableIndex::NeedsTraining() const {
 
 Result<uint64_t> DurableIndex::Checkpoint() {
   std::lock_guard c(ckpt_mu_);
+  // Room for the copy, its pages faulted in before placement stops: faulting
+  // hundreds of megabytes of fresh pages took longer than the copy itself,
+  // and every writer waited for both.
+  std::vector<std::byte> room;
+  room.reserve(SnapshotBytesEstimate(Size()));
+  (void)PrefaultForWrite(room.data(), room.capacity());
   Snapshot snap;
   {
     std::lock_guard lk(write_mu_);
     if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
-    VECWAL_ASSIGN_OR_RETURN(snap, SnapshotLocked());
+    VECWAL_ASSIGN_OR_RETURN(snap, SnapshotLocked(std::move(room)));
   }
   return Persist(std::move(snap));
 }
 
+// The last snapshot's bytes per vector, or a float vector and its ids before
+// there is one; under ckpt_mu_.
+uint64_t DurableIndex::SnapshotBytesEstimate(uint64_t live) const {
+  const uint64_t per_vector = last_snapshot_live_ ? last_snapshot_bytes_ / last_snapshot_live_ + 1
+                                                  : uint64_t{opts_.spec.dim} * sizeof(float) + 32;
+  return per_vector * (live + 1024) + (64 << 10);
+}
+
 // With placement stopped and every placed op applied, the index is exactly
 // the log up to the durable LSN: copy it, in FAISS's serialized form.
-Result<DurableIndex::Snapshot> DurableIndex::SnapshotLocked() {
+Result<DurableIndex::Snapshot> DurableIndex::SnapshotLocked(std::vector<std::byte> room) {
   VECWAL_RETURN_IF_ERROR(DrainLocked());  // never persist a state that may have left its log
   Snapshot snap;
+  snap.index_bytes = std::move(room);
+  snap.index_bytes.clear();
   snap.lsn = std::max(wal_->durable_lsn(), last_checkpoint_lsn_.load());
   {
     std::unique_lock w(state_mu_);
@@ -597,12 +614,9 @@ Result<DurableIndex::Snapshot> DurableIndex::SnapshotLocked() {
   }
   std::shared_lock r(state_mu_);
   snap.live = index_->size();
-  // Room for the bytes up front (the last snapshot's bytes per vector, or a
-  // float vector and its ids before there is one) saves re-allocating, and
-  // copying, hundreds of megabytes as they arrive; untouched room costs no RSS.
-  const uint64_t per_vector = last_snapshot_live_ ? last_snapshot_bytes_ / last_snapshot_live_ + 1
-                                                  : uint64_t{opts_.spec.dim} * sizeof(float) + 32;
-  snap.index_bytes.reserve(per_vector * (snap.live + 1024) + (64 << 10));
+  // Room for the bytes up front saves re-allocating, and copying, hundreds of
+  // megabytes as they arrive (a no-op when the caller's room is enough).
+  snap.index_bytes.reserve(SnapshotBytesEstimate(snap.live));
   VECWAL_RETURN_IF_ERROR(index_->Serialize([&](std::span<const std::byte> b) {
     snap.index_bytes.insert(snap.index_bytes.end(), b.begin(), b.end());
     return Status::OK();

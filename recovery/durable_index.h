@@ -160,7 +160,9 @@ class DurableIndex {
     std::vector<std::byte> index_bytes;
     Payloads payloads;
   };
-  Result<Snapshot> SnapshotLocked();            // under write_mu_
+  // Under write_mu_; `room`: a buffer for the index bytes, reserved ahead.
+  Result<Snapshot> SnapshotLocked(std::vector<std::byte> room);
+  uint64_t SnapshotBytesEstimate(uint64_t live) const;
   Result<uint64_t> Persist(Snapshot&& snap);    // under ckpt_mu_, not write_mu_
   Status Recover(RecoveryStats* stats);
 
