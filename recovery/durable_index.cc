@@ -120,15 +120,17 @@ Status DurableIndex::Recover(RecoveryStats* st) {
   ReplayWindow window(*index_, payloads_);
   double apply_s = 0, decode_s = 0;
   opts_.wal.min_next_lsn = last_checkpoint_lsn_ + 1;
+  std::vector<wal::OpView> ops;
   auto visit = [&](const wal::LogRecord& r) -> Status {
     const auto td = Clock::now();
-    auto op = wal::DecodeOp(r.type, r.payload, r.lsn);
+    ops.clear();
+    Status decoded = wal::DecodeOpViews(r.type, r.payload, r.lsn, ops);
     decode_s += Since(td);
-    if (!op.ok()) return op.status().WithContext(opts_.dir + "/wal segment " + std::to_string(r.segment_id));
+    if (!decoded.ok()) return decoded.WithContext(opts_.dir + "/wal segment " + std::to_string(r.segment_id));
     ++st->records_replayed;
     st->bytes_replayed += r.payload.size();
     const auto ta = Clock::now();
-    Status s = window.Apply(std::move(op).value(), r.lsn);
+    Status s = window.Apply(ops, r.lsn);
     apply_s += Since(ta);
     return s;
   };

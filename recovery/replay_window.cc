@@ -1,37 +1,38 @@
 #include "recovery/replay_window.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace vecwal::recovery {
 
-Status ReplayWindow::Apply(wal::Op&& op, uint64_t lsn) {
-  if (auto* u = std::get_if<wal::UpsertOp>(&op)) {
-    VECWAL_RETURN_IF_ERROR(Upsert(*u, lsn));
-  } else if (auto* d = std::get_if<wal::DeleteOp>(&op)) {
-    Delete(d->id);
-  } else if (auto* b = std::get_if<wal::BatchOp>(&op)) {
-    for (auto& sub : b->ops) {  // a batch is one record: it is here whole or not at all
-      if (auto* su = std::get_if<wal::UpsertOp>(&sub)) VECWAL_RETURN_IF_ERROR(Upsert(*su, lsn));
-      else Delete(std::get<wal::DeleteOp>(sub).id);
-    }
+Status ReplayWindow::Apply(std::span<const wal::OpView> ops, uint64_t lsn) {
+  // A batch is one record: it is here whole or not at all.
+  for (const auto& op : ops) {
+    if (op.is_delete) Delete(op.id);
+    else VECWAL_RETURN_IF_ERROR(Upsert(op, lsn));
   }
   return ids_.size() >= limit_ ? Flush() : Status::OK();
 }
 
-Status ReplayWindow::Upsert(wal::UpsertOp& u, uint64_t lsn) {
-  if (u.vector.size() != dim_)
+// Copies the vector straight from the log's bytes into the window.
+Status ReplayWindow::Upsert(const wal::OpView& u, uint64_t lsn) {
+  if (u.dim != dim_)
     return Status::Corruption("record LSN " + std::to_string(lsn) + ": upsert of id " + std::to_string(u.id) +
-                              " has dimension " + std::to_string(u.vector.size()) + ", the index " +
-                              std::to_string(dim_));
+                              " has dimension " + std::to_string(u.dim) + ", the index " + std::to_string(dim_));
   if (u.payload.empty()) payloads_.erase(u.id);
-  else payloads_[u.id] = std::move(u.payload);
+  else payloads_[u.id].assign(u.payload.begin(), u.payload.end());
   if (auto it = row_.find(u.id); it != row_.end()) {
-    std::memcpy(vecs_.data() + it->second * dim_, u.vector.data(), dim_ * sizeof(float));
+    std::memcpy(vecs_.data() + it->second * dim_, u.vector.data(), u.vector.size());
     return Status::OK();
   }
-  row_.emplace(u.id, ids_.size());
+  const size_t row = ids_.size();
+  // Rows are zeroed once, as the first window grows; later windows reuse them.
+  // Past the window's limit only a batch record bigger than it grows them.
+  if (const size_t need = (row + 1) * dim_; need > vecs_.size())
+    vecs_.resize(std::max(need, std::min(vecs_.size() * 2, limit_ * dim_)));
+  row_.emplace(u.id, row);
   ids_.push_back(u.id);
-  vecs_.insert(vecs_.end(), u.vector.begin(), u.vector.end());
+  std::memcpy(vecs_.data() + row * dim_, u.vector.data(), u.vector.size());
   touched_.push_back(u.id);
   return Status::OK();
 }
@@ -58,8 +59,7 @@ Status ReplayWindow::Flush() {
     ++live;
   }
   Status s = live ? idx_.Add(std::span(ids_).first(live), std::span(vecs_).first(live * dim_)) : Status::OK();
-  ids_.clear();
-  vecs_.clear();
+  ids_.clear();  // vecs_ keeps its rows' memory for the next window
   row_.clear();
   touched_.clear();
   return s;

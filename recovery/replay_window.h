@@ -31,15 +31,16 @@ class ReplayWindow {
         dim_(idx.spec().dim),
         limit_(rows_per_flush ? rows_per_flush : std::max<size_t>(1024, kWindowBytes / (dim_ * sizeof(float)))) {
     ids_.reserve(limit_);
-    vecs_.reserve(limit_ * dim_);
+    vecs_.reserve(limit_ * dim_);  // grown (and zeroed) once, by the first window
   }
 
+  // The ops of one record (a batch whole), as views into its payload;
   // `lsn` names the record in errors.
-  Status Apply(wal::Op&& op, uint64_t lsn);
+  Status Apply(std::span<const wal::OpView> ops, uint64_t lsn);
   Status Flush();
 
  private:
-  Status Upsert(wal::UpsertOp& u, uint64_t lsn);
+  Status Upsert(const wal::OpView& u, uint64_t lsn);
   void Delete(uint64_t id);
 
   index::VectorIndex& idx_;
@@ -47,7 +48,7 @@ class ReplayWindow {
   const uint32_t dim_;
   const size_t limit_;
   std::vector<uint64_t> ids_;   // row -> id, index::kNoId for a row deleted since
-  std::vector<float> vecs_;     // rows x dim
+  std::vector<float> vecs_;     // rows x dim; rows beyond ids_.size() are free
   std::unordered_map<uint64_t, size_t> row_;  // live id -> row
   std::vector<uint64_t> touched_;              // ids to remove from the index first
 };

@@ -7,6 +7,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <atomic>
+#include <cstring>
 #include <mutex>
 #include <random>
 #include <set>
@@ -649,6 +650,45 @@ BOOST_AUTO_TEST_CASE(ops_round_trip_and_truncation_names_the_lsn) {
   auto op = DecodeOp(recs[0].type, recs[0].payload, recs[0].lsn);
   BOOST_REQUIRE(op.ok());
   BOOST_TEST(std::get<UpsertOp>(*op).id == 42u);
+}
+
+// Replay decodes ops as views into the log's bytes. They say what DecodeOp
+// says, and a batch damaged anywhere yields an error and no op at all: a
+// batch is applied whole or not.
+BOOST_AUTO_TEST_CASE(op_views_match_decoded_ops_and_a_damaged_batch_yields_none) {
+  BatchOp batch{{UpsertOp{1, {0.5f, 1.5f}, {std::byte{3}}}, DeleteOp{2}, UpsertOp{3, {2.5f, 3.5f}, {}}}};
+  std::vector<std::byte> buf;
+  EncodeOp(batch, buf);
+  std::vector<OpView> views(1);  // appended to, not replaced
+  BOOST_REQUIRE(DecodeOpViews(RecordType::kBatch, buf, 9, views).ok());
+  BOOST_REQUIRE(views.size() == 4u);
+  BOOST_TEST((views[1].id == 1u && !views[1].is_delete && views[1].dim == 2u));
+  float v[2];
+  std::memcpy(v, views[1].vector.data(), sizeof v);
+  BOOST_TEST((v[0] == 0.5f && v[1] == 1.5f));
+  BOOST_TEST((views[1].payload.size() == 1u && views[1].payload[0] == std::byte{3}));
+  BOOST_TEST((views[2].is_delete && views[2].id == 2u));
+  BOOST_TEST((views[3].id == 3u && views[3].payload.empty()));
+  // Every cut of the batch, and a flipped op type, is refused whole.
+  for (size_t cut = 0; cut < buf.size(); ++cut) {
+    std::vector<OpView> none;
+    Status s = DecodeOpViews(RecordType::kBatch, std::span(buf).first(cut), 11, none);
+    BOOST_TEST(s.IsCorruption());
+    BOOST_TEST(none.empty());
+  }
+  auto bad = buf;
+  // count, then (type, length, body) per op; the first body is an upsert of
+  // id, dim, payload length, two floats and one payload byte.
+  bad[4 + 1 + 4 + (8 + 4 + 4 + 8 + 1)] = std::byte{0x7f};  // the second op's type
+  std::vector<OpView> none;
+  BOOST_TEST(DecodeOpViews(RecordType::kBatch, bad, 12, none).message().find("has type") != std::string::npos);
+  BOOST_TEST(none.empty());
+  // A checkpoint marker carries no op to apply.
+  none.clear();
+  std::vector<std::byte> marker;
+  EncodeOp(CheckpointMarkerOp{5, "x"}, marker);
+  BOOST_TEST(DecodeOpViews(RecordType::kCheckpointMarker, marker, 13, none).ok());
+  BOOST_TEST(none.empty());
 }
 
 // Regression (found by the crash loop): a blank file adopted as a spare at

@@ -50,22 +50,56 @@ class Cursor {
   uint64_t lsn_;
 };
 
-Result<UpsertOp> DecodeUpsert(Cursor& c) {
-  UpsertOp op;
-  uint32_t dim = 0, plen = 0;
-  if (!c.Get(&op.id) || !c.Get(&dim) || !c.Get(&plen)) return c.Error("truncated upsert header");
-  std::span<const std::byte> v, p;
-  if (!c.Take(size_t{dim} * sizeof(float), &v)) return c.Error("upsert vector of dimension " + std::to_string(dim) + " is truncated");
-  if (!c.Take(plen, &p)) return c.Error("upsert payload of " + std::to_string(plen) + " bytes is truncated");
-  op.vector.resize(dim);
-  if (dim) std::memcpy(op.vector.data(), v.data(), v.size());
-  op.payload.assign(p.begin(), p.end());
+Result<OpView> ParseUpsert(Cursor& c) {
+  OpView op;
+  uint32_t plen = 0;
+  if (!c.Get(&op.id) || !c.Get(&op.dim) || !c.Get(&plen)) return c.Error("truncated upsert header");
+  if (!c.Take(size_t{op.dim} * sizeof(float), &op.vector))
+    return c.Error("upsert vector of dimension " + std::to_string(op.dim) + " is truncated");
+  if (!c.Take(plen, &op.payload)) return c.Error("upsert payload of " + std::to_string(plen) + " bytes is truncated");
   return op;
 }
 
-Result<DeleteOp> DecodeDelete(Cursor& c) {
-  DeleteOp op;
+Result<OpView> ParseDelete(Cursor& c) {
+  OpView op;
+  op.is_delete = true;
   if (!c.Get(&op.id)) return c.Error("truncated delete");
+  return op;
+}
+
+// Appends every op of a batch to `out`, or nothing when any is damaged.
+Status ParseBatch(Cursor& c, uint64_t lsn, std::vector<OpView>& out) {
+  const size_t first = out.size();
+  auto fail = [&](Status s) {
+    out.resize(first);
+    return s;
+  };
+  uint32_t count = 0;
+  if (!c.Get(&count)) return c.Error("truncated batch count");
+  for (uint32_t i = 0; i < count; ++i) {
+    uint8_t t = 0;
+    uint32_t len = 0;
+    std::span<const std::byte> body;
+    if (!c.Get(&t) || !c.Get(&len) || !c.Take(len, &body))
+      return fail(c.Error("batch op " + std::to_string(i) + " of " + std::to_string(count) + " is truncated"));
+    Cursor sub(body, lsn);
+    const bool upsert = t == static_cast<uint8_t>(RecordType::kUpsert);
+    if (!upsert && t != static_cast<uint8_t>(RecordType::kDelete))
+      return fail(c.Error("batch op " + std::to_string(i) + " has type " + std::to_string(t)));
+    Result<OpView> op = upsert ? ParseUpsert(sub) : ParseDelete(sub);
+    if (!op.ok()) return fail(op.status());
+    if (!sub.AtEnd()) return fail(c.Error("batch op " + std::to_string(i) + " has trailing bytes"));
+    out.push_back(*op);
+  }
+  return Status::OK();
+}
+
+UpsertOp Materialize(const OpView& v) {
+  UpsertOp op;
+  op.id = v.id;
+  op.vector.resize(v.dim);
+  if (v.dim) std::memcpy(op.vector.data(), v.vector.data(), v.vector.size());
+  op.payload.assign(v.payload.begin(), v.payload.end());
   return op;
 }
 
@@ -122,36 +156,23 @@ Result<Op> DecodeOp(RecordType type, std::span<const std::byte> payload, uint64_
   Op result;
   switch (type) {
     case RecordType::kUpsert: {
-      VECWAL_ASSIGN_OR_RETURN(UpsertOp u, DecodeUpsert(c));
-      result = std::move(u);
+      VECWAL_ASSIGN_OR_RETURN(OpView u, ParseUpsert(c));
+      result = Materialize(u);
       break;
     }
     case RecordType::kDelete: {
-      VECWAL_ASSIGN_OR_RETURN(DeleteOp d, DecodeDelete(c));
-      result = d;
+      VECWAL_ASSIGN_OR_RETURN(OpView d, ParseDelete(c));
+      result = DeleteOp{d.id};
       break;
     }
     case RecordType::kBatch: {
+      std::vector<OpView> views;
+      VECWAL_RETURN_IF_ERROR(ParseBatch(c, lsn, views));
       BatchOp b;
-      uint32_t count = 0;
-      if (!c.Get(&count)) return c.Error("truncated batch count");
-      for (uint32_t i = 0; i < count; ++i) {
-        uint8_t t = 0;
-        uint32_t len = 0;
-        std::span<const std::byte> body;
-        if (!c.Get(&t) || !c.Get(&len) || !c.Take(len, &body))
-          return c.Error("batch op " + std::to_string(i) + " of " + std::to_string(count) + " is truncated");
-        Cursor sub(body, lsn);
-        if (t == static_cast<uint8_t>(RecordType::kUpsert)) {
-          VECWAL_ASSIGN_OR_RETURN(UpsertOp u, DecodeUpsert(sub));
-          b.ops.emplace_back(std::move(u));
-        } else if (t == static_cast<uint8_t>(RecordType::kDelete)) {
-          VECWAL_ASSIGN_OR_RETURN(DeleteOp d, DecodeDelete(sub));
-          b.ops.emplace_back(d);
-        } else {
-          return c.Error("batch op " + std::to_string(i) + " has type " + std::to_string(t));
-        }
-        if (!sub.AtEnd()) return c.Error("batch op " + std::to_string(i) + " has trailing bytes");
+      b.ops.reserve(views.size());
+      for (const auto& v : views) {
+        if (v.is_delete) b.ops.emplace_back(DeleteOp{v.id});
+        else b.ops.emplace_back(Materialize(v));
       }
       result = std::move(b);
       break;
@@ -171,6 +192,35 @@ Result<Op> DecodeOp(RecordType type, std::span<const std::byte> payload, uint64_
   }
   if (!c.AtEnd()) return c.Error("trailing bytes after the op");
   return result;
+}
+
+Status DecodeOpViews(RecordType type, std::span<const std::byte> payload, uint64_t lsn, std::vector<OpView>& out) {
+  if (type == RecordType::kCheckpointMarker) return DecodeOp(type, payload, lsn).status();
+  Cursor c(payload, lsn);
+  const size_t first = out.size();
+  switch (type) {
+    case RecordType::kUpsert: {
+      VECWAL_ASSIGN_OR_RETURN(OpView u, ParseUpsert(c));
+      out.push_back(u);
+      break;
+    }
+    case RecordType::kDelete: {
+      VECWAL_ASSIGN_OR_RETURN(OpView d, ParseDelete(c));
+      out.push_back(d);
+      break;
+    }
+    case RecordType::kBatch:
+      VECWAL_RETURN_IF_ERROR(ParseBatch(c, lsn, out));
+      break;
+    default:
+      return Status::Corruption("record LSN " + std::to_string(lsn) + ": type " +
+                                std::to_string(static_cast<int>(type)) + " carries no op");
+  }
+  if (!c.AtEnd()) {
+    out.resize(first);
+    return c.Error("trailing bytes after the op");
+  }
+  return Status::OK();
 }
 
 }  // namespace vecwal::wal

@@ -44,4 +44,19 @@ void EncodeUpsert(uint64_t id, std::span<const float> vec, std::span<const std::
 // Decodes a record's payload; `lsn` only names the record in errors.
 Result<Op> DecodeOp(RecordType type, std::span<const std::byte> payload, uint64_t lsn);
 
+// An upsert or delete as a view into its record's payload, valid while the
+// payload is. `vector` holds dim float32s, not necessarily aligned.
+struct OpView {
+  bool is_delete = false;
+  uint64_t id = 0;
+  uint32_t dim = 0;
+  std::span<const std::byte> vector;
+  std::span<const std::byte> payload;
+};
+// The upserts and deletes of a record, in order, appended to `out` without
+// copying any vector: what replay applies. A batch is checked whole before
+// `out` is touched, so a damaged one yields an error and no ops. A
+// checkpoint marker yields none.
+Status DecodeOpViews(RecordType type, std::span<const std::byte> payload, uint64_t lsn, std::vector<OpView>& out);
+
 }  // namespace vecwal::wal
