@@ -86,6 +86,161 @@ struct SpanReader : faiss::IOReader {
 
 faiss::MetricType ToFaiss(Metric m) { return m == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT; }
 
+// The export of an IndexIDMap2 over flat codes. Its bytes are FAISS's own
+// serialization, taken at the start with the codes left out (`head_`, then
+// the codes, then `tail_`: the id map and our slot table); the codes are
+// read from the live index as the export goes, except rows that changed
+// since its start, which Preserve kept. Only a removal changes or drops a row
+// below the start's row count (it moves the last row into the hole); adds
+// write past the end, where every row the export still needs was kept when
+// the removal that freed it dropped it.
+class FlatExport final : public IndexExport {
+ public:
+  using IdOf = std::unordered_map<uint64_t, uint64_t>;
+  // `slots`: FAISS's id map (row -> slot) now; `id_of`: the live table, read
+  // as the export goes; `next_slot`: the table's next slot now.
+  FlatExport(const faiss::IndexFlatCodes& flat, FlatExport** registration, std::vector<faiss::Index::idx_t> slots,
+             const IdOf& id_of, uint64_t next_slot)
+      : flat_(flat),
+        registration_(registration),
+        rows_(static_cast<size_t>(flat.ntotal)),
+        code_size_(flat.code_size),
+        slots_(std::move(slots)),
+        id_of_(id_of),
+        next_slot_(next_slot) {
+    *registration_ = this;
+  }
+  ~FlatExport() override { *registration_ = nullptr; }
+
+  std::vector<std::byte>& head() { return head_; }
+  std::vector<std::byte>& tail() { return tail_; }
+
+  // The id of `slot` is about to leave the table.
+  void PreserveId(uint64_t slot, uint64_t id) {
+    if (slot < next_slot_) kept_ids_.emplace(slot, id);
+  }
+
+  // Row `row` is about to change or go.
+  void Preserve(size_t row) {
+    if (row < cursor_ || row >= rows_ || kept_.count(row)) return;
+    const auto* p = reinterpret_cast<const std::byte*>(flat_.codes.data()) + row * code_size_;
+    kept_.emplace(row, std::vector<std::byte>(p, p + code_size_));
+  }
+
+  Result<bool> Next(std::vector<std::byte>& out, size_t max_bytes) override {
+    const size_t limit = out.size() + std::max<size_t>(max_bytes, 1);
+    auto take = [&](const std::vector<std::byte>& from, size_t& pos) {
+      const size_t n = std::min(from.size() - pos, limit - out.size());
+      out.insert(out.end(), from.begin() + pos, from.begin() + pos + n);
+      pos += n;
+    };
+    while (out.size() < limit) {
+      if (head_pos_ < head_.size()) {
+        take(head_, head_pos_);
+      } else if (cursor_ < rows_) {
+        const size_t want = std::max<size_t>(1, (limit - out.size()) / code_size_);
+        const size_t end = std::min(rows_, cursor_ + want);
+        const auto* live = reinterpret_cast<const std::byte*>(flat_.codes.data());
+        for (size_t r = cursor_; r < end;) {
+          if (auto it = kept_.find(r); it != kept_.end()) {
+            out.insert(out.end(), it->second.begin(), it->second.end());
+            kept_.erase(it);
+            ++r;
+            continue;
+          }
+          size_t run = r + 1;  // unchanged rows, written in one piece
+          while (run < end && !kept_.count(run)) ++run;
+          if (run * code_size_ > flat_.codes.size())
+            return Status::Corruption("index export: row " + std::to_string(run - 1) +
+                                      " left the index without being kept (a bug; no checkpoint is written)");
+          out.insert(out.end(), live + r * code_size_, live + run * code_size_);
+          r = run;
+        }
+        cursor_ = end;
+      } else if (tail_pos_ < tail_.size()) {
+        take(tail_, tail_pos_);
+      } else if (table_row_ <= slots_.size()) {
+        VECWAL_RETURN_IF_ERROR(NextTable(out, limit));
+      } else {
+        return false;
+      }
+    }
+    return head_pos_ < head_.size() || cursor_ < rows_ || tail_pos_ < tail_.size() || table_row_ <= slots_.size();
+  }
+
+ private:
+  // The slot table as FaissIndex::WriteTable writes it: magic, next slot,
+  // live count, (slot, id) in row order, no dead slots (a flat index removes).
+  // Row `slots_.size()` stands for the closing dead count.
+  Status NextTable(std::vector<std::byte>& out, size_t limit) {
+    auto put = [&](uint64_t v) {
+      const auto* b = reinterpret_cast<const std::byte*>(&v);
+      out.insert(out.end(), b, b + sizeof v);
+    };
+    if (table_row_ == 0 && !table_started_) {
+      table_started_ = true;
+      put(kTableMagic);
+      put(next_slot_);
+      put(slots_.size());
+    }
+    for (; table_row_ < slots_.size() && out.size() < limit; ++table_row_) {
+      const auto slot = static_cast<uint64_t>(slots_[table_row_]);
+      auto it = id_of_.find(slot);
+      uint64_t id = 0;
+      if (it != id_of_.end()) {
+        id = it->second;
+      } else if (auto k = kept_ids_.find(slot); k != kept_ids_.end()) {
+        id = k->second;
+      } else {
+        return Status::Corruption("index export: slot " + std::to_string(slot) +
+                                  " left the table without being kept (a bug; no checkpoint is written)");
+      }
+      put(slot);
+      put(id);
+    }
+    if (table_row_ == slots_.size() && out.size() < limit) {
+      put(0);  // dead slots
+      ++table_row_;
+    }
+    return Status::OK();
+  }
+
+  const faiss::IndexFlatCodes& flat_;
+  FlatExport** const registration_;
+  const size_t rows_, code_size_;
+  std::vector<std::byte> head_, tail_;
+  size_t head_pos_ = 0, tail_pos_ = 0;
+  size_t cursor_ = 0;  // rows below it are written
+  std::unordered_map<size_t, std::vector<std::byte>> kept_;
+  const std::vector<faiss::Index::idx_t> slots_;
+  const IdOf& id_of_;
+  const uint64_t next_slot_;
+  std::unordered_map<uint64_t, uint64_t> kept_ids_;
+  size_t table_row_ = 0;
+  bool table_started_ = false;
+};
+
+// Copies FAISS's serialization except one write: the flat codes.
+struct SplitWriter : faiss::IOWriter {
+  SplitWriter(const void* codes, size_t codes_bytes, FlatExport& e) : codes(codes), codes_bytes(codes_bytes), ex(e) {
+    name = "vecwal export";
+  }
+  size_t operator()(const void* p, size_t size, size_t n) override {
+    if (!seen && codes_bytes > 0 && p == codes && size * n == codes_bytes) {
+      seen = true;
+      return n;
+    }
+    const auto* b = static_cast<const std::byte*>(p);
+    auto& to = seen || codes_bytes == 0 ? ex.tail() : ex.head();
+    to.insert(to.end(), b, b + size * n);
+    return n;
+  }
+  const void* codes;
+  size_t codes_bytes;
+  FlatExport& ex;
+  bool seen = false;
+};
+
 class FaissIndex final : public VectorIndex {
  public:
   FaissIndex(IndexSpec spec, std::unique_ptr<faiss::Index> idx) : spec_(std::move(spec)), index_(std::move(idx)) {
@@ -144,6 +299,7 @@ class FaissIndex final : public VectorIndex {
       auto it = slot_of_.find(id);
       if (it == slot_of_.end()) continue;
       slots.push_back(static_cast<faiss::Index::idx_t>(it->second));
+      if (export_ != nullptr) export_->PreserveId(it->second, id);
       id_of_.erase(it->second);
       slot_of_.erase(it);
     }
@@ -155,7 +311,7 @@ class FaissIndex final : public VectorIndex {
     if (auto* map = dynamic_cast<faiss::IndexIDMap2*>(index_.get()))
       if (auto* flat = dynamic_cast<faiss::IndexFlatCodes*>(map->index);
           flat != nullptr && dynamic_cast<faiss::IndexFlat1D*>(flat) == nullptr) {  // 1D keeps a sorted order
-        for (auto slot : slots) RemoveBySwap(*map, *flat, slot);
+        for (auto slot : slots) RemoveBySwap(*map, *flat, slot, export_);
         return Status::OK();
       }
     faiss::IDSelectorBatch sel(slots.size(), slots.data());
@@ -255,19 +411,23 @@ class FaissIndex final : public VectorIndex {
   Status Serialize(const ByteSink& sink) const override {
     SinkWriter w(sink);
     VECWAL_RETURN_IF_ERROR(Guard("serializing '" + spec_.description + "'", [&] { faiss::write_index(index_.get(), &w); }));
-    // The slot table: magic, next slot, live (slot, id) pairs, dead slots.
-    auto put = [&](uint64_t v) { w(&v, sizeof(v), 1); };
-    put(kTableMagic);
-    put(next_slot_);
-    put(id_of_.size());
-    for (const auto& [slot, id] : id_of_) {
-      put(slot);
-      put(id);
-    }
-    put(dead_.size());
-    for (uint64_t s : dead_) put(s);
+    WriteTable(w);
     w.Flush();
     return w.status;
+  }
+
+  Result<std::unique_ptr<IndexExport>> BeginExport() override {
+    auto* flat = FlatCodes();
+    if (flat == nullptr || dynamic_cast<faiss::IndexFlat1D*>(flat) != nullptr || export_ != nullptr)
+      return std::unique_ptr<IndexExport>();
+    auto* map = static_cast<faiss::IndexIDMap2*>(index_.get());  // FlatCodes() found one
+    if (!dead_.empty() || map->id_map.size() != id_of_.size()) return std::unique_ptr<IndexExport>();
+    auto ex = std::make_unique<FlatExport>(*flat, &export_, map->id_map, id_of_, next_slot_);
+    SplitWriter w(flat->codes.data(), flat->codes.size(), *ex);
+    VECWAL_RETURN_IF_ERROR(Guard("exporting '" + spec_.description + "'", [&] { faiss::write_index(index_.get(), &w); }));
+    if (!w.seen && !flat->codes.empty())  // not the layout this export knows: copy instead
+      return std::unique_ptr<IndexExport>();
+    return std::unique_ptr<IndexExport>(std::move(ex));  // the slot table follows, row by row
   }
 
   Status LoadTable(std::span<const std::byte> b) {
@@ -317,15 +477,44 @@ class FaissIndex final : public VectorIndex {
     return map ? dynamic_cast<faiss::IndexFlatCodes*>(map->index) : nullptr;
   }
 
+  // The slot table: magic, next slot, live (slot, id) pairs, dead slots.
+  // Under an id map the pairs go in FAISS's row order, as an export writes
+  // them (the loader takes any order).
+  void WriteTable(faiss::IOWriter& w) const {
+    auto put = [&](uint64_t v) { w(&v, sizeof(v), 1); };
+    put(kTableMagic);
+    put(next_slot_);
+    put(id_of_.size());
+    if (auto* map = dynamic_cast<const faiss::IndexIDMap2*>(index_.get())) {
+      for (faiss::Index::idx_t label : map->id_map)
+        if (auto it = id_of_.find(static_cast<uint64_t>(label)); it != id_of_.end()) {
+          put(it->first);
+          put(it->second);
+        }
+    } else {
+      for (const auto& [slot, id] : id_of_) {
+        put(slot);
+        put(id);
+      }
+    }
+    put(dead_.size());
+    for (uint64_t s : dead_) put(s);
+  }
+
   // FAISS removes from flat codes by shifting every later vector down: O(n)
   // per call, which made each upsert of an existing id in a 1M-vector Flat
   // store move gigabytes. Order inside flat codes means nothing to a search,
   // so the last vector moves into the hole instead: O(d).
-  static void RemoveBySwap(faiss::IndexIDMap2& map, faiss::IndexFlatCodes& flat, faiss::Index::idx_t slot) {
+  static void RemoveBySwap(faiss::IndexIDMap2& map, faiss::IndexFlatCodes& flat, faiss::Index::idx_t slot,
+                           FlatExport* ex) {
     auto it = map.rev_map.find(slot);
     if (it == map.rev_map.end()) return;
     const size_t pos = static_cast<size_t>(it->second), last = static_cast<size_t>(flat.ntotal) - 1;
     const size_t cs = flat.code_size;
+    if (ex != nullptr) {  // both rows change: the export keeps what it has not written
+      ex->Preserve(pos);
+      ex->Preserve(last);
+    }
     if (pos != last) {
       std::memcpy(flat.codes.data() + pos * cs, flat.codes.data() + last * cs, cs);
       const faiss::Index::idx_t moved = map.id_map[last];
@@ -355,6 +544,7 @@ class FaissIndex final : public VectorIndex {
   uint64_t next_slot_ = 0;
   // After index_: it goes first, while the storage it faults in still exists.
   std::unique_ptr<PagePrefaulter> prefault_;
+  FlatExport* export_ = nullptr;  // the export in progress, which unregisters itself
 };
 
 // IVF indices take labels themselves; everything else is wrapped in an

@@ -49,6 +49,22 @@ struct SearchResults {
 
 using ByteSink = std::function<Status(std::span<const std::byte>)>;
 
+// What Serialize would write at the moment the export began, produced later
+// in pieces while writes go on: the backend keeps, as they were, the vectors
+// that change before the export has written them (copy on write). Begun in
+// the time it takes to copy the id tables, not the vectors, so a checkpoint
+// need not stop writers while it copies the whole index.
+//
+// Thread safety: the owner calls Next with the index held shared (no add or
+// remove meanwhile), and destroys the export with it held exclusively, before
+// the index.
+class IndexExport {
+ public:
+  virtual ~IndexExport() = default;
+  // Appends about `max_bytes` more to `out`; false once all is written.
+  virtual Result<bool> Next(std::vector<std::byte>& out, size_t max_bytes) = 0;
+};
+
 class VectorIndex {
  public:
   virtual ~VectorIndex() = default;
@@ -78,6 +94,10 @@ class VectorIndex {
   // Writes the FAISS index (loadable by faiss::read_index; labels are slots)
   // and then the slot -> id table, through `sink`, in pieces.
   virtual Status Serialize(const ByteSink& sink) const = 0;
+  // Begins an export (see IndexExport), or returns null where the backend
+  // keeps none (a caller then copies through Serialize). Needs exclusive
+  // access; one export at a time.
+  virtual Result<std::unique_ptr<IndexExport>> BeginExport() = 0;
 };
 
 Result<std::unique_ptr<VectorIndex>> NewFaissIndex(const IndexSpec& spec);

@@ -17,7 +17,7 @@ constexpr size_t kMaxDescription = 1024;
 constexpr size_t kTableOffset = 1088;
 constexpr size_t kEntryBytes = 32;
 constexpr size_t kCrcOffset = kHeaderBytes - 4;
-constexpr size_t kStageBytes = 4 << 20;
+constexpr size_t kStageBytes = 1 << 20;
 
 enum SectionKind : uint32_t { kIndexSection = 1, kPayloadSection = 2 };
 const char* SectionName(uint32_t k) { return k == kIndexSection ? "index" : k == kPayloadSection ? "payloads" : "?"; }
@@ -304,6 +304,13 @@ Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint
                                     std::span<const std::byte> index_bytes, const Payloads& payloads) {
   return WriteCheckpointFile(fs, dir, lsn, spec, live_count,
                              [&](const index::ByteSink& sink) { return sink(index_bytes); }, payloads);
+}
+
+Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
+                                    const index::IndexSpec& spec, uint64_t live_count,
+                                    const std::function<Status(const index::ByteSink&)>& write_index,
+                                    const Payloads& payloads) {
+  return WriteCheckpointFile(fs, dir, lsn, spec, live_count, write_index, payloads);
 }
 
 Result<CheckpointInfo> ReadCheckpointInfo(FileSystem& fs, const std::string& path) {

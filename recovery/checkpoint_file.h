@@ -56,6 +56,12 @@ Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint
 Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
                                     const index::IndexSpec& spec, uint64_t live_count,
                                     std::span<const std::byte> index_bytes, const Payloads& payloads);
+// The same with the index section written by `write_index` through the sink
+// it is given, in pieces (from an IndexExport, while writes go on).
+Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
+                                    const index::IndexSpec& spec, uint64_t live_count,
+                                    const std::function<Status(const index::ByteSink&)>& write_index,
+                                    const Payloads& payloads);
 
 struct LoadedCheckpoint {
   CheckpointInfo info;

@@ -579,6 +579,54 @@ bool DurableIndex::NeedsTraining() const {
 
 Result<uint64_t> DurableIndex::Checkpoint() {
   std::lock_guard c(ckpt_mu_);
+  // Where the index can export itself, writers stop only while the placed
+  // ops apply and the id tables are copied; the vectors are then written
+  // from the live index while writes go on (copy on write for the rows they
+  // change). Elsewhere the index is copied in memory first.
+  std::unique_ptr<index::IndexExport> ex;
+  uint64_t lsn = 0, live = 0;
+  Payloads payloads;
+  {
+    std::lock_guard lk(write_mu_);
+    if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
+    VECWAL_RETURN_IF_ERROR(DrainLocked());  // never persist a state that may have left its log
+    lsn = std::max(wal_->durable_lsn(), last_checkpoint_lsn_.load());
+    std::unique_lock w(state_mu_);
+    VECWAL_RETURN_IF_ERROR(index_->Compact());
+    VECWAL_ASSIGN_OR_RETURN(ex, index_->BeginExport());
+    if (ex) {
+      live = index_->size();
+      payloads = payloads_;
+    }
+  }
+  if (!ex) return CheckpointByCopy();
+  // Ends the export on every way out: with the index held exclusively.
+  struct EndExport {
+    WriterPriorityMutex& mu;
+    std::unique_ptr<index::IndexExport>& ex;
+    ~EndExport() {
+      std::unique_lock w(mu);
+      ex.reset();
+    }
+  } end{state_mu_, ex};
+  std::vector<std::byte> piece;
+  piece.reserve(kExportPieceBytes);
+  auto write_index = [&](const index::ByteSink& sink) -> Status {
+    for (bool more = true; more;) {
+      piece.clear();
+      {
+        std::shared_lock r(state_mu_);  // applies wait for at most one piece's copy
+        VECWAL_ASSIGN_OR_RETURN(more, ex->Next(piece, kExportPieceBytes));
+      }
+      VECWAL_RETURN_IF_ERROR(sink(piece));
+    }
+    return Status::OK();
+  };
+  VECWAL_RETURN_IF_ERROR(WriteCheckpoint(*fs_, opts_.dir, lsn, opts_.spec, live, write_index, payloads).status());
+  return FinishCheckpoint(lsn);
+}
+
+Result<uint64_t> DurableIndex::CheckpointByCopy() {
   // Room for the copy, its pages faulted in before placement stops: faulting
   // hundreds of megabytes of fresh pages took longer than the copy itself,
   // and every writer waited for both.
@@ -632,7 +680,12 @@ Result<DurableIndex::Snapshot> DurableIndex::SnapshotLocked(std::vector<std::byt
 Result<uint64_t> DurableIndex::Persist(Snapshot&& snap) {
   VECWAL_RETURN_IF_ERROR(
       WriteCheckpoint(*fs_, opts_.dir, snap.lsn, opts_.spec, snap.live, snap.index_bytes, snap.payloads).status());
-  last_checkpoint_lsn_ = snap.lsn;
+  return FinishCheckpoint(snap.lsn);
+}
+
+// The checkpoint at `lsn` is durable under its final name.
+Result<uint64_t> DurableIndex::FinishCheckpoint(uint64_t lsn) {
+  last_checkpoint_lsn_ = lsn;
   log_bytes_since_checkpoint_ = 0;
   // Keep the newest generations; the log is needed from the oldest kept one.
   VECWAL_ASSIGN_OR_RETURN(auto lsns, ListCheckpoints(*fs_, opts_.dir));
@@ -641,7 +694,7 @@ Result<uint64_t> DurableIndex::Persist(Snapshot&& snap) {
   VECWAL_RETURN_IF_ERROR(fs_->SyncDir(opts_.dir));
   const size_t kept = std::min(lsns.size(), std::max<size_t>(opts_.keep_checkpoints, 1));
   VECWAL_RETURN_IF_ERROR(wal_->ReleaseBefore(lsns[kept - 1] + 1).status());  // Close waits on ckpt_mu_
-  return snap.lsn;
+  return lsn;
 }
 
 DurableIndexStats DurableIndex::Stats() const {

@@ -12,9 +12,12 @@
 // with the others, then applies, strictly in log order (whichever writer
 // finds the next op ready applies it), and returns once its op is visible.
 // A checkpoint stops new writes only while it lets the placed ones apply and
-// copies the index and payloads in memory (FAISS's serialized form); the
-// file is written, fsynced and renamed while writes go on. The price is a
-// second copy of the index in memory for the length of a checkpoint.
+// begins an export of the index (FAISS's id map and the payloads are copied,
+// not the vectors); the file is then written from the live index, in pieces,
+// while writes go on: the vectors a write changes before the export reached
+// them are kept as they were (copy on write). Index types without an export
+// (all but flat ones) are copied in memory instead, the copy's pages faulted
+// in before writes stop.
 //
 // Thread safety: all methods may be called from any thread; searches run
 // concurrently with each other and wait only for an apply in progress.
@@ -164,6 +167,9 @@ class DurableIndex {
   Result<Snapshot> SnapshotLocked(std::vector<std::byte> room);
   uint64_t SnapshotBytesEstimate(uint64_t live) const;
   Result<uint64_t> Persist(Snapshot&& snap);    // under ckpt_mu_, not write_mu_
+  Result<uint64_t> CheckpointByCopy();          // under ckpt_mu_
+  Result<uint64_t> FinishCheckpoint(uint64_t lsn);
+  static constexpr size_t kExportPieceBytes = 1 << 20;
   Status Recover(RecoveryStats* stats);
 
   DurableIndexOptions opts_;
