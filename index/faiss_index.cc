@@ -572,6 +572,136 @@ Result<std::unique_ptr<VectorIndex>> NewFaissIndex(const IndexSpec& spec) {
   return std::unique_ptr<VectorIndex>(std::make_unique<FaissIndex>(spec, std::move(idx)));
 }
 
+namespace {
+
+// Loads an IndexIDMap2 over IndexFlatL2/IP as FAISS 1.7.3 writes it:
+//   "IxM2" header, "IxF2"|"IxFI" header, u64 floats, codes, u64 n, n x i64 id map,
+// then our slot table. A header: i32 d, i64 ntotal, i64 x2 (unused), u8
+// is_trained, i32 metric (no metric_arg for L2 and inner product).
+class FlatLoader final : public IndexLoader {
+ public:
+  static std::unique_ptr<FlatLoader> Make(const IndexSpec& spec, std::span<const std::byte> head, uint64_t total) {
+    size_t pos = 0;
+    auto get = [&](auto* v) {
+      if (head.size() - pos < sizeof(*v)) return false;
+      std::memcpy(v, head.data() + pos, sizeof(*v));
+      pos += sizeof(*v);
+      return true;
+    };
+    uint32_t outer = 0, inner = 0;
+    Header a, b;
+    uint64_t floats = 0;
+    if (!get(&outer) || outer != faiss::fourcc("IxM2") || !ReadHeader(get, &a) || !get(&inner) ||
+        !ReadHeader(get, &b) || !get(&floats))
+      return nullptr;
+    const int metric = ToFaiss(spec.metric);
+    const uint32_t want_inner = faiss::fourcc(spec.metric == Metric::kL2 ? "IxF2" : "IxFI");
+    const uint64_t row = uint64_t{spec.dim} * sizeof(float);
+    if (inner != want_inner || a.d != static_cast<int32_t>(spec.dim) || b.d != a.d || a.metric != metric ||
+        b.metric != metric || a.ntotal != b.ntotal || a.ntotal < 0 || floats * sizeof(float) != uint64_t(a.ntotal) * row ||
+        pos + floats * sizeof(float) + 8 > total)
+      return nullptr;
+    auto l = std::unique_ptr<FlatLoader>(new FlatLoader(spec, pos, floats * sizeof(float), total, a, b));
+    return l;
+  }
+
+  Status Feed(std::span<const std::byte> piece) override {
+    if (piece.size() > total_ - pos_) return Status::Corruption("flat index loader: more bytes than the section holds");
+    // Up to codes_begin_: parsed from the head already.
+    const uint64_t end = pos_ + piece.size();
+    auto part = [&](uint64_t from, uint64_t to) {
+      from = std::max(from, pos_);
+      to = std::min(to, end);
+      return from < to ? piece.subspan(static_cast<size_t>(from - pos_), static_cast<size_t>(to - from))
+                       : std::span<const std::byte>();
+    };
+    auto codes = part(codes_begin_, codes_begin_ + codes_bytes_);
+    if (!codes.empty()) {
+      auto* c = reinterpret_cast<const uint8_t*>(codes.data());
+      flat_->codes.insert(flat_->codes.end(), c, c + codes.size());  // into reserved room: no zero-fill
+      if (prefault_) prefault_->Advance(reinterpret_cast<std::byte*>(flat_->codes.data() + flat_->codes.size()));
+    }
+    auto rest = part(codes_begin_ + codes_bytes_, total_);
+    tail_.insert(tail_.end(), rest.begin(), rest.end());
+    pos_ = end;
+    return Status::OK();
+  }
+
+  Result<std::unique_ptr<VectorIndex>> Finish() override;
+
+ private:
+  struct Header {
+    int32_t d = 0;
+    int64_t ntotal = 0;
+    bool trained = false;
+    int32_t metric = -1;
+  };
+  template <typename Get>
+  static bool ReadHeader(Get& get, Header* h) {
+    int64_t unused = 0;
+    uint8_t trained = 0;
+    if (!get(&h->d) || !get(&h->ntotal) || !get(&unused) || !get(&unused) || !get(&trained) || !get(&h->metric))
+      return false;
+    h->trained = trained != 0;
+    return true;
+  }
+
+  FlatLoader(const IndexSpec& spec, uint64_t codes_begin, uint64_t codes_bytes, uint64_t total, Header a, Header b)
+      : spec_(spec), codes_begin_(codes_begin), codes_bytes_(codes_bytes), total_(total), outer_(a) {
+    if (spec.metric == Metric::kL2) flat_ = std::make_unique<faiss::IndexFlatL2>(static_cast<faiss::Index::idx_t>(spec.dim));
+    else flat_ = std::make_unique<faiss::IndexFlatIP>(static_cast<faiss::Index::idx_t>(spec.dim));
+    flat_->is_trained = b.trained;
+    flat_->codes.reserve(codes_bytes);
+    auto* data = reinterpret_cast<std::byte*>(flat_->codes.data());
+    if (codes_bytes >= (64u << 20))  // faults the storage in ahead of the copy, on another core
+      prefault_ = std::make_unique<PagePrefaulter>(data, data + codes_bytes, 64u << 20);
+  }
+
+  const IndexSpec spec_;
+  const uint64_t codes_begin_, codes_bytes_, total_;
+  const Header outer_;
+  uint64_t pos_ = 0;
+  std::unique_ptr<faiss::IndexFlat> flat_;
+  std::vector<std::byte> tail_;
+  std::unique_ptr<PagePrefaulter> prefault_;  // after flat_: goes first
+};
+
+}  // namespace
+
+std::unique_ptr<IndexLoader> NewIndexLoader(const IndexSpec& spec, std::span<const std::byte> head, uint64_t total) {
+  return FlatLoader::Make(spec, head, total);
+}
+
+Result<std::unique_ptr<VectorIndex>> FlatLoader::Finish() {
+  prefault_.reset();
+  if (pos_ != total_) return Status::Corruption("flat index loader: section ended early");
+  if (flat_->codes.size() != codes_bytes_) return Status::Corruption("flat index loader: codes incomplete");
+  size_t pos = 0;
+  uint64_t n = 0;
+  if (tail_.size() < 8) return Status::Corruption("flat index: truncated id map");
+  std::memcpy(&n, tail_.data(), 8);
+  pos = 8;
+  if (n != static_cast<uint64_t>(outer_.ntotal) || (tail_.size() - pos) / 8 < n)
+    return Status::Corruption("flat index: id map of " + std::to_string(n) + " entries for " +
+                              std::to_string(outer_.ntotal) + " vectors");
+  std::unique_ptr<faiss::IndexIDMap2> map;
+  VECWAL_RETURN_IF_ERROR(Guard("loading a flat index", [&] {
+    map = std::make_unique<faiss::IndexIDMap2>(flat_.get());  // wants the index empty: ntotal is set below
+    map->own_fields = true;
+  }));
+  faiss::IndexFlat* flat = flat_.release();
+  flat->ntotal = outer_.ntotal;
+  map->ntotal = outer_.ntotal;
+  map->is_trained = outer_.trained;
+  map->id_map.resize(n);
+  if (n) std::memcpy(map->id_map.data(), tail_.data() + pos, n * 8);
+  pos += n * 8;
+  VECWAL_RETURN_IF_ERROR(Guard("loading a flat index", [&] { map->construct_rev_map(); }));
+  auto fi = std::make_unique<FaissIndex>(spec_, std::move(map));
+  VECWAL_RETURN_IF_ERROR(fi->LoadTable(std::span(tail_).subspan(pos)));
+  return std::unique_ptr<VectorIndex>(std::move(fi));
+}
+
 Result<std::unique_ptr<VectorIndex>> LoadFaissIndex(const IndexSpec& spec, std::span<const std::byte> bytes) {
   SpanReader r(bytes);
   std::unique_ptr<faiss::Index> idx;

@@ -100,6 +100,24 @@ class VectorIndex {
   virtual Result<std::unique_ptr<IndexExport>> BeginExport() = 0;
 };
 
+// Builds an index from what Serialize wrote, fed in order and in pieces,
+// placing the vectors straight into the index's own storage: no copy of the
+// whole serialized form in memory, and no zero-filled storage (FAISS's own
+// reader zero-fills its vectors before it copies into them: at 1M x 768-d
+// that was most of a load). The caller verifies the bytes' checksum before
+// it calls Finish; nothing a loader builds is used before that.
+class IndexLoader {
+ public:
+  virtual ~IndexLoader() = default;
+  virtual Status Feed(std::span<const std::byte> piece) = 0;
+  virtual Result<std::unique_ptr<VectorIndex>> Finish() = 0;
+};
+inline constexpr size_t kLoaderHeadBytes = 4096;
+// A loader for bytes of `total` length that begin with `head` (their first
+// kLoaderHeadBytes, or all of them); null where their layout is not one it
+// places directly (then load through LoadFaissIndex).
+std::unique_ptr<IndexLoader> NewIndexLoader(const IndexSpec& spec, std::span<const std::byte> head, uint64_t total);
+
 Result<std::unique_ptr<VectorIndex>> NewFaissIndex(const IndexSpec& spec);
 // Loads what Serialize wrote for an index of `spec`.
 Result<std::unique_ptr<VectorIndex>> LoadFaissIndex(const IndexSpec& spec, std::span<const std::byte> bytes);

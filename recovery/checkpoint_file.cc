@@ -189,6 +189,47 @@ Result<SectionBytes> ReadVerifiedSection(File& f, const std::string& path, const
   return sec;
 }
 
+// The index section, loaded. Where the index can place its vectors straight
+// into its own storage, the section streams through two 8 MiB buffers (the
+// next read while this one is checksummed and placed) and the index is used
+// only once the whole section matched its CRC; otherwise it is read whole,
+// verified, and parsed by FAISS.
+Result<std::unique_ptr<index::VectorIndex>> LoadIndexSection(File& f, const std::string& path,
+                                                            const index::IndexSpec& spec, const Section& s) {
+  const size_t a = std::max<size_t>(f.alignment(), 1);
+  AlignedBuffer head(std::min<uint64_t>(AlignUp(index::kLoaderHeadBytes, a), AlignUp(s.length, a)),
+                     std::max<size_t>(a, 64), AlignedBuffer::kUninitialized);
+  VECWAL_ASSIGN_OR_RETURN(size_t head_got, f.ReadAt(s.offset, head.span()));
+  auto loader = index::NewIndexLoader(spec, head.span().first(std::min<uint64_t>(head_got, s.length)), s.length);
+  if (loader == nullptr) {
+    VECWAL_ASSIGN_OR_RETURN(auto sec, ReadVerifiedSection(f, path, s));
+    return index::LoadFaissIndex(spec, sec.bytes);
+  }
+  constexpr size_t kChunk = 8 << 20;
+  AlignedBuffer bufs[2] = {AlignedBuffer(kChunk, std::max<size_t>(a, 64), AlignedBuffer::kUninitialized),
+                           AlignedBuffer(kChunk, std::max<size_t>(a, 64), AlignedBuffer::kUninitialized)};
+  auto read = [&](int i, uint64_t at) {
+    const size_t n = static_cast<size_t>(AlignUp(std::min<uint64_t>(kChunk, s.length - at), a));
+    return std::async(std::launch::async, [&f, buf = bufs[i].data(), at, n, &s] { return f.ReadAt(s.offset + at, {buf, n}); });
+  };
+  std::future<Result<size_t>> next = read(0, 0);  // after bufs: joined before they go
+  uint32_t crc = 0;
+  int cur = 0;
+  for (uint64_t off = 0; off < s.length; off += kChunk, cur ^= 1) {
+    VECWAL_ASSIGN_OR_RETURN(size_t got, next.get());
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(kChunk, s.length - off));
+    if (got < want)
+      return Status::Corruption(Where(path, s) + ": the file ends " + std::to_string(s.length - off - got) +
+                                " bytes before the section does");
+    if (off + want < s.length) next = read(cur ^ 1, off + want);
+    const std::span<const std::byte> piece{bufs[cur].data(), want};
+    crc = crc32c::Extend(crc, piece.data(), piece.size());
+    VECWAL_RETURN_IF_ERROR(loader->Feed(piece));
+  }
+  if (crc != s.crc) return Status::Corruption(Where(path, s) + ": checksum mismatch");
+  return loader->Finish();
+}
+
 Result<SectionBytes> ReadSection(File& f, const std::string& path, const Header& h, uint32_t kind) {
   for (const auto& s : h.sections)
     if (s.kind == kind) return ReadVerifiedSection(f, path, s);
@@ -346,8 +387,9 @@ Result<LoadedCheckpoint> LoadCheckpoint(FileSystem& fs, const std::string& path)
   LoadedCheckpoint out;
   out.info = h.info;
   {
-    VECWAL_ASSIGN_OR_RETURN(auto sec, ReadSection(*f, path, h, kIndexSection));
-    auto idx = index::LoadFaissIndex(h.info.spec, sec.bytes);
+    auto s = std::find_if(h.sections.begin(), h.sections.end(), [](const Section& x) { return x.kind == kIndexSection; });
+    if (s == h.sections.end()) return Status::Corruption(path + ": no " + SectionName(kIndexSection) + " section");
+    auto idx = LoadIndexSection(*f, path, h.info.spec, *s);
     if (!idx.ok()) return idx.status().WithContext(path + ": index section");
     out.index = std::move(idx).value();
   }

@@ -298,3 +298,63 @@ BOOST_AUTO_TEST_CASE(export_writes_the_index_as_it_was_when_it_began) {
   BOOST_REQUIRE(none.ok());
   BOOST_TEST(*none == nullptr);
 }
+
+// The flat loader places vectors straight into the index's storage; what it
+// builds equals what FAISS's own reader builds from the same bytes, whatever
+// the pieces it is fed. Other layouts get no loader, and short input fails.
+BOOST_AUTO_TEST_CASE(flat_loader_builds_what_faiss_read_index_builds) {
+  for (Metric m : {Metric::kL2, Metric::kInnerProduct}) {
+    auto idx = Make("Flat", m);
+    const auto ids = Ids(2500, 3);
+    const auto vecs = RandomVectors(ids.size(), 8);
+    BOOST_REQUIRE(idx->Add(ids, vecs).ok());
+    BOOST_REQUIRE(idx->Remove(std::vector<uint64_t>{ids[5], ids[100]}).ok());
+    std::vector<std::byte> bytes;
+    BOOST_REQUIRE(idx->Serialize([&](std::span<const std::byte> b) {
+      bytes.insert(bytes.end(), b.begin(), b.end());
+      return Status::OK();
+    }).ok());
+    const IndexSpec spec{kDim, m, "Flat"};
+    auto ref = LoadFaissIndex(spec, bytes);
+    BOOST_REQUIRE(ref.ok());
+    auto head = std::span<const std::byte>(bytes).first(std::min(bytes.size(), kLoaderHeadBytes));
+    auto loader = NewIndexLoader(spec, head, bytes.size());
+    BOOST_REQUIRE(loader != nullptr);
+    std::mt19937_64 rng(4);
+    for (size_t at = 0; at < bytes.size();) {
+      const size_t n = std::min<size_t>(bytes.size() - at, 1 + rng() % 9000);
+      BOOST_REQUIRE(loader->Feed(std::span<const std::byte>(bytes).subspan(at, n)).ok());
+      at += n;
+    }
+    auto built = loader->Finish();
+    BOOST_REQUIRE_MESSAGE(built.ok(), built.status().ToString());
+    BOOST_TEST((*built)->size() == (*ref)->size());
+    for (uint64_t id : ids) {
+      BOOST_REQUIRE((*built)->Contains(id) == (*ref)->Contains(id));
+      if ((*ref)->Contains(id)) BOOST_REQUIRE((*(*built)->Reconstruct(id) == *(*ref)->Reconstruct(id)));
+    }
+    const auto q = RandomVectors(5, 77);
+    auto a = (*built)->Search(q, 10), b = (*ref)->Search(q, 10);
+    BOOST_REQUIRE(a.ok() && b.ok());
+    BOOST_TEST((a->ids == b->ids));
+    // It still takes writes: a removal moves rows in the storage it filled.
+    BOOST_TEST((*built)->Remove(std::vector<uint64_t>{ids[7]}).ok());
+    BOOST_TEST((*built)->Add(std::vector<uint64_t>{1u << 20}, RandomVectors(1, 9)).ok());
+    // A spec of another metric or dimension gets no loader (and FAISS's reader says why).
+    const IndexSpec other{kDim + 1, m, "Flat"};
+    BOOST_TEST(NewIndexLoader(other, head, bytes.size()) == nullptr);
+    // Short input fails at Finish.
+    auto shorted = NewIndexLoader(spec, head, bytes.size());
+    BOOST_REQUIRE(shorted != nullptr);
+    BOOST_REQUIRE(shorted->Feed(std::span<const std::byte>(bytes).first(bytes.size() - 8)).ok());
+    BOOST_TEST(!shorted->Finish().ok());
+  }
+  auto hnsw = Make("HNSW16");
+  BOOST_REQUIRE(hnsw->Add(Ids(50, 1), RandomVectors(50, 2)).ok());
+  std::vector<std::byte> hb;
+  BOOST_REQUIRE(hnsw->Serialize([&](std::span<const std::byte> b) {
+    hb.insert(hb.end(), b.begin(), b.end());
+    return Status::OK();
+  }).ok());
+  BOOST_TEST(NewIndexLoader({kDim, Metric::kL2, "HNSW16"}, std::span<const std::byte>(hb).first(std::min(hb.size(), kLoaderHeadBytes)), hb.size()) == nullptr);
+}
