@@ -597,12 +597,13 @@ class FlatLoader final : public IndexLoader {
     const int metric = ToFaiss(spec.metric);
     const uint32_t want_inner = faiss::fourcc(spec.metric == Metric::kL2 ? "IxF2" : "IxFI");
     const uint64_t row = uint64_t{spec.dim} * sizeof(float);
+    // Sizes are bounded by the section before they are multiplied: no product can wrap.
     if (inner != want_inner || a.d != static_cast<int32_t>(spec.dim) || b.d != a.d || a.metric != metric ||
-        b.metric != metric || a.ntotal != b.ntotal || a.ntotal < 0 || floats * sizeof(float) != uint64_t(a.ntotal) * row ||
+        b.metric != metric || a.ntotal != b.ntotal || a.ntotal < 0 || row == 0 || uint64_t(a.ntotal) > total / row ||
+        floats > total || floats * sizeof(float) != uint64_t(a.ntotal) * row ||
         pos + floats * sizeof(float) + 8 > total)
       return nullptr;
-    auto l = std::unique_ptr<FlatLoader>(new FlatLoader(spec, pos, floats * sizeof(float), total, a, b));
-    return l;
+    return std::unique_ptr<FlatLoader>(new FlatLoader(spec, pos, floats * sizeof(float), total, a, b));
   }
 
   Status Feed(std::span<const std::byte> piece) override {
