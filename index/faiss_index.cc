@@ -84,6 +84,13 @@ struct SpanReader : faiss::IOReader {
   size_t pos = 0;
 };
 
+// Replay adds a window (ReplayWindow: 16 MiB) at a time: fault in one window
+// ahead, and no more (pages faulted past the last add are RSS).
+constexpr size_t kPrefaultLead = 16 << 20;
+// A checkpoint load places 8 MiB pieces and keeps every page it faults in.
+constexpr size_t kLoadPrefaultLead = 64 << 20;
+constexpr size_t kPrefaultMin = 64 << 20;  // below this the faults are not worth a thread
+
 faiss::MetricType ToFaiss(Metric m) { return m == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT; }
 
 // The export of an IndexIDMap2 over flat codes. Its bytes are FAISS's own
@@ -278,8 +285,8 @@ class FaissIndex final : public VectorIndex {
         return Status::InvalidArgument("id " + std::to_string(id) + " is already in the index");
     std::vector<faiss::Index::idx_t> slots(ids.size());
     for (size_t i = 0; i < ids.size(); ++i) slots[i] = static_cast<faiss::Index::idx_t>(next_slot_ + i);
-    auto* flat = FlatCodes();
-    if (prefault_ && flat && flat->codes.size() + ids.size() * flat->code_size > flat->codes.capacity())
+    auto* flat = prefault_ ? FlatCodes() : nullptr;  // a prefaulter exists only over flat codes
+    if (flat && flat->codes.size() + ids.size() * flat->code_size > flat->codes.capacity())
       prefault_.reset();  // the add moves the storage
     VECWAL_RETURN_IF_ERROR(Guard("adding to '" + spec_.description + "'", [&] {
       index_->add_with_ids(static_cast<faiss::Index::idx_t>(ids.size()), vectors.data(), slots.data());
@@ -308,12 +315,11 @@ class FaissIndex final : public VectorIndex {
       dead_.insert(slots.begin(), slots.end());
       return Status::OK();
     }
-    if (auto* map = dynamic_cast<faiss::IndexIDMap2*>(index_.get()))
-      if (auto* flat = dynamic_cast<faiss::IndexFlatCodes*>(map->index);
-          flat != nullptr && dynamic_cast<faiss::IndexFlat1D*>(flat) == nullptr) {  // 1D keeps a sorted order
-        for (auto slot : slots) RemoveBySwap(*map, *flat, slot, export_);
-        return Status::OK();
-      }
+    if (auto* flat = SwappableFlat()) {
+      auto& map = *static_cast<faiss::IndexIDMap2*>(index_.get());
+      for (auto slot : slots) RemoveBySwap(map, *flat, slot, export_);
+      return Status::OK();
+    }
     faiss::IDSelectorBatch sel(slots.size(), slots.data());
     return Guard("removing from '" + spec_.description + "'", [&] { index_->remove_ids(sel); });
   }
@@ -417,10 +423,9 @@ class FaissIndex final : public VectorIndex {
   }
 
   Result<std::unique_ptr<IndexExport>> BeginExport() override {
-    auto* flat = FlatCodes();
-    if (flat == nullptr || dynamic_cast<faiss::IndexFlat1D*>(flat) != nullptr || export_ != nullptr)
-      return std::unique_ptr<IndexExport>();
-    auto* map = static_cast<faiss::IndexIDMap2*>(index_.get());  // FlatCodes() found one
+    auto* flat = SwappableFlat();  // the export keeps rows as removals move them
+    if (flat == nullptr || export_ != nullptr) return std::unique_ptr<IndexExport>();
+    auto* map = static_cast<faiss::IndexIDMap2*>(index_.get());
     if (!dead_.empty() || map->id_map.size() != id_of_.size()) return std::unique_ptr<IndexExport>();
     auto ex = std::make_unique<FlatExport>(*flat, &export_, map->id_map, id_of_, next_slot_);
     SplitWriter w(flat->codes.data(), flat->codes.size(), *ex);
@@ -466,15 +471,16 @@ class FaissIndex final : public VectorIndex {
   }
 
  private:
-  // Replay adds a window (ReplayWindow: 16 MiB) at a time: fault in one
-  // window ahead, and no more (pages faulted past the last add are RSS).
-  static constexpr size_t kPrefaultLead = 16 << 20;
-  static constexpr size_t kPrefaultMin = 64 << 20;  // below this the faults are not worth a thread
-
   // The flat codes under the id map, where vectors are stored raw.
   faiss::IndexFlatCodes* FlatCodes() const {
     auto* map = dynamic_cast<faiss::IndexIDMap2*>(index_.get());
     return map ? dynamic_cast<faiss::IndexFlatCodes*>(map->index) : nullptr;
+  }
+  // The same where rows may move (RemoveBySwap): not IndexFlat1D, which
+  // keeps a sorted order of its own.
+  faiss::IndexFlatCodes* SwappableFlat() const {
+    auto* flat = FlatCodes();
+    return flat != nullptr && dynamic_cast<faiss::IndexFlat1D*>(flat) == nullptr ? flat : nullptr;
   }
 
   // The slot table: magic, next slot, live (slot, id) pairs, dead slots.
@@ -654,8 +660,8 @@ class FlatLoader final : public IndexLoader {
     flat_->is_trained = b.trained;
     flat_->codes.reserve(codes_bytes);
     auto* data = reinterpret_cast<std::byte*>(flat_->codes.data());
-    if (codes_bytes >= (64u << 20))  // faults the storage in ahead of the copy, on another core
-      prefault_ = std::make_unique<PagePrefaulter>(data, data + codes_bytes, 64u << 20);
+    if (codes_bytes >= kPrefaultMin)  // faults the storage in ahead of the copy, on another core
+      prefault_ = std::make_unique<PagePrefaulter>(data, data + codes_bytes, kLoadPrefaultLead);
   }
 
   const IndexSpec spec_;

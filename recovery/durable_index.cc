@@ -589,10 +589,8 @@ Result<uint64_t> DurableIndex::Checkpoint() {
   {
     std::lock_guard lk(write_mu_);
     if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
-    VECWAL_RETURN_IF_ERROR(DrainLocked());  // never persist a state that may have left its log
-    lsn = std::max(wal_->durable_lsn(), last_checkpoint_lsn_.load());
+    VECWAL_ASSIGN_OR_RETURN(lsn, QuiesceLocked());
     std::unique_lock w(state_mu_);
-    VECWAL_RETURN_IF_ERROR(index_->Compact());
     VECWAL_ASSIGN_OR_RETURN(ex, index_->BeginExport());
     if (ex) {
       live = index_->size();
@@ -642,6 +640,16 @@ Result<uint64_t> DurableIndex::CheckpointByCopy() {
   return Persist(std::move(snap));
 }
 
+// Under write_mu_: lets every placed op apply and compacts the index, which
+// then holds exactly the log up to the LSN returned: a checkpoint's LSN.
+Result<uint64_t> DurableIndex::QuiesceLocked() {
+  VECWAL_RETURN_IF_ERROR(DrainLocked());  // never persist a state that may have left its log
+  const uint64_t lsn = std::max(wal_->durable_lsn(), last_checkpoint_lsn_.load());
+  std::unique_lock w(state_mu_);
+  VECWAL_RETURN_IF_ERROR(index_->Compact());
+  return lsn;
+}
+
 // The last snapshot's bytes per vector, or a float vector and its ids before
 // there is one; under ckpt_mu_.
 uint64_t DurableIndex::SnapshotBytesEstimate(uint64_t live) const {
@@ -653,15 +661,10 @@ uint64_t DurableIndex::SnapshotBytesEstimate(uint64_t live) const {
 // With placement stopped and every placed op applied, the index is exactly
 // the log up to the durable LSN: copy it, in FAISS's serialized form.
 Result<DurableIndex::Snapshot> DurableIndex::SnapshotLocked(std::vector<std::byte> room) {
-  VECWAL_RETURN_IF_ERROR(DrainLocked());  // never persist a state that may have left its log
   Snapshot snap;
+  VECWAL_ASSIGN_OR_RETURN(snap.lsn, QuiesceLocked());
   snap.index_bytes = std::move(room);
   snap.index_bytes.clear();
-  snap.lsn = std::max(wal_->durable_lsn(), last_checkpoint_lsn_.load());
-  {
-    std::unique_lock w(state_mu_);
-    VECWAL_RETURN_IF_ERROR(index_->Compact());
-  }
   std::shared_lock r(state_mu_);
   snap.live = index_->size();
   // Room for the bytes up front saves re-allocating, and copying, hundreds of

@@ -163,6 +163,7 @@ class DurableIndex {
     std::vector<std::byte> index_bytes;
     Payloads payloads;
   };
+  Result<uint64_t> QuiesceLocked();  // under write_mu_; returns the checkpoint LSN
   // Under write_mu_; `room`: a buffer for the index bytes, reserved ahead.
   Result<Snapshot> SnapshotLocked(std::vector<std::byte> room);
   uint64_t SnapshotBytesEstimate(uint64_t live) const;

@@ -127,14 +127,22 @@ void GroupCommitWriter::Seal() {
   sealed_.push_back(std::move(open_));
 }
 
+// A partly filled buffer goes out at once when the device is idle; while
+// writes are in flight it waits to grow, so that under load each write
+// carries more records and each completion wakes more appenders. With the
+// device more than half busy it waits to fill: its records lose nothing (the
+// writes ahead of it keep the device busy) and the device gets full-size
+// writes. While a batch is being copied in, only full buffers go: its last
+// partial one follows when the batch is whole.
+bool GroupCommitWriter::OpenBufferDue(size_t busy) const {
+  if (!open_ || open_->used == 0 || appending_many_ != 0) return false;
+  return busy == 0 || (open_->used >= opts_.min_concurrent_write_bytes && 2 * busy < opts_.max_writes_in_flight);
+}
+
 void GroupCommitWriter::WakeLoopIfIdle(std::unique_lock<std::mutex>& lk) {
   if (!loop_idle_) return;
   // Only when the loop would take something: see TakeReady.
-  bool ready = !sealed_.empty() ||
-               (open_ && appending_many_ == 0 &&
-                (inflight_count_ == 0 || (open_->used >= opts_.min_concurrent_write_bytes &&
-                                          2 * inflight_count_ < opts_.max_writes_in_flight)));
-  if (!ready) return;
+  if (sealed_.empty() && !OpenBufferDue(inflight_count_)) return;
   loop_idle_ = false;  // one wake per sleep
   lk.unlock();
   queue_->Wake();
@@ -276,19 +284,7 @@ std::vector<std::unique_ptr<GroupCommitWriter::Flush>> GroupCommitWriter::TakeRe
   if (*idle) return out;
   size_t room = opts_.max_writes_in_flight - inflight_count_;
   while (out.size() < room) {
-    // A partly filled buffer goes out at once when the device is idle; while
-    // writes are in flight it waits to grow, so that under load each write
-    // carries more records and each completion wakes more appenders.
-    // While a batch is being copied in, only full buffers go: its last
-    // partial one follows when the batch is whole.
-    // With the device more than half busy, a partial buffer waits to fill:
-    // its records lose nothing (the writes ahead of it keep the device busy)
-    // and the device gets full-size writes.
-    const size_t busy = inflight_count_ + out.size();
-    if (sealed_.empty() && open_ && open_->used > 0 && appending_many_ == 0 &&
-        (busy == 0 ||
-         (open_->used >= opts_.min_concurrent_write_bytes && 2 * busy < opts_.max_writes_in_flight)))
-      Seal();
+    if (sealed_.empty() && OpenBufferDue(inflight_count_ + out.size())) Seal();
     if (sealed_.empty()) break;
     const Flush& f = *sealed_.front();
     uint64_t seg = out.empty() ? active_id_ : out.front()->segment_id;

@@ -122,6 +122,9 @@ class GroupCommitWriter {
                    uint64_t* last);
   Status RegisterAndWait(std::unique_lock<std::mutex>& lk, uint64_t lsn);
   void WakeLoopIfIdle(std::unique_lock<std::mutex>& lk);
+  // Whether the open buffer, partly filled, should go out with `busy` writes
+  // in flight; shared by the loop's take and the appenders' wake.
+  bool OpenBufferDue(size_t busy) const;
 
   // Submission thread.
   void Loop();
