@@ -145,6 +145,7 @@ Status DurableIndex::Recover(RecoveryStats* st) {
   const auto t2 = Clock::now();
   VECWAL_RETURN_IF_ERROR(window.Flush());
   st->apply_s = apply_s + Since(t2);
+  st->apply_busy_s = window.apply_busy_s();
   st->decode_s = decode_s;
   st->log_read_s = Since(t1) - st->apply_s - decode_s;
   st->total_s = Since(t0);

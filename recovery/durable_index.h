@@ -63,8 +63,11 @@ struct DurableIndexOptions {
 struct RecoveryStats {
   uint64_t checkpoint_lsn = 0;  // 0: none
   std::string checkpoint_note;  // a fallback to an older checkpoint, said here
-  // log_read_s: read and verify; decode_s: records to ops; apply_s: into the index.
+  // log_read_s: read and verify; decode_s: records to ops; apply_s: into the
+  // index, as far as replay waited for it (the phases add up to total_s).
+  // apply_busy_s: the index's own adds, mostly overlapping the log read.
   double checkpoint_load_s = 0, log_read_s = 0, decode_s = 0, apply_s = 0, total_s = 0;
+  double apply_busy_s = 0;
   uint64_t records_replayed = 0, bytes_replayed = 0;  // bytes: record payloads
   uint64_t log_bytes_read = 0;                        // segment bytes read to find them
   std::string tail_note;
