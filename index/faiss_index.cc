@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <future>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -260,6 +261,11 @@ class FaissIndex final : public VectorIndex {
       removable_ = false;
     }
   }
+  // For a caller that knows the index can remove ids: the probe above scans
+  // every vector and rebuilds IndexIDMap2's reverse map (0.1-0.2 s at 1M).
+  struct Removable {};
+  FaissIndex(IndexSpec spec, std::unique_ptr<faiss::Index> idx, Removable)
+      : spec_(std::move(spec)), index_(std::move(idx)) {}
 
   const IndexSpec& spec() const override { return spec_; }
   bool is_trained() const override { return index_->is_trained; }
@@ -703,9 +709,14 @@ Result<std::unique_ptr<VectorIndex>> FlatLoader::Finish() {
   map->id_map.resize(n);
   if (n) std::memcpy(map->id_map.data(), tail_.data() + pos, n * 8);
   pos += n * 8;
-  VECWAL_RETURN_IF_ERROR(Guard("loading a flat index", [&] { map->construct_rev_map(); }));
-  auto fi = std::make_unique<FaissIndex>(spec_, std::move(map));
-  VECWAL_RETURN_IF_ERROR(fi->LoadTable(std::span(tail_).subspan(pos)));
+  // FAISS's reverse id map and our slot table are separate tables: built on
+  // two cores at once.
+  auto* m = map.get();
+  auto rev = std::async(std::launch::async, [m] { return Guard("loading a flat index", [m] { m->construct_rev_map(); }); });
+  auto fi = std::make_unique<FaissIndex>(spec_, std::move(map), FaissIndex::Removable{});
+  Status table = fi->LoadTable(std::span(tail_).subspan(pos));
+  VECWAL_RETURN_IF_ERROR(rev.get());
+  VECWAL_RETURN_IF_ERROR(table);
   return std::unique_ptr<VectorIndex>(std::move(fi));
 }
 

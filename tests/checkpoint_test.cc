@@ -127,3 +127,36 @@ BOOST_AUTO_TEST_CASE(index_section_loads_in_stock_faiss) {
   }
   BOOST_TEST(std::system(("/usr/bin/python3 " + py + " " + *path).c_str()) == 0);
 }
+
+// A flat index section longer than the loader's reads in flight (8 MiB
+// each, three buffers): every chunk lands in its place, the ring of buffers
+// wraps, the last chunk is partial, and damage in a late chunk is found.
+BOOST_AUTO_TEST_CASE(flat_section_of_many_read_chunks_loads_whole_and_late_damage_is_found) {
+  auto fs = NewPosixFileSystem(test::BackendUnderTest());
+  test::TempDir dir;
+  constexpr uint32_t kWide = 256;
+  constexpr size_t kRows = 41000;  // ~42 MB: six chunks, the last partial
+  auto idx = index::NewFaissIndex({kWide, index::Metric::kL2, "Flat"});
+  BOOST_REQUIRE(idx.ok());
+  std::vector<float> v(kRows * kWide);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>((i * 2654435761u) % 1000) / 1000.0f;
+  std::vector<uint64_t> ids(kRows);
+  for (size_t i = 0; i < kRows; ++i) ids[i] = 5 * i + 2;
+  BOOST_REQUIRE((*idx)->Add(ids, v).ok());
+  auto path = WriteCheckpoint(*fs, dir.path(), 3, **idx, {});
+  BOOST_REQUIRE(path.ok());
+  auto ck = LoadCheckpoint(*fs, *path);
+  BOOST_REQUIRE_MESSAGE(ck.ok(), ck.status().ToString());
+  BOOST_TEST(ck->index->size() == kRows);
+  for (size_t row : {size_t{0}, size_t{8191}, size_t{16384}, size_t{32768 + 7}, kRows - 1}) {
+    auto back = ck->index->Reconstruct(ids[row]);
+    BOOST_REQUIRE(back.ok());
+    BOOST_TEST(std::equal(back->begin(), back->end(), v.begin() + row * kWide), "row " << row);
+  }
+  const uint64_t late = 4096 + 5 * (8ull << 20) + 12345;  // inside the sixth chunk
+  BOOST_REQUIRE(late < std::filesystem::file_size(*path));
+  test::XorByte(*path, late);
+  auto bad = LoadCheckpoint(*fs, *path);
+  BOOST_TEST(bad.status().IsCorruption());
+  BOOST_TEST(bad.status().message().find("checksum mismatch") != std::string::npos, bad.status().ToString());
+}
