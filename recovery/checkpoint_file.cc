@@ -18,7 +18,7 @@ constexpr size_t kMaxDescription = 1024;
 constexpr size_t kTableOffset = 1088;
 constexpr size_t kEntryBytes = 32;
 constexpr size_t kCrcOffset = kHeaderBytes - 4;
-constexpr size_t kStageBytes = 1 << 20;
+constexpr size_t kStageBytes = 4 << 20;
 
 enum SectionKind : uint32_t { kIndexSection = 1, kPayloadSection = 2 };
 const char* SectionName(uint32_t k) { return k == kIndexSection ? "index" : k == kPayloadSection ? "payloads" : "?"; }
@@ -41,10 +41,15 @@ T Get(const std::byte* p, size_t off) {
 // Streams a section into the file through two aligned staging buffers, with
 // its CRC: one is written (O_DIRECT, so every write is block-aligned) while
 // the other fills, so copying and checksumming overlap the device's work.
+// A stage goes out whole, or in kQuietWriteBytes pieces while the log is
+// active (CheckpointPacing).
 class SectionWriter {
  public:
-  SectionWriter(File& f, uint64_t offset)
-      : f_(f), offset_(offset), stages_{AlignedBuffer(kStageBytes, 4096), AlignedBuffer(kStageBytes, 4096)} {}
+  SectionWriter(File& f, uint64_t offset, const CheckpointPacing& pacing)
+      : f_(f),
+        pacing_(pacing),
+        offset_(offset),
+        stages_{AlignedBuffer(kStageBytes, 4096), AlignedBuffer(kStageBytes, 4096)} {}
   ~SectionWriter() { (void)Wait(); }
   Status Append(std::span<const std::byte> b) {
     crc_ = crc32c::Extend(crc_, b.data(), b.size());
@@ -77,7 +82,7 @@ class SectionWriter {
     if (used_ == 0) return Status::OK();
     VECWAL_RETURN_IF_ERROR(Wait());
     pending_ = std::async(std::launch::async, [this, off = offset_, data = stages_[cur_].span().first(used_)] {
-      return f_.WriteAt(off, data);
+      return WritePaced(off, data);
     });
     offset_ += used_;
     used_ = 0;
@@ -85,8 +90,19 @@ class SectionWriter {
     return Status::OK();
   }
   Status Wait() { return pending_.valid() ? pending_.get() : Status::OK(); }
+  Status WritePaced(uint64_t off, std::span<const std::byte> data) {
+    while (!data.empty()) {
+      const bool quiet = pacing_.log_active && pacing_.log_active();
+      const size_t n = quiet ? std::min(data.size(), kQuietWriteBytes) : data.size();
+      VECWAL_RETURN_IF_ERROR(f_.WriteAt(off, data.first(n)));
+      off += n;
+      data = data.subspan(n);
+    }
+    return Status::OK();
+  }
 
   File& f_;
+  const CheckpointPacing& pacing_;
   uint64_t offset_;
   const uint64_t start_ = offset_;
   AlignedBuffer stages_[2];
@@ -285,7 +301,7 @@ namespace {
 Result<std::string> WriteCheckpointFile(FileSystem& fs, const std::string& dir, uint64_t lsn,
                                         const index::IndexSpec& spec, uint64_t live_count,
                                         const std::function<Status(const index::ByteSink&)>& write_index,
-                                        const Payloads& payloads) {
+                                        const Payloads& payloads, const CheckpointPacing& pacing) {
   if (spec.description.size() > kMaxDescription)
     return Status::InvalidArgument("index description longer than " + std::to_string(kMaxDescription) + " bytes");
   const std::string final_path = dir + "/" + CheckpointFileName(lsn);
@@ -297,14 +313,14 @@ Result<std::string> WriteCheckpointFile(FileSystem& fs, const std::string& dir, 
   std::vector<Section> sections;
   uint64_t at = kHeaderBytes;
   {
-    SectionWriter w(*f, at);
+    SectionWriter w(*f, at, pacing);
     VECWAL_RETURN_IF_ERROR(write_index([&](std::span<const std::byte> b) { return w.Append(b); }));
     VECWAL_ASSIGN_OR_RETURN(Section s, w.Finish(kIndexSection));
     sections.push_back(s);
     at = w.end();
   }
   {
-    SectionWriter w(*f, at);
+    SectionWriter w(*f, at, pacing);
     std::vector<std::byte> chunk;
     for (auto it = payloads.begin(); it != payloads.end();) {
       chunk.clear();
@@ -348,21 +364,22 @@ Result<std::string> WriteCheckpointFile(FileSystem& fs, const std::string& dir, 
 Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
                                     const index::VectorIndex& idx, const Payloads& payloads) {
   return WriteCheckpointFile(fs, dir, lsn, idx.spec(), idx.size(),
-                             [&](const index::ByteSink& sink) { return idx.Serialize(sink); }, payloads);
+                             [&](const index::ByteSink& sink) { return idx.Serialize(sink); }, payloads, {});
 }
 
 Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
                                     const index::IndexSpec& spec, uint64_t live_count,
-                                    std::span<const std::byte> index_bytes, const Payloads& payloads) {
+                                    std::span<const std::byte> index_bytes, const Payloads& payloads,
+                                    const CheckpointPacing& pacing) {
   return WriteCheckpointFile(fs, dir, lsn, spec, live_count,
-                             [&](const index::ByteSink& sink) { return sink(index_bytes); }, payloads);
+                             [&](const index::ByteSink& sink) { return sink(index_bytes); }, payloads, pacing);
 }
 
 Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
                                     const index::IndexSpec& spec, uint64_t live_count,
                                     const std::function<Status(const index::ByteSink&)>& write_index,
-                                    const Payloads& payloads) {
-  return WriteCheckpointFile(fs, dir, lsn, spec, live_count, write_index, payloads);
+                                    const Payloads& payloads, const CheckpointPacing& pacing) {
+  return WriteCheckpointFile(fs, dir, lsn, spec, live_count, write_index, payloads, pacing);
 }
 
 Result<CheckpointInfo> ReadCheckpointInfo(FileSystem& fs, const std::string& path) {

@@ -47,6 +47,17 @@ Result<std::vector<uint64_t>> ListCheckpoints(FileSystem& fs, const std::string&
 
 using Payloads = std::map<uint64_t, std::vector<std::byte>>;
 
+// How a checkpoint shares the device with the log. A log write that queues
+// behind a checkpoint write waits for all of it: beside 1 MiB writes a 4 KiB
+// synced write's p99 tripled here, beside 256 KiB ones it grew 1.5x. So while
+// `log_active` says the log has acknowledged writes since it was last asked,
+// the checkpoint writes kQuietWriteBytes at a time; otherwise whole stages
+// (4 MiB), as fast as the device takes them. Called from the writing thread.
+struct CheckpointPacing {
+  std::function<bool()> log_active;  // empty: whole stages always
+};
+inline constexpr size_t kQuietWriteBytes = 256 << 10;
+
 // Writes a checkpoint of `idx` and `payloads` at `lsn` into `dir`, and
 // returns its path once it is durable under its final name.
 Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
@@ -55,13 +66,14 @@ Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint
 // so that the file is written without holding the index.
 Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
                                     const index::IndexSpec& spec, uint64_t live_count,
-                                    std::span<const std::byte> index_bytes, const Payloads& payloads);
+                                    std::span<const std::byte> index_bytes, const Payloads& payloads,
+                                    const CheckpointPacing& pacing = {});
 // The same with the index section written by `write_index` through the sink
 // it is given, in pieces (from an IndexExport, while writes go on).
 Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
                                     const index::IndexSpec& spec, uint64_t live_count,
                                     const std::function<Status(const index::ByteSink&)>& write_index,
-                                    const Payloads& payloads);
+                                    const Payloads& payloads, const CheckpointPacing& pacing = {});
 
 struct LoadedCheckpoint {
   CheckpointInfo info;

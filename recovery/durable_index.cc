@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <semaphore>
+#include <utility>
 
 #include "io/prefault.h"
 #include "recovery/replay_window.h"
@@ -621,7 +622,8 @@ Result<uint64_t> DurableIndex::Checkpoint() {
     }
     return Status::OK();
   };
-  VECWAL_RETURN_IF_ERROR(WriteCheckpoint(*fs_, opts_.dir, lsn, opts_.spec, live, write_index, payloads).status());
+  VECWAL_RETURN_IF_ERROR(
+      WriteCheckpoint(*fs_, opts_.dir, lsn, opts_.spec, live, write_index, payloads, LogPacing()).status());
   return FinishCheckpoint(lsn);
 }
 
@@ -683,8 +685,17 @@ Result<DurableIndex::Snapshot> DurableIndex::SnapshotLocked(std::vector<std::byt
 
 Result<uint64_t> DurableIndex::Persist(Snapshot&& snap) {
   VECWAL_RETURN_IF_ERROR(
-      WriteCheckpoint(*fs_, opts_.dir, snap.lsn, opts_.spec, snap.live, snap.index_bytes, snap.payloads).status());
+      WriteCheckpoint(*fs_, opts_.dir, snap.lsn, opts_.spec, snap.live, snap.index_bytes, snap.payloads, LogPacing())
+          .status());
   return FinishCheckpoint(snap.lsn);
+}
+
+// The log is active when its durable LSN moved since the last question.
+CheckpointPacing DurableIndex::LogPacing() const {
+  return {[this, last = wal_->durable_lsn()]() mutable {
+    const uint64_t now = wal_->durable_lsn();
+    return std::exchange(last, now) != now;
+  }};
 }
 
 // The checkpoint at `lsn` is durable under its final name.

@@ -173,6 +173,7 @@ class DurableIndex {
   Result<uint64_t> Persist(Snapshot&& snap);    // under ckpt_mu_, not write_mu_
   Result<uint64_t> CheckpointByCopy();          // under ckpt_mu_
   Result<uint64_t> FinishCheckpoint(uint64_t lsn);
+  CheckpointPacing LogPacing() const;  // under ckpt_mu_: wal_ stays
   static constexpr size_t kExportPieceBytes = 1 << 20;
   Status Recover(RecoveryStats* stats);
 

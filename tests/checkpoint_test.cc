@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <random>
 
+#include "io/power_loss_file_system.h"
 #include "recovery/checkpoint_file.h"
 #include "tests/test_util.h"
 
@@ -159,4 +160,35 @@ BOOST_AUTO_TEST_CASE(flat_section_of_many_read_chunks_loads_whole_and_late_damag
   auto bad = LoadCheckpoint(*fs, *path);
   BOOST_TEST(bad.status().IsCorruption());
   BOOST_TEST(bad.status().message().find("checksum mismatch") != std::string::npos, bad.status().ToString());
+}
+
+// While the log is active a checkpoint writes in small pieces, so that a log
+// write never queues behind a large one; while it is quiet, in whole stages.
+BOOST_AUTO_TEST_CASE(checkpoint_writes_small_pieces_while_the_log_is_active) {
+  test::TempDir dir;
+  auto rec = std::make_shared<PowerLossRecorder>(NewPosixFileSystem(test::BackendUnderTest()));
+  auto idx = index::NewFaissIndex({256, index::Metric::kL2, "Flat"});
+  BOOST_REQUIRE(idx.ok());
+  std::vector<float> v(20000 * 256, 0.5f);  // ~20 MB: several 4 MiB stages
+  std::vector<uint64_t> ids(20000);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = i;
+  BOOST_REQUIRE((*idx)->Add(ids, v).ok());
+  auto largest_write = [&](uint64_t lsn, const CheckpointPacing& pacing) {
+    const size_t first = rec->ops().size();
+    auto path = WriteCheckpoint(*rec, dir.path(), lsn, (*idx)->spec(), (*idx)->size(),
+                                [&](const index::ByteSink& sink) { return (*idx)->Serialize(sink); }, {}, pacing);
+    BOOST_REQUIRE(path.ok());
+    BOOST_REQUIRE(LoadCheckpoint(*rec, *path).ok());
+    size_t largest = 0, writes = 0;
+    const auto ops = rec->ops();
+    for (size_t i = first; i < ops.size(); ++i)
+      if (ops[i].kind == DiskOp::kWrite) largest = std::max(largest, ops[i].data.size()), ++writes;
+    BOOST_TEST(writes > 3u);
+    return largest;
+  };
+  BOOST_TEST(largest_write(1, {}) == size_t{4} << 20);
+  BOOST_TEST(largest_write(2, {[] { return false; }}) == size_t{4} << 20);
+  BOOST_TEST(largest_write(3, {[] { return true; }}) == kQuietWriteBytes);
+  int asked = 0;  // active for the first pieces only: small, then whole stages again
+  BOOST_TEST(largest_write(4, {[&] { return ++asked < 5; }}) == size_t{4} << 20);
 }
