@@ -129,7 +129,15 @@ std::vector<Row> RunRecoveryBench(const StoreBenchConfig& c) {
   const uint64_t log_bytes = DirBytes(store + "/wal");
   const uint64_t index_bytes = static_cast<uint64_t>(c.vectors) * c.dim * sizeof(float);
   std::vector<double> ours, raw, rss;
+  // This VM's disk serves a file read a second time in a row from the host's
+  // cache (a raw read right after replay ran ~2.5x faster than before it), so
+  // the two readers take turns going first, round by round.
+  auto raw_read = [&] {
+    fmt::print(stderr, "  measuring raw O_DIRECT read of the same files ...\n");
+    raw.push_back(log_bytes / RawReadSeconds(store + "/wal"));
+  };
   for (int i = 0; i < c.repeat; ++i) {
+    if (i % 2 == 1) raw_read();
     fmt::print(stderr, "  measuring full log replay ({:.0f} MB) ...\n", log_bytes / 1e6);
     auto [sec, peak] = InChild([&] {
       auto d = OpenStore(StoreOptions(c, store));
@@ -144,8 +152,9 @@ std::vector<Row> RunRecoveryBench(const StoreBenchConfig& c) {
     });
     ours.push_back(log_bytes / sec);
     rss.push_back(static_cast<double>(peak));
-    fmt::print(stderr, "  measuring raw O_DIRECT read of the same files ...\n");
-    raw.push_back(log_bytes / RawReadSeconds(store + "/wal"));
+    if (i % 2 == 0) raw_read();
+    fmt::print(stderr, "    round {}: replay {:.2f} GB/s, raw read {:.2f} GB/s\n", i + 1, ours.back() / 1e9,
+               raw.back() / 1e9);
   }
   const std::string w = fmt::format("full replay, {}k x {}-d {}", c.vectors / 1000, c.dim, c.description);
   return {{w, "bytes/s", Median(ours), "raw sequential O_DIRECT read", Median(raw), true, ">= 0.8x"},

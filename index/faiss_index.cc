@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 #include <future>
+#include <typeinfo>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -295,7 +296,8 @@ class FaissIndex final : public VectorIndex {
     if (flat && flat->codes.size() + ids.size() * flat->code_size > flat->codes.capacity())
       prefault_.reset();  // the add moves the storage
     VECWAL_RETURN_IF_ERROR(Guard("adding to '" + spec_.description + "'", [&] {
-      index_->add_with_ids(static_cast<faiss::Index::idx_t>(ids.size()), vectors.data(), slots.data());
+      if (auto* raw = RawFlat()) AppendRaw(*raw, vectors, slots);
+      else index_->add_with_ids(static_cast<faiss::Index::idx_t>(ids.size()), vectors.data(), slots.data());
     }));
     if (prefault_) prefault_->Advance(reinterpret_cast<std::byte*>(flat->codes.data() + flat->codes.size()));
     for (size_t i = 0; i < ids.size(); ++i) {
@@ -487,6 +489,31 @@ class FaissIndex final : public VectorIndex {
   faiss::IndexFlatCodes* SwappableFlat() const {
     auto* flat = FlatCodes();
     return flat != nullptr && dynamic_cast<faiss::IndexFlat1D*>(flat) == nullptr ? flat : nullptr;
+  }
+
+  // The same where a code is the float vector's bytes: IndexFlat (what the
+  // factory's "Flat" makes) or IndexFlatL2/IP (what the loader makes), exactly;
+  // no subclass (IndexFlat1D's sorted order) keeps state beside the codes.
+  faiss::IndexFlat* RawFlat() const {
+    auto* flat = FlatCodes();
+    if (flat == nullptr) return nullptr;
+    const std::type_info& t = typeid(*flat);
+    return t == typeid(faiss::IndexFlat) || t == typeid(faiss::IndexFlatL2) || t == typeid(faiss::IndexFlatIP)
+               ? static_cast<faiss::IndexFlat*>(flat)
+               : nullptr;
+  }
+  // What IndexIDMap2::add_with_ids does for such an index, but the vectors go
+  // straight into the codes' reserved room: FAISS resizes (zero-fills) and
+  // then copies, two passes over every byte (at 1M x 768-d, 3 GB each).
+  void AppendRaw(faiss::IndexFlat& flat, std::span<const float> vectors, std::span<const faiss::Index::idx_t> slots) {
+    auto& map = *static_cast<faiss::IndexIDMap2*>(index_.get());
+    const auto* bytes = reinterpret_cast<const uint8_t*>(vectors.data());
+    flat.codes.insert(flat.codes.end(), bytes, bytes + vectors.size_bytes());
+    const faiss::Index::idx_t first = flat.ntotal;
+    flat.ntotal += static_cast<faiss::Index::idx_t>(slots.size());
+    map.id_map.insert(map.id_map.end(), slots.begin(), slots.end());
+    for (size_t i = 0; i < slots.size(); ++i) map.rev_map[slots[i]] = first + static_cast<faiss::Index::idx_t>(i);
+    map.ntotal = flat.ntotal;
   }
 
   // The slot table: magic, next slot, live (slot, id) pairs, dead slots.

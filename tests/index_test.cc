@@ -4,9 +4,15 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <set>
+
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexIDMap.h>
+#include <faiss/impl/io.h>
+#include <faiss/index_io.h>
 
 #include "index/vector_index.h"
 #include "tests/test_util.h"
@@ -357,4 +363,43 @@ BOOST_AUTO_TEST_CASE(flat_loader_builds_what_faiss_read_index_builds) {
     return Status::OK();
   }).ok());
   BOOST_TEST(NewIndexLoader({kDim, Metric::kL2, "HNSW16"}, std::span<const std::byte>(hb).first(std::min(hb.size(), kLoaderHeadBytes)), hb.size()) == nullptr);
+}
+
+// Flat adds place the vectors in FAISS's storage themselves (no zero-fill
+// first): the index must be, byte for byte, what IndexIDMap2::add_with_ids
+// builds, and its reverse map must answer as FAISS's does.
+BOOST_AUTO_TEST_CASE(flat_adds_build_what_faiss_add_with_ids_builds) {
+  for (Metric m : {Metric::kL2, Metric::kInnerProduct}) {
+    auto idx = Make("Flat", m);
+    idx->Reserve(700);  // some adds fit the reserved room, later ones grow past it
+    faiss::IndexIDMap2 ref(m == Metric::kL2 ? static_cast<faiss::IndexFlat*>(new faiss::IndexFlatL2(kDim))
+                                            : new faiss::IndexFlatIP(kDim));
+    ref.own_fields = true;
+    faiss::Index::idx_t slot = 0;
+    for (size_t batch : {1, 300, 7, 500, 64}) {
+      const auto vecs = RandomVectors(batch, 100 + batch);
+      BOOST_REQUIRE(idx->Add(Ids(batch, 1000 * batch), vecs).ok());
+      std::vector<faiss::Index::idx_t> slots(batch);
+      for (auto& s : slots) s = slot++;
+      ref.add_with_ids(static_cast<faiss::Index::idx_t>(batch), vecs.data(), slots.data());
+    }
+    std::vector<std::byte> ours;
+    BOOST_REQUIRE(idx->Serialize([&](std::span<const std::byte> b) {
+      ours.insert(ours.end(), b.begin(), b.end());
+      return Status::OK();
+    }).ok());
+    faiss::VectorIOWriter w;
+    faiss::write_index(&ref, &w);
+    BOOST_REQUIRE(ours.size() > w.data.size());
+    BOOST_TEST(std::memcmp(ours.data(), w.data.data(), w.data.size()) == 0);
+    for (size_t batch : {1, 300, 7, 500, 64}) {  // by id, through the reverse map
+      const auto ids = Ids(batch, 1000 * batch);
+      const auto vecs = RandomVectors(batch, 100 + batch);
+      for (size_t i : {size_t{0}, batch / 2, batch - 1}) {
+        auto v = idx->Reconstruct(ids[i]);
+        BOOST_REQUIRE(v.ok());
+        BOOST_TEST(std::equal(v->begin(), v->end(), vecs.begin() + i * kDim));
+      }
+    }
+  }
 }

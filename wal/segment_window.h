@@ -8,7 +8,8 @@
 // in this segment and at the start of the next one the scan will visit, are
 // read meanwhile. More than one: replay applies its batches in bursts (tens
 // of milliseconds each), and with a single chunk ahead the device idled
-// through every burst.
+// through every burst; eight (32 MiB) read a 1M-vector log ~10% faster
+// than four did, with the index's adds on another thread.
 //
 // Access is expected to move forward; a step back (salvage resuming after a
 // look-ahead) costs a synchronous read, nothing worse.
@@ -34,7 +35,7 @@ namespace vecwal::wal {
 class SegmentWindow {
  public:
   static constexpr size_t kDefaultChunk = 4 << 20;
-  static constexpr size_t kDefaultDepth = 4;  // chunks read ahead
+  static constexpr size_t kDefaultDepth = 8;  // chunks read ahead
   // A straddling record up to this long is carried over from the old window
   // in memory; a longer one is read again.
   static constexpr size_t kDefaultCarry = 4 << 20;
