@@ -18,7 +18,7 @@ constexpr size_t kMaxDescription = 1024;
 constexpr size_t kTableOffset = 1088;
 constexpr size_t kEntryBytes = 32;
 constexpr size_t kCrcOffset = kHeaderBytes - 4;
-constexpr size_t kStageBytes = 4 << 20;
+constexpr size_t kStageBytes = 1 << 20;
 
 enum SectionKind : uint32_t { kIndexSection = 1, kPayloadSection = 2 };
 const char* SectionName(uint32_t k) { return k == kIndexSection ? "index" : k == kPayloadSection ? "payloads" : "?"; }
@@ -49,7 +49,8 @@ class SectionWriter {
       : f_(f),
         pacing_(pacing),
         offset_(offset),
-        stages_{AlignedBuffer(kStageBytes, 4096), AlignedBuffer(kStageBytes, 4096)} {}
+        stages_{AlignedBuffer(kStageBytes, 4096, AlignedBuffer::kUninitialized),
+                AlignedBuffer(kStageBytes, 4096, AlignedBuffer::kUninitialized)} {}  // only filled bytes are written
   ~SectionWriter() { (void)Wait(); }
   Status Append(std::span<const std::byte> b) {
     crc_ = crc32c::Extend(crc_, b.data(), b.size());

@@ -169,7 +169,7 @@ BOOST_AUTO_TEST_CASE(checkpoint_writes_small_pieces_while_the_log_is_active) {
   auto rec = std::make_shared<PowerLossRecorder>(NewPosixFileSystem(test::BackendUnderTest()));
   auto idx = index::NewFaissIndex({256, index::Metric::kL2, "Flat"});
   BOOST_REQUIRE(idx.ok());
-  std::vector<float> v(20000 * 256, 0.5f);  // ~20 MB: several 4 MiB stages
+  std::vector<float> v(20000 * 256, 0.5f);  // ~20 MB: many 1 MiB stages
   std::vector<uint64_t> ids(20000);
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = i;
   BOOST_REQUIRE((*idx)->Add(ids, v).ok());
@@ -186,9 +186,9 @@ BOOST_AUTO_TEST_CASE(checkpoint_writes_small_pieces_while_the_log_is_active) {
     BOOST_TEST(writes > 3u);
     return largest;
   };
-  BOOST_TEST(largest_write(1, {}) == size_t{4} << 20);
-  BOOST_TEST(largest_write(2, {[] { return false; }}) == size_t{4} << 20);
+  BOOST_TEST(largest_write(1, {}) == size_t{1} << 20);
+  BOOST_TEST(largest_write(2, {[] { return false; }}) == size_t{1} << 20);
   BOOST_TEST(largest_write(3, {[] { return true; }}) == kQuietWriteBytes);
   int asked = 0;  // active for the first pieces only: small, then whole stages again
-  BOOST_TEST(largest_write(4, {[&] { return ++asked < 5; }}) == size_t{4} << 20);
+  BOOST_TEST(largest_write(4, {[&] { return ++asked < 5; }}) == size_t{1} << 20);
 }
