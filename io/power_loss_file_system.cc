@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <span>
 #include <unordered_map>
 
 namespace vecwal {
@@ -83,6 +84,8 @@ struct Pending {
   uint64_t write_id;
   uint64_t offset;
   const std::vector<std::byte>* data;
+  size_t len;  // of data: less once a truncation cut the write short
+  std::span<const std::byte> bytes() const { return std::span(*data).first(len); }
 };
 
 struct FileObj {
@@ -98,9 +101,9 @@ void Put(std::vector<std::byte>& content, uint64_t off, std::span<const std::byt
 
 // Keeps a random subset of the write's 512-byte sectors.
 void PutTorn(std::vector<std::byte>& content, const Pending& p, std::mt19937_64& rng) {
-  const auto& d = *p.data;
+  const auto d = p.bytes();
   for (size_t s = 0; s < d.size(); s += 512)
-    if (rng() % 2) Put(content, p.offset + s, std::span(d).subspan(s, std::min<size_t>(512, d.size() - s)));
+    if (rng() % 2) Put(content, p.offset + s, d.subspan(s, std::min<size_t>(512, d.size() - s)));
 }
 
 }  // namespace
@@ -183,7 +186,7 @@ Status BuildCrashImage(const std::vector<DiskOp>& ops, size_t n, CrashVariant va
   auto make_durable = [](FileObj& f, auto pred) {
     std::vector<Pending> keep;
     for (const auto& p : f.pending) {
-      if (pred(p)) Put(f.durable, p.offset, *p.data);
+      if (pred(p)) Put(f.durable, p.offset, p.bytes());
       else keep.push_back(p);
     }
     f.pending = std::move(keep);
@@ -199,7 +202,7 @@ Status BuildCrashImage(const std::vector<DiskOp>& ops, size_t n, CrashVariant va
       }
       case DiskOp::kWrite: {
         auto o = obj_for(op.path);
-        o->pending.push_back({i, op.write_id, op.offset, &op.data});
+        o->pending.push_back({i, op.write_id, op.offset, &op.data, op.data.size()});
         writer_of[op.write_id] = o;
         break;
       }
@@ -228,9 +231,18 @@ Status BuildCrashImage(const std::vector<DiskOp>& ops, size_t n, CrashVariant va
         live.erase(op.path);
         break;
       case DiskOp::kTruncate:
+        // Taken as durable at once; volatile writes keep what lies below the
+        // new size (a truncation discards only the bytes past it).
         if (auto it = live.find(op.path); it != live.end()) {
-          it->second->durable.resize(op.offset);
-          it->second->pending.clear();
+          auto& f = *it->second;
+          f.durable.resize(op.offset);
+          std::vector<Pending> keep;
+          for (Pending p : f.pending) {
+            if (p.offset >= op.offset) continue;
+            p.len = static_cast<size_t>(std::min<uint64_t>(p.len, op.offset - p.offset));
+            keep.push_back(p);
+          }
+          f.pending = std::move(keep);
         }
         break;
     }
@@ -263,15 +275,15 @@ Status BuildCrashImage(const std::vector<DiskOp>& ops, size_t n, CrashVariant va
     for (const auto& p : o->pending) {
       switch (variant) {
         case CrashVariant::kDropVolatile: break;
-        case CrashVariant::kKeepVolatile: Put(content, p.offset, *p.data); break;
+        case CrashVariant::kKeepVolatile: Put(content, p.offset, p.bytes()); break;
         case CrashVariant::kTornLast:
           if (p.op_index == newest) PutTorn(content, p, rng);
-          else Put(content, p.offset, *p.data);
+          else Put(content, p.offset, p.bytes());
           break;
         case CrashVariant::kRandomSubset:
           switch (rng() % 3) {
             case 0: break;
-            case 1: Put(content, p.offset, *p.data); break;
+            case 1: Put(content, p.offset, p.bytes()); break;
             case 2: PutTorn(content, p, rng); break;
           }
           break;

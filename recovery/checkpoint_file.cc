@@ -18,7 +18,6 @@ constexpr size_t kMaxDescription = 1024;
 constexpr size_t kTableOffset = 1088;
 constexpr size_t kEntryBytes = 32;
 constexpr size_t kCrcOffset = kHeaderBytes - 4;
-constexpr size_t kStageBytes = 1 << 20;
 
 enum SectionKind : uint32_t { kIndexSection = 1, kPayloadSection = 2 };
 const char* SectionName(uint32_t k) { return k == kIndexSection ? "index" : k == kPayloadSection ? "payloads" : "?"; }
@@ -49,8 +48,8 @@ class SectionWriter {
       : f_(f),
         pacing_(pacing),
         offset_(offset),
-        stages_{AlignedBuffer(kStageBytes, 4096, AlignedBuffer::kUninitialized),
-                AlignedBuffer(kStageBytes, 4096, AlignedBuffer::kUninitialized)} {}  // only filled bytes are written
+        stages_{AlignedBuffer(kCheckpointStageBytes, 4096, AlignedBuffer::kUninitialized),
+                AlignedBuffer(kCheckpointStageBytes, 4096, AlignedBuffer::kUninitialized)} {}  // only filled bytes are written
   ~SectionWriter() { (void)Wait(); }
   Status Append(std::span<const std::byte> b) {
     crc_ = crc32c::Extend(crc_, b.data(), b.size());
@@ -284,6 +283,13 @@ Result<Payloads> DecodePayloads(std::span<const std::byte> b, uint64_t count, co
 
 std::string CheckpointFileName(uint64_t lsn) { return wal::NumberedFileName("ckpt-", lsn, ".vwc"); }
 
+Status RetireCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn) {
+  const std::string path = dir + "/" + CheckpointFileName(lsn);
+  VECWAL_ASSIGN_OR_RETURN(auto names, fs.ListDir(dir));
+  if (std::find(names.begin(), names.end(), kSpareCheckpointName) != names.end()) return fs.Remove(path);
+  return fs.Rename(path, dir + "/" + kSpareCheckpointName);
+}
+
 std::optional<uint64_t> ParseCheckpointFileName(const std::string& name) {
   return wal::ParseNumberedFileName(name, "ckpt-", ".vwc");
 }
@@ -308,8 +314,12 @@ Result<std::string> WriteCheckpointFile(FileSystem& fs, const std::string& dir, 
   const std::string final_path = dir + "/" + CheckpointFileName(lsn);
   const std::string tmp = final_path + ".tmp";
   (void)fs.Remove(tmp);  // a crash's leftover
+  // Overwrite a retired checkpoint's file where there is one: its blocks are
+  // allocated already, so the writes need no allocation and nothing is freed.
+  const bool recycled = fs.Rename(dir + "/" + kSpareCheckpointName, tmp).ok();
   FileOpenOptions o;
-  o.create = o.exclusive = o.writable = true;
+  o.writable = true;
+  o.create = o.exclusive = !recycled;
   VECWAL_ASSIGN_OR_RETURN(auto f, fs.Open(tmp, o));
   std::vector<Section> sections;
   uint64_t at = kHeaderBytes;
@@ -330,7 +340,10 @@ Result<std::string> WriteCheckpointFile(FileSystem& fs, const std::string& dir, 
     }
     VECWAL_ASSIGN_OR_RETURN(Section s, w.Finish(kPayloadSection));
     sections.push_back(s);
+    at = w.end();
   }
+  // The old file's bytes past the new end go; made durable with the rest.
+  if (recycled) VECWAL_RETURN_IF_ERROR(fs.Truncate(tmp, at));
   AlignedBuffer hb(kHeaderBytes, 4096);
   std::byte* p = hb.data();
   Put(p, 0, kMagic);

@@ -690,11 +690,20 @@ Result<uint64_t> DurableIndex::Persist(Snapshot&& snap) {
   return FinishCheckpoint(snap.lsn);
 }
 
-// The log is active when its durable LSN moved since the last question.
+// The log is active while its durable LSN moved within the last 5 ms. "Moved
+// since the last question" was too twitchy: one writer's appends leave gaps of
+// a few hundred microseconds, and an answer that fell in one let a whole stage
+// out at once.
 CheckpointPacing DurableIndex::LogPacing() const {
-  return {[this, last = wal_->durable_lsn()]() mutable {
-    const uint64_t now = wal_->durable_lsn();
-    return std::exchange(last, now) != now;
+  static constexpr auto kQuietAfter = std::chrono::milliseconds(5);
+  return {[this, last = wal_->durable_lsn(), moved = Clock::now()]() mutable {
+    const uint64_t lsn = wal_->durable_lsn();
+    const auto now = Clock::now();
+    if (lsn != last) {
+      last = lsn;
+      moved = now;
+    }
+    return now - moved < kQuietAfter;
   }};
 }
 
@@ -705,7 +714,7 @@ Result<uint64_t> DurableIndex::FinishCheckpoint(uint64_t lsn) {
   // Keep the newest generations; the log is needed from the oldest kept one.
   VECWAL_ASSIGN_OR_RETURN(auto lsns, ListCheckpoints(*fs_, opts_.dir));
   for (size_t i = std::max<size_t>(opts_.keep_checkpoints, 1); i < lsns.size(); ++i)
-    VECWAL_RETURN_IF_ERROR(fs_->Remove(opts_.dir + "/" + CheckpointFileName(lsns[i])));
+    VECWAL_RETURN_IF_ERROR(RetireCheckpoint(*fs_, opts_.dir, lsns[i]));
   VECWAL_RETURN_IF_ERROR(fs_->SyncDir(opts_.dir));
   const size_t kept = std::min(lsns.size(), std::max<size_t>(opts_.keep_checkpoints, 1));
   VECWAL_RETURN_IF_ERROR(wal_->ReleaseBefore(lsns[kept - 1] + 1).status());  // Close waits on ckpt_mu_

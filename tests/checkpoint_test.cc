@@ -169,7 +169,7 @@ BOOST_AUTO_TEST_CASE(checkpoint_writes_small_pieces_while_the_log_is_active) {
   auto rec = std::make_shared<PowerLossRecorder>(NewPosixFileSystem(test::BackendUnderTest()));
   auto idx = index::NewFaissIndex({256, index::Metric::kL2, "Flat"});
   BOOST_REQUIRE(idx.ok());
-  std::vector<float> v(20000 * 256, 0.5f);  // ~20 MB: many 1 MiB stages
+  std::vector<float> v(20000 * 256, 0.5f);  // ~20 MB: several stages
   std::vector<uint64_t> ids(20000);
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = i;
   BOOST_REQUIRE((*idx)->Add(ids, v).ok());
@@ -186,9 +186,52 @@ BOOST_AUTO_TEST_CASE(checkpoint_writes_small_pieces_while_the_log_is_active) {
     BOOST_TEST(writes > 3u);
     return largest;
   };
-  BOOST_TEST(largest_write(1, {}) == size_t{1} << 20);
-  BOOST_TEST(largest_write(2, {[] { return false; }}) == size_t{1} << 20);
+  BOOST_TEST(largest_write(1, {}) == kCheckpointStageBytes);
+  BOOST_TEST(largest_write(2, {[] { return false; }}) == kCheckpointStageBytes);
   BOOST_TEST(largest_write(3, {[] { return true; }}) == kQuietWriteBytes);
   int asked = 0;  // active for the first pieces only: small, then whole stages again
-  BOOST_TEST(largest_write(4, {[&] { return ++asked < 5; }}) == size_t{1} << 20);
+  BOOST_TEST(largest_write(4, {[&] { return ++asked < 5; }}) == kCheckpointStageBytes);
+}
+
+// A retired checkpoint's file is kept as the spare and the next checkpoint is
+// written over it: it loads whole, holds none of the old bytes past its end,
+// and only one spare is ever kept.
+BOOST_AUTO_TEST_CASE(retired_checkpoint_file_is_overwritten_by_the_next_one) {
+  auto fs = NewPosixFileSystem(test::BackendUnderTest());
+  test::TempDir dir;
+  const std::string spare = dir / kSpareCheckpointName;
+  auto big = Filled("Flat", 3000), small = Filled("Flat", 40);
+  auto a = WriteCheckpoint(*fs, dir.path(), 1, *big, SomePayloads(3000));
+  BOOST_REQUIRE(a.ok());
+  const auto big_size = std::filesystem::file_size(*a);
+  BOOST_REQUIRE(RetireCheckpoint(*fs, dir.path(), 1).ok());
+  BOOST_TEST(!std::filesystem::exists(*a));
+  BOOST_TEST(std::filesystem::file_size(spare) == big_size);
+  auto lsns = ListCheckpoints(*fs, dir.path());
+  BOOST_REQUIRE(lsns.ok());
+  BOOST_TEST(lsns->empty());  // the spare is no checkpoint
+
+  auto b = WriteCheckpoint(*fs, dir.path(), 2, *small, SomePayloads(40));  // over the spare, smaller
+  BOOST_REQUIRE(b.ok());
+  BOOST_TEST(!std::filesystem::exists(spare));
+  auto ck = LoadCheckpoint(*fs, *b);
+  BOOST_REQUIRE_MESSAGE(ck.ok(), ck.status().ToString());
+  BOOST_TEST(ck->index->size() == small->size());
+  BOOST_TEST((ck->payloads == SomePayloads(40)));
+  const auto small_size = std::filesystem::file_size(*b);
+  BOOST_TEST(small_size < big_size);
+  auto fresh = WriteCheckpoint(*fs, dir.path(), 3, *small, SomePayloads(40));  // no spare: a new file
+  BOOST_REQUIRE(fresh.ok());
+  BOOST_TEST(std::filesystem::file_size(*fresh) == small_size);  // nothing of the old file is left
+
+  BOOST_REQUIRE(RetireCheckpoint(*fs, dir.path(), 2).ok());
+  BOOST_REQUIRE(RetireCheckpoint(*fs, dir.path(), 3).ok());  // a spare exists: this one goes
+  BOOST_TEST(!std::filesystem::exists(*fresh));
+  BOOST_TEST(std::filesystem::file_size(spare) == small_size);
+  auto c = WriteCheckpoint(*fs, dir.path(), 4, *big, SomePayloads(3000));  // over the spare, larger
+  BOOST_REQUIRE(c.ok());
+  auto back = LoadCheckpoint(*fs, *c);
+  BOOST_REQUIRE_MESSAGE(back.ok(), back.status().ToString());
+  BOOST_TEST(back->index->size() == big->size());
+  BOOST_TEST(std::filesystem::file_size(*c) == big_size);
 }

@@ -250,6 +250,8 @@ json AllCheckpoints(FileSystem& fs, const Layout& l) {
     if (recovery::ParseCheckpointFileName(n)) out.push_back(CheckpointJson(fs, *l.store_dir + "/" + n));
     else if (n.size() > 4 && n.ends_with(".tmp"))
       out.push_back({{"file", *l.store_dir + "/" + n}, {"note", "unfinished checkpoint (a crash mid-write); ignored"}});
+    else if (n == recovery::kSpareCheckpointName)
+      out.push_back({{"file", *l.store_dir + "/" + n}, {"note", "retired checkpoint file, to be overwritten by the next checkpoint; never read"}});
   }
   return out;
 }
