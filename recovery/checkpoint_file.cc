@@ -37,11 +37,12 @@ T Get(const std::byte* p, size_t off) {
   return v;
 }
 
-// Streams a section into the file through two aligned staging buffers, with
-// its CRC: one is written (O_DIRECT, so every write is block-aligned) while
-// the other fills, so copying and checksumming overlap the device's work.
-// A stage goes out whole, or in kQuietWriteBytes pieces while the log is
-// active (CheckpointPacing).
+// Streams a section into the file through three aligned staging buffers,
+// with its CRC: while one fills, the others are written (O_DIRECT, so every
+// write is block-aligned), so copying and checksumming overlap the device's
+// work. While the log is quiet two stages are in flight at once; while it is
+// active (CheckpointPacing) one, in kQuietWriteBytes pieces, so that a log
+// write never queues behind more than one such piece.
 class SectionWriter {
  public:
   SectionWriter(File& f, uint64_t offset, const CheckpointPacing& pacing)
@@ -49,8 +50,9 @@ class SectionWriter {
         pacing_(pacing),
         offset_(offset),
         stages_{AlignedBuffer(kCheckpointStageBytes, 4096, AlignedBuffer::kUninitialized),
+                AlignedBuffer(kCheckpointStageBytes, 4096, AlignedBuffer::kUninitialized),
                 AlignedBuffer(kCheckpointStageBytes, 4096, AlignedBuffer::kUninitialized)} {}  // only filled bytes are written
-  ~SectionWriter() { (void)Wait(); }
+  ~SectionWriter() { (void)WaitUntil(0); }
   Status Append(std::span<const std::byte> b) {
     crc_ = crc32c::Extend(crc_, b.data(), b.size());
     length_ += b.size();
@@ -70,30 +72,42 @@ class SectionWriter {
     std::memset(stages_[cur_].data() + used_, 0, padded - used_);
     used_ = padded;
     VECWAL_RETURN_IF_ERROR(Drain());
-    VECWAL_RETURN_IF_ERROR(Wait());
+    VECWAL_RETURN_IF_ERROR(WaitUntil(0));
     return Section{kind, start_, length_, crc_};
   }
   uint64_t end() const { return offset_; }
 
  private:
-  // Starts writing the current stage and moves to the other one, once the
-  // write that used it has finished.
+  static constexpr size_t kStages = 3, kQuietInFlight = 2;
+  // Starts writing the current stage and moves to the next one.
+  // Invariant: at most kQuietInFlight stages are in flight, the oldest ones,
+  // so the stage moved to is free.
   Status Drain() {
     if (used_ == 0) return Status::OK();
-    VECWAL_RETURN_IF_ERROR(Wait());
-    pending_ = std::async(std::launch::async, [this, off = offset_, data = stages_[cur_].span().first(used_)] {
-      return WritePaced(off, data);
-    });
+    const bool log_active = pacing_.log_active && pacing_.log_active();
+    VECWAL_RETURN_IF_ERROR(WaitUntil(log_active ? 0 : kQuietInFlight - 1));
+    const size_t piece = log_active ? kQuietWriteBytes : used_;
+    pending_.push_back(std::async(std::launch::async, [this, off = offset_, data = stages_[cur_].span().first(used_), piece] {
+      return WriteInPieces(off, data, piece);
+    }));
     offset_ += used_;
     used_ = 0;
-    cur_ ^= 1;
+    cur_ = (cur_ + 1) % kStages;
     return Status::OK();
   }
-  Status Wait() { return pending_.valid() ? pending_.get() : Status::OK(); }
-  Status WritePaced(uint64_t off, std::span<const std::byte> data) {
+  // Waits until at most `n` writes are in flight; the first error wins.
+  Status WaitUntil(size_t n) {
+    Status first;
+    while (pending_.size() > n) {
+      Status s = pending_.front().get();
+      pending_.pop_front();
+      if (first.ok()) first = s;
+    }
+    return first;
+  }
+  Status WriteInPieces(uint64_t off, std::span<const std::byte> data, size_t piece) {
     while (!data.empty()) {
-      const bool quiet = pacing_.log_active && pacing_.log_active();
-      const size_t n = quiet ? std::min(data.size(), kQuietWriteBytes) : data.size();
+      const size_t n = std::min(data.size(), piece);
       VECWAL_RETURN_IF_ERROR(f_.WriteAt(off, data.first(n)));
       off += n;
       data = data.subspan(n);
@@ -105,12 +119,12 @@ class SectionWriter {
   const CheckpointPacing& pacing_;
   uint64_t offset_;
   const uint64_t start_ = offset_;
-  AlignedBuffer stages_[2];
-  int cur_ = 0;
+  AlignedBuffer stages_[kStages];
+  size_t cur_ = 0;
   size_t used_ = 0;
   uint64_t length_ = 0;
   uint32_t crc_ = 0;
-  std::future<Status> pending_;  // last: destroyed (and so waited for) before the stages
+  std::deque<std::future<Status>> pending_;  // last: destroyed (and so waited for) before the stages
 };
 
 void EncodePayloads(const Payloads& p, std::vector<std::byte>& out, Payloads::const_iterator& it, size_t budget) {
