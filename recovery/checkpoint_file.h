@@ -62,7 +62,8 @@ using Payloads = std::map<uint64_t, std::vector<std::byte>>;
 // synced write's p99 tripled here, beside 256 KiB ones it grew 1.5x. So while
 // `log_active` says the log has acknowledged writes since it was last asked,
 // the checkpoint writes kQuietWriteBytes at a time; otherwise whole stages,
-// as fast as the device takes them. Called from the writing thread.
+// two at a time, as fast as the device takes them. Asked once per stage, on
+// the thread that writes the checkpoint.
 struct CheckpointPacing {
   std::function<bool()> log_active;  // empty: whole stages always
 };
