@@ -4,7 +4,6 @@
 #include <chrono>
 #include <cmath>
 #include <semaphore>
-#include <utility>
 
 #include "io/prefault.h"
 #include "recovery/replay_window.h"

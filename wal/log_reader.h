@@ -62,6 +62,7 @@ struct LogScanReport {
   bool tail_cut = false;           // a torn tail ended the log
   std::string tail_note;           // where and why
   uint64_t discarded_unacked = 0;  // valid records past a torn write, never acknowledged
+  uint64_t torn_padding_skipped = 0;  // torn flush padding passed over, the next LSN right after it
   std::vector<DroppedRange> dropped;
 
   // Where appends continue. In place only when the log ends cleanly: after
