@@ -35,7 +35,7 @@ namespace vecwal::wal {
 class SegmentWindow {
  public:
   static constexpr size_t kDefaultChunk = 4 << 20;
-  static constexpr size_t kDefaultDepth = 4;  // chunks read ahead
+  static constexpr size_t kDefaultDepth = 8;  // chunks read ahead
   // A straddling record up to this long is carried over from the old window
   // in memory; a longer one is read again.
   static constexpr size_t kDefaultCarry = 4 << 20;
