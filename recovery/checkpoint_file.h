@@ -40,6 +40,12 @@ struct CheckpointInfo {
 
 std::string CheckpointFileName(uint64_t lsn);  // "ckpt-<lsn as 16 hex>.vwc"
 
+// The LSN in a checkpoint file name; nullopt for any other name.
+std::optional<uint64_t> ParseCheckpointFileName(const std::string& name);
+
+// The LSNs of the checkpoint files in `dir`, newest first.
+Result<std::vector<uint64_t>> ListCheckpoints(FileSystem& fs, const std::string& dir);
+
 // A checkpoint no longer kept is renamed to kSpareCheckpointName (one at a
 // time; any other is removed), and the next checkpoint is written over it.
 // Unlinking a 3 GB checkpoint took the file system ~400 ms, during which
@@ -49,11 +55,6 @@ std::string CheckpointFileName(uint64_t lsn);  // "ckpt-<lsn as 16 hex>.vwc"
 // file renamed. The price: a spare file's disk space beside the kept ones.
 inline constexpr const char* kSpareCheckpointName = "ckpt-spare.vwc.spare";
 Status RetireCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn);
-// The LSN in a checkpoint file name; nullopt for any other name.
-std::optional<uint64_t> ParseCheckpointFileName(const std::string& name);
-
-// The LSNs of the checkpoint files in `dir`, newest first.
-Result<std::vector<uint64_t>> ListCheckpoints(FileSystem& fs, const std::string& dir);
 
 using Payloads = std::map<uint64_t, std::vector<std::byte>>;
 
@@ -62,9 +63,9 @@ using Payloads = std::map<uint64_t, std::vector<std::byte>>;
 // synced write's p99 tripled here, beside 256 KiB ones it grew 1.5x. So while
 // `log_active` says the log is taking writes (the store: its durable LSN moved
 // within the last 5 ms), the checkpoint writes kQuietWriteBytes at a time, one
-// write in flight; otherwise whole stages,
-// two at a time, as fast as the device takes them. Asked once per stage, on
-// the thread that writes the checkpoint.
+// write in flight; otherwise whole stages, two at a time, as fast as the
+// device takes them. Asked once per stage, on the thread that writes the
+// checkpoint.
 struct CheckpointPacing {
   std::function<bool()> log_active;  // empty: whole stages always
 };
