@@ -97,7 +97,7 @@ Status DurableIndex::Recover(RecoveryStats* st) {
     if (have.dim != opts_.spec.dim || have.metric != opts_.spec.metric || have.description != opts_.spec.description)
       return Status::InvalidArgument(opts_.dir + " holds " + Describe(have) + "; opened with " + Describe(opts_.spec));
     index_ = std::move(ck->index);
-    payloads_ = std::move(ck->payloads);
+    payloads_.Reset(std::move(ck->payloads));
     last_checkpoint_lsn_ = ck->info.lsn;
   } else {
     VECWAL_ASSIGN_OR_RETURN(index_, index::NewFaissIndex(opts_.spec));
@@ -405,13 +405,12 @@ void DurableIndex::ApplyOp(const wal::Op& op) {
     Status s = index_->Remove(std::span(&u.id, 1));
     if (s.ok()) s = index_->Add(std::span(&u.id, 1), u.vector);
     if (!s.ok()) SetFailedNoNotify(s.WithContext("applying a logged upsert"));
-    if (u.payload.empty()) payloads_.erase(u.id);
-    else payloads_[u.id] = u.payload;
+    payloads_.Set(u.id, u.payload);
   };
   auto remove = [&](uint64_t id) {
     Status s = index_->Remove(std::span(&id, 1));
     if (!s.ok()) SetFailedNoNotify(s.WithContext("applying a logged delete"));
-    payloads_.erase(id);
+    payloads_.Erase(id);
   };
   if (auto* u = std::get_if<wal::UpsertOp>(&op)) upsert(*u);
   else if (auto* d = std::get_if<wal::DeleteOp>(&op)) remove(d->id);
@@ -542,7 +541,7 @@ Result<Entry> DurableIndex::Get(uint64_t id) const {
   std::shared_lock r(state_mu_);
   Entry e;
   VECWAL_ASSIGN_OR_RETURN(e.vector, index_->Reconstruct(id));
-  if (auto it = payloads_.find(id); it != payloads_.end()) e.payload = it->second;
+  if (const auto* p = payloads_.Find(id)) e.payload = *p;
   return e;
 }
 
@@ -586,7 +585,7 @@ Result<uint64_t> DurableIndex::Checkpoint() {
   // change). Elsewhere the index is copied in memory first.
   std::unique_ptr<index::IndexExport> ex;
   uint64_t lsn = 0, live = 0;
-  Payloads payloads;
+  const Payloads* payloads = nullptr;
   {
     std::lock_guard lk(write_mu_);
     if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
@@ -595,19 +594,22 @@ Result<uint64_t> DurableIndex::Checkpoint() {
     VECWAL_ASSIGN_OR_RETURN(ex, index_->BeginExport());
     if (ex) {
       live = index_->size();
-      payloads = payloads_;
+      payloads = &payloads_.Freeze();
     }
   }
   if (!ex) return CheckpointByCopy();
-  // Ends the export on every way out: with the index held exclusively.
+  // Ends the export and thaws the payloads on every way out: with the index
+  // held exclusively.
   struct EndExport {
     WriterPriorityMutex& mu;
     std::unique_ptr<index::IndexExport>& ex;
+    PayloadStore& payloads;
     ~EndExport() {
       std::unique_lock w(mu);
       ex.reset();
+      payloads.Thaw();
     }
-  } end{state_mu_, ex};
+  } end{state_mu_, ex, payloads_};
   std::vector<std::byte> piece;
   piece.reserve(kExportPieceBytes);
   auto write_index = [&](const index::ByteSink& sink) -> Status {
@@ -622,7 +624,7 @@ Result<uint64_t> DurableIndex::Checkpoint() {
     return Status::OK();
   };
   VECWAL_RETURN_IF_ERROR(
-      WriteCheckpoint(*fs_, opts_.dir, lsn, opts_.spec, live, write_index, payloads, LogPacing()).status());
+      WriteCheckpoint(*fs_, opts_.dir, lsn, opts_.spec, live, write_index, *payloads, LogPacing()).status());
   return FinishCheckpoint(lsn);
 }
 
@@ -667,25 +669,35 @@ Result<DurableIndex::Snapshot> DurableIndex::SnapshotLocked(std::vector<std::byt
   VECWAL_ASSIGN_OR_RETURN(snap.lsn, QuiesceLocked());
   snap.index_bytes = std::move(room);
   snap.index_bytes.clear();
-  std::shared_lock r(state_mu_);
-  snap.live = index_->size();
-  // Room for the bytes up front saves re-allocating, and copying, hundreds of
-  // megabytes as they arrive (a no-op when the caller's room is enough).
-  snap.index_bytes.reserve(SnapshotBytesEstimate(snap.live));
-  VECWAL_RETURN_IF_ERROR(index_->Serialize([&](std::span<const std::byte> b) {
-    snap.index_bytes.insert(snap.index_bytes.end(), b.begin(), b.end());
-    return Status::OK();
-  }));
-  snap.payloads = payloads_;
+  {
+    std::shared_lock r(state_mu_);
+    snap.live = index_->size();
+    // Room for the bytes up front saves re-allocating, and copying, hundreds of
+    // megabytes as they arrive (a no-op when the caller's room is enough).
+    snap.index_bytes.reserve(SnapshotBytesEstimate(snap.live));
+    VECWAL_RETURN_IF_ERROR(index_->Serialize([&](std::span<const std::byte> b) {
+      snap.index_bytes.insert(snap.index_bytes.end(), b.begin(), b.end());
+      return Status::OK();
+    }));
+  }
+  {
+    std::unique_lock w(state_mu_);  // readers look at whether payloads are frozen
+    snap.payloads = &payloads_.Freeze();
+  }
   last_snapshot_bytes_ = snap.index_bytes.size();
   last_snapshot_live_ = snap.live;
   return snap;
 }
 
 Result<uint64_t> DurableIndex::Persist(Snapshot&& snap) {
-  VECWAL_RETURN_IF_ERROR(
-      WriteCheckpoint(*fs_, opts_.dir, snap.lsn, opts_.spec, snap.live, snap.index_bytes, snap.payloads, LogPacing())
-          .status());
+  Status written =
+      WriteCheckpoint(*fs_, opts_.dir, snap.lsn, opts_.spec, snap.live, snap.index_bytes, *snap.payloads, LogPacing())
+          .status();
+  {
+    std::unique_lock w(state_mu_);
+    payloads_.Thaw();
+  }
+  VECWAL_RETURN_IF_ERROR(written);
   return FinishCheckpoint(snap.lsn);
 }
 

@@ -41,6 +41,7 @@
 
 #include "index/vector_index.h"
 #include "recovery/checkpoint_file.h"
+#include "recovery/payload_store.h"
 #include "recovery/writer_priority_mutex.h"
 #include "wal/wal.h"
 
@@ -164,7 +165,7 @@ class DurableIndex {
   struct Snapshot {
     uint64_t lsn = 0, live = 0;
     std::vector<std::byte> index_bytes;
-    Payloads payloads;
+    const Payloads* payloads = nullptr;  // payloads_ frozen: thawed once persisted
   };
   Result<uint64_t> QuiesceLocked();  // under write_mu_; returns the checkpoint LSN
   // Under write_mu_; `room`: a buffer for the index bytes, reserved ahead.
@@ -181,7 +182,7 @@ class DurableIndex {
   std::shared_ptr<FileSystem> fs_;
   std::unique_ptr<wal::Wal> wal_;
   std::unique_ptr<index::VectorIndex> index_;
-  Payloads payloads_;
+  PayloadStore payloads_;
   // Lock order: ckpt_mu_, then write_mu_, then state_mu_ / apply_mu_.
   std::mutex ckpt_mu_;                   // one checkpoint at a time; Close waits for it
   mutable std::mutex write_mu_;          // placement order; checkpoint snapshots, Train, Close

@@ -6,7 +6,7 @@
 
 namespace vecwal::recovery {
 
-ReplayWindow::ReplayWindow(index::VectorIndex& idx, Payloads& payloads, size_t rows_per_flush)
+ReplayWindow::ReplayWindow(index::VectorIndex& idx, PayloadStore& payloads, size_t rows_per_flush)
     : idx_(idx),
       payloads_(payloads),
       dim_(idx.spec().dim),
@@ -33,8 +33,7 @@ Status ReplayWindow::Upsert(const wal::OpView& u, uint64_t lsn) {
   if (u.dim != dim_)
     return Status::Corruption("record LSN " + std::to_string(lsn) + ": upsert of id " + std::to_string(u.id) +
                               " has dimension " + std::to_string(u.dim) + ", the index " + std::to_string(dim_));
-  if (u.payload.empty()) payloads_.erase(u.id);
-  else payloads_[u.id].assign(u.payload.begin(), u.payload.end());
+  payloads_.Set(u.id, u.payload);
   Window& w = windows_[open_];
   if (auto it = w.row.find(u.id); it != w.row.end()) {
     std::memcpy(w.vecs.data() + it->second * dim_, u.vector.data(), u.vector.size());
@@ -53,7 +52,7 @@ Status ReplayWindow::Upsert(const wal::OpView& u, uint64_t lsn) {
 }
 
 void ReplayWindow::Delete(uint64_t id) {
-  payloads_.erase(id);
+  payloads_.Erase(id);
   Window& w = windows_[open_];
   if (auto it = w.row.find(id); it != w.row.end()) {
     w.ids[it->second] = index::kNoId;

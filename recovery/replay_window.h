@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "index/vector_index.h"
-#include "recovery/checkpoint_file.h"
+#include "recovery/payload_store.h"
 #include "wal/record_ops.h"
 
 namespace vecwal::recovery {
@@ -33,7 +33,7 @@ namespace vecwal::recovery {
 class ReplayWindow {
  public:
   static constexpr size_t kWindowBytes = 16 << 20;
-  ReplayWindow(index::VectorIndex& idx, Payloads& payloads, size_t rows_per_flush = 0);
+  ReplayWindow(index::VectorIndex& idx, PayloadStore& payloads, size_t rows_per_flush = 0);
   ~ReplayWindow();  // waits for a window being applied
   ReplayWindow(const ReplayWindow&) = delete;
   ReplayWindow& operator=(const ReplayWindow&) = delete;
@@ -61,7 +61,7 @@ class ReplayWindow {
   Status ApplyToIndex(Window& w);
 
   index::VectorIndex& idx_;
-  Payloads& payloads_;
+  PayloadStore& payloads_;
   const uint32_t dim_;
   const size_t limit_;
   Window windows_[2];

@@ -603,6 +603,7 @@ BOOST_AUTO_TEST_CASE(checkpoint_during_updates_and_removes_holds_exactly_its_lsn
     uint64_t id;
     bool remove;
     std::vector<float> v;
+    std::vector<std::byte> payload;  // replaces the id's; none on every other upsert
   };
   std::vector<Op> ops;
   std::map<uint64_t, bool> present;
@@ -610,7 +611,7 @@ BOOST_AUTO_TEST_CASE(checkpoint_during_updates_and_removes_holds_exactly_its_lsn
   for (int i = 0; i < 6000; ++i) {
     uint64_t id = rng() % (kIds + 500);
     bool remove = present[id] && rng() % 3 == 0;
-    ops.push_back({id, remove, Vec(rng)});
+    ops.push_back({id, remove, Vec(rng), i % 2 ? test::Payload(rng(), 1 + i % 13) : std::vector<std::byte>{}});
     present[id] = !remove;
   }
   std::atomic<bool> done{false}, failed{false};
@@ -629,12 +630,19 @@ BOOST_AUTO_TEST_CASE(checkpoint_during_updates_and_removes_holds_exactly_its_lsn
     for (uint64_t id = 0; id < kIds; ++id) start.rows[id] = {Vec(again), test::Payload(id, 8)};
   }
   for (const auto& op : ops) {
-    Status s = op.remove ? d->Remove(op.id) : d->Upsert(op.id, op.v);
+    Status s = op.remove ? d->Remove(op.id) : d->Upsert(op.id, op.v, op.payload);
     BOOST_REQUIRE_MESSAGE(s.ok(), s.ToString());
   }
   done = true;
   checkpoints.join();
   BOOST_REQUIRE(!failed);
+  // Payloads written while a checkpoint wrote out the earlier ones are kept.
+  Model last = start;
+  for (const auto& op : ops) {
+    if (op.remove) last.rows.erase(op.id);
+    else last.rows[op.id] = {op.v, op.payload};
+  }
+  ExpectEqual(*d, last);
   BOOST_REQUIRE(d->Close().ok());
   // The newest checkpoints are kept; check each one that is still there.
   auto fs = NewPosixFileSystem();
@@ -647,7 +655,7 @@ BOOST_AUTO_TEST_CASE(checkpoint_during_updates_and_removes_holds_exactly_its_lsn
     Model m = start;
     for (uint64_t i = 0; i + first <= lsn && i < ops.size(); ++i) {
       if (ops[i].remove) m.rows.erase(ops[i].id);
-      else m.rows[ops[i].id] = {ops[i].v, {}};
+      else m.rows[ops[i].id] = {ops[i].v, ops[i].payload};
     }
     BOOST_REQUIRE_EQUAL(ck->index->size(), m.rows.size());
     for (const auto& [id, row] : m.rows) {

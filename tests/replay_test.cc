@@ -95,7 +95,7 @@ HeldOp RandomOp(std::mt19937_64& rng, uint64_t serial) {
 
 BOOST_AUTO_TEST_CASE(windows_apply_in_log_order_one_at_a_time_off_the_callers_thread) {
   auto idx = NewWatched();
-  Payloads payloads;
+  PayloadStore payloads;
   std::map<uint64_t, HeldOp> model;  // id -> last upsert
   std::mt19937_64 rng(7);
   {
@@ -125,14 +125,14 @@ BOOST_AUTO_TEST_CASE(windows_apply_in_log_order_one_at_a_time_off_the_callers_th
     BOOST_TEST_CONTEXT("id " << id) {
       BOOST_REQUIRE(idx->Contains(id) == (it != model.end()));
       if (it == model.end()) {
-        BOOST_TEST(payloads.count(id) == 0);
+        BOOST_TEST(payloads.Find(id) == nullptr);
         continue;
       }
       auto v = idx->Reconstruct(id);
       BOOST_REQUIRE(v.ok());
       BOOST_TEST(*v == it->second.v, boost::test_tools::per_element());
-      if (it->second.payload.empty()) BOOST_TEST(payloads.count(id) == 0);
-      else BOOST_TEST((payloads.at(id) == it->second.payload));
+      if (it->second.payload.empty()) BOOST_TEST(payloads.Find(id) == nullptr);
+      else BOOST_TEST((payloads.Find(id) && *payloads.Find(id) == it->second.payload));
     }
   }
 }
@@ -140,7 +140,7 @@ BOOST_AUTO_TEST_CASE(windows_apply_in_log_order_one_at_a_time_off_the_callers_th
 BOOST_AUTO_TEST_CASE(an_apply_error_reaches_a_later_call_and_stops_the_windows_after_it) {
   auto idx = NewWatched();
   idx->fail_add = 2;
-  Payloads payloads;
+  PayloadStore payloads;
   ReplayWindow w(*idx, payloads, /*rows_per_flush=*/2);
   Status first_error;
   for (uint64_t id = 0; id < 40 && first_error.ok(); ++id) {
