@@ -12,12 +12,13 @@
 // with the others, then applies, strictly in log order (whichever writer
 // finds the next op ready applies it), and returns once its op is visible.
 // A checkpoint stops new writes only while it lets the placed ones apply and
-// begins an export of the index (FAISS's id map and the payloads are copied,
-// not the vectors); the file is then written from the live index, in pieces,
-// while writes go on: the vectors a write changes before the export reached
-// them are kept as they were (copy on write). Index types without an export
-// (all but flat ones) are copied in memory instead, the copy's pages faulted
-// in before writes stop.
+// begins an export of the index (FAISS's id map is copied, not the vectors)
+// and freezes the payloads (PayloadStore: nothing is copied); the file is
+// then written from the live index, in pieces, while writes go on: the
+// vectors a write changes before the export reached them are kept as they
+// were (copy on write), and payload writes wait in an overlay until the file
+// is written. Index types without an export (all but flat ones) are copied in
+// memory instead, the copy's pages faulted in before writes stop.
 //
 // Thread safety: all methods may be called from any thread; searches run
 // concurrently with each other and wait only for an apply in progress.
