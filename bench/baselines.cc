@@ -109,16 +109,26 @@ double RawDurableWriteBytesPerSec(const std::string& dir, size_t write_bytes, un
   if (!f.ok()) Die(f.status().ToString());
   auto q = fs->NewWriteQueue(depth, DurableWriteMode::kDsyncWrite);
   if (!q.ok()) Die(q.status().ToString());
-  AlignedBuffer buf(write_bytes, 4096);
+  // One buffer per write in flight, holding bytes rather than zeros, as a
+  // writer of real data has (and as fio does). One buffer under all eight
+  // writes ran 1.3x faster here, 2.8 against 2.1-2.3 GB/s: the host copied
+  // the same cached megabyte each time.
+  std::vector<AlignedBuffer> bufs;
+  for (unsigned i = 0; i < depth; ++i) {
+    bufs.emplace_back(write_bytes, 4096);
+    for (size_t k = 0; k < write_bytes; ++k) bufs.back().data()[k] = static_cast<std::byte>(k * 131 + i * 7 + 1);
+  }
   std::vector<WriteCompletion> done;
-  uint64_t off = 0, bytes = 0;
+  uint64_t off = 0, bytes = 0, submitted = 0;
   unsigned outstanding = 0;
   auto start = Clock::now();
   auto end = start + std::chrono::duration<double>(seconds);
   while (Clock::now() < end || outstanding > 0) {
     while (outstanding < depth && Clock::now() < end) {
       if (off + write_bytes > file_bytes) off = 0;
-      if (!(*q)->Submit({f->get(), off, buf.span(), off}).ok()) Die("raw submit");
+      // Round robin: with completions in order no buffer is under two writes
+      // at once (out of order it can be, harmlessly: none is ever changed).
+      if (!(*q)->Submit({f->get(), off, bufs[submitted++ % depth].span(), off}).ok()) Die("raw submit");
       off += write_bytes;
       ++outstanding;
     }
