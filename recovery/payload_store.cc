@@ -4,24 +4,27 @@
 
 namespace vecwal::recovery {
 
+// Unfrozen, one lookup in base_ each (replay calls these once per op).
 void PayloadStore::Set(uint64_t id, std::span<const std::byte> payload) {
   if (payload.empty()) return Erase(id);
-  if (Find(id) == nullptr) ++live_;
-  if (frozen_) {
-    overlay_[id].emplace(payload.begin(), payload.end());
-  } else {
-    base_[id].assign(payload.begin(), payload.end());
+  if (!frozen_) {
+    auto [it, added] = base_.try_emplace(id);
+    live_ += added;
+    it->second.assign(payload.begin(), payload.end());
+    return;
   }
+  if (Find(id) == nullptr) ++live_;
+  overlay_[id].emplace(payload.begin(), payload.end());
 }
 
 void PayloadStore::Erase(uint64_t id) {
+  if (!frozen_) {
+    live_ -= base_.erase(id);
+    return;
+  }
   if (Find(id) == nullptr) return;
   --live_;
-  if (frozen_) {
-    overlay_[id].reset();
-  } else {
-    base_.erase(id);
-  }
+  overlay_[id].reset();
 }
 
 const std::vector<std::byte>* PayloadStore::Find(uint64_t id) const {

@@ -37,7 +37,6 @@ class PayloadStore {
   // The payloads as they are now, unchanged until Thaw(). One at a time.
   const Payloads& Freeze();
   void Thaw();
-  bool frozen() const { return frozen_; }
 
  private:
   Payloads base_;
