@@ -98,6 +98,10 @@ std::optional<double> RocksDbSyncPutsPerSec(const std::string& dir, int threads,
 #endif
 }
 
+void FillWithBytes(AlignedBuffer& buf, unsigned seed) {
+  for (size_t k = 0; k < buf.size(); ++k) buf.data()[k] = static_cast<std::byte>(k * 131 + seed * 7 + 1);
+}
+
 double RawDurableWriteBytesPerSec(const std::string& dir, size_t write_bytes, unsigned depth, double seconds) {
   auto fs = NewPosixFileSystem();
   const uint64_t file_bytes = 512ull << 20;
@@ -116,7 +120,7 @@ double RawDurableWriteBytesPerSec(const std::string& dir, size_t write_bytes, un
   std::vector<AlignedBuffer> bufs;
   for (unsigned i = 0; i < depth; ++i) {
     bufs.emplace_back(write_bytes, 4096);
-    for (size_t k = 0; k < write_bytes; ++k) bufs.back().data()[k] = static_cast<std::byte>(k * 131 + i * 7 + 1);
+    FillWithBytes(bufs.back(), i);
   }
   std::vector<WriteCompletion> done;
   uint64_t off = 0, bytes = 0, submitted = 0;

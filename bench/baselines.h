@@ -9,8 +9,13 @@
 #include <string>
 
 #include "bench/measure.h"
+#include "io/aligned_buffer.h"
 
 namespace vecwal::bench {
+
+// Fills `buf` with bytes that are not zeros, and differ with `seed`: what a
+// raw baseline writes, since a virtual disk may store zeros as holes.
+void FillWithBytes(AlignedBuffer& buf, unsigned seed = 0);
 
 // pwrite + fdatasync per record, under one mutex: what a first attempt does.
 double NaiveLogRecordsPerSec(const std::string& dir, int threads, size_t record_bytes, double seconds);

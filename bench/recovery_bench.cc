@@ -14,6 +14,7 @@
 #include <faiss/index_io.h>
 #include <fmt/core.h>
 
+#include "bench/baselines.h"
 #include "bench/scratch.h"
 #include "io/aligned_buffer.h"
 #include "recovery/durable_index.h"
@@ -82,12 +83,12 @@ double RawReadSeconds(const std::string& dir) {
 }
 
 // Sequential O_DIRECT writes of `bytes` into `path`, 4 MiB at a time, then
-// fdatasync. The bytes are not zeros: a virtual disk may store zeros as holes.
+// fdatasync.
 double RawWriteFileSeconds(const std::string& path, uint64_t bytes) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0644);
   if (fd < 0) throw std::runtime_error("open " + path);
   AlignedBuffer buf(4 << 20, 4096);
-  for (size_t i = 0; i < buf.size(); ++i) buf.data()[i] = static_cast<std::byte>(i * 131 + 7);
+  FillWithBytes(buf);
   auto t0 = Clock::now();
   for (uint64_t done = 0; done < bytes; done += buf.size())
     if (::write(fd, buf.data(), buf.size()) < 0) throw std::runtime_error("write " + path);
