@@ -579,6 +579,53 @@ BOOST_AUTO_TEST_CASE(failed_write_fails_every_batch_in_flight) {
   BOOST_TEST(wal->open_report().last_lsn == 1u);
 }
 
+// Blocking appenders whose records sit in a failed write, in writes behind it
+// (in flight or not yet submitted) and in the open buffer all return the
+// error; none hangs, and every LSN acknowledged before reads back.
+// A lost wake hangs: the timeout turns that into a failure.
+BOOST_AUTO_TEST_CASE(failed_write_wakes_every_blocking_appender_with_the_error, *boost::unit_test::timeout(120)) {
+  auto faulty = std::make_shared<FaultInjectionFileSystem>(opts.fs);
+  opts.fs = faulty;
+  Open();
+  faulty->FailWritesFrom(6, EIO);
+  std::mutex mu;
+  std::vector<uint64_t> acked;
+  std::atomic<int> errors{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 12; ++t)
+    ts.emplace_back([&, t] {
+      std::vector<std::vector<std::byte>> ps;
+      for (int i = 0; i < 30; ++i) ps.push_back(Payload(t * 100 + i, 3000));
+      for (int round = 0; round < 1000; ++round) {
+        std::vector<uint64_t> lsns;
+        Status s;
+        if (t % 2 == 0) {  // single records
+          auto r = wal->Append(RecordType::kOpaque, ps[round % ps.size()]);
+          s = r.status();
+          if (r.ok()) lsns.push_back(*r);
+        } else {  // batches wider than a write: several flushes each
+          std::vector<RecordView> views;
+          for (auto& p : ps) views.push_back({RecordType::kOpaque, p});
+          s = wal->AppendMany(views, &lsns);
+        }
+        if (!s.ok()) {
+          ++errors;
+          return;
+        }
+        std::lock_guard lk(mu);
+        acked.insert(acked.end(), lsns.begin(), lsns.end());
+      }
+    });
+  for (auto& t : ts) t.join();
+  BOOST_TEST(errors.load() == 12);
+  BOOST_TEST(!wal->Append(RecordType::kOpaque, Payload(1, 10)).ok());
+  BOOST_TEST(!wal->Close().ok());
+  wal.reset();
+  std::set<uint64_t> read;
+  for (const auto& r : Read()) read.insert(r.lsn);
+  for (uint64_t lsn : acked) BOOST_TEST_REQUIRE(read.count(lsn) == 1u, "acknowledged LSN " << lsn << " is lost");
+}
+
 BOOST_AUTO_TEST_CASE(failed_sync_is_never_acknowledged) {
   auto faulty = std::make_shared<FaultInjectionFileSystem>(opts.fs);
   opts.fs = faulty;
