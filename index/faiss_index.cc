@@ -91,6 +91,7 @@ struct SpanReader : faiss::IOReader {
 constexpr size_t kPrefaultLead = 16 << 20;
 // A checkpoint load places 8 MiB pieces and keeps every page it faults in.
 constexpr size_t kLoadPrefaultLead = 64 << 20;
+constexpr unsigned kLoadPrefaultThreads = 2;
 constexpr size_t kPrefaultMin = 64 << 20;  // below this the faults are not worth a thread
 
 faiss::MetricType ToFaiss(Metric m) { return m == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT; }
@@ -694,7 +695,7 @@ class FlatLoader final : public IndexLoader {
     flat_->codes.reserve(codes_bytes);
     auto* data = reinterpret_cast<std::byte*>(flat_->codes.data());
     if (codes_bytes >= kPrefaultMin)  // faults the storage in ahead of the copy, on another core
-      prefault_ = std::make_unique<PagePrefaulter>(data, data + codes_bytes, kLoadPrefaultLead);
+      prefault_ = std::make_unique<PagePrefaulter>(data, data + codes_bytes, kLoadPrefaultLead, kLoadPrefaultThreads);
   }
 
   const IndexSpec spec_;

@@ -17,16 +17,18 @@ std::byte* PageUp(std::byte* p) {
 }
 }  // namespace
 
-PagePrefaulter::PagePrefaulter(std::byte* begin, std::byte* end, size_t lead)
-    : begin_(begin), end_(end), lead_(lead), frontier_(begin), thread_([this] { Run(); }) {}
+PagePrefaulter::PagePrefaulter(std::byte* begin, std::byte* end, size_t lead, unsigned threads)
+    : begin_(begin), end_(end), lead_(lead), frontier_(begin), next_(PageUp(begin)) {
+  for (unsigned i = 0; i < std::max(threads, 1u); ++i) threads_.emplace_back([this] { Run(); });
+}
 
 PagePrefaulter::~PagePrefaulter() {
   {
     std::lock_guard lk(mu_);
     stop_ = true;
   }
-  cv_.notify_one();
-  thread_.join();
+  cv_.notify_all();
+  for (auto& t : threads_) t.join();
 }
 
 void PagePrefaulter::Advance(std::byte* frontier) {
@@ -34,28 +36,30 @@ void PagePrefaulter::Advance(std::byte* frontier) {
     std::lock_guard lk(mu_);
     frontier_ = std::clamp(frontier, begin_, end_);
   }
-  cv_.notify_one();
+  cv_.notify_all();
 }
 
 void PagePrefaulter::Run() {
-  std::byte* done = PageUp(begin_);
   std::unique_lock lk(mu_);
-  while (!stop_ && done < end_) {
+  while (!stop_ && next_ < end_) {
     std::byte* target = frontier_ + std::min<size_t>(lead_, static_cast<size_t>(end_ - frontier_));
-    if (done >= target) {
+    if (next_ >= target) {
       cv_.wait(lk);
       continue;
     }
     // Pages the adds reached first are present already: populating them is
     // a cheap no-op.
-    const size_t n = std::min<size_t>(kStep, static_cast<size_t>(target - done));
+    std::byte* from = next_;
+    const size_t n = std::min<size_t>(kStep, static_cast<size_t>(target - from));
+    next_ = std::min(PageUp(from + n), end_);
+    const size_t len = static_cast<size_t>(next_ - from);
     lk.unlock();
-    const size_t len = static_cast<size_t>(std::min(PageUp(done + n), end_) - done);
-    const bool ok = PrefaultForWrite(done, len);
+    const bool ok = PrefaultForWrite(from, len);
     lk.lock();
-    if (!ok) return;  // unsupported, or out of memory: the adds fault pages in themselves
-    done += len;
-    if (len == 0) break;
+    if (!ok) {  // unsupported, or out of memory: the adds fault pages in themselves
+      stop_ = true;
+      cv_.notify_all();
+    }
   }
 }
 

@@ -2,7 +2,12 @@
 #define BOOST_TEST_MODULE index
 #include <boost/test/unit_test.hpp>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -14,6 +19,7 @@
 #include <faiss/impl/io.h>
 #include <faiss/index_io.h>
 
+#include "index/page_prefaulter.h"
 #include "index/vector_index.h"
 #include "tests/test_util.h"
 
@@ -402,4 +408,45 @@ BOOST_AUTO_TEST_CASE(flat_adds_build_what_faiss_add_with_ids_builds) {
       }
     }
   }
+}
+
+namespace {
+// Resident pages of [p, p + len), by mincore.
+size_t ResidentPages(std::byte* p, size_t len) {
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> v((len + page - 1) / page);
+  if (::mincore(p, len, v.data()) != 0) return 0;
+  return static_cast<size_t>(std::count_if(v.begin(), v.end(), [](unsigned char c) { return c & 1; }));
+}
+}  // namespace
+
+// Several faulting threads share the work but never run past frontier + lead:
+// pages faulted past the last write would be resident memory for nothing.
+BOOST_AUTO_TEST_CASE(prefaulter_threads_fault_up_to_the_lead_and_no_further) {
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t len = 64 << 20, lead = 16 << 20;
+  void* m = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  BOOST_REQUIRE(m != MAP_FAILED);
+  auto* p = static_cast<std::byte*>(m);
+  if (::madvise(p, page, MADV_POPULATE_WRITE) != 0) {  // the kernel lacks it (before 5.14)
+    ::munmap(m, len);
+    BOOST_TEST_MESSAGE("skipped: no MADV_POPULATE_WRITE");
+    return;
+  }
+  auto wait_for = [&](size_t bytes) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (ResidentPages(p, len) * page < bytes && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return ResidentPages(p, len) * page;
+  };
+  {
+    index::PagePrefaulter pf(p, p + len, lead, 2);
+    pf.Advance(p + (8 << 20));
+    BOOST_TEST(wait_for((8 << 20) + lead) >= (8 << 20) + lead);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // time to overrun, were it to
+    BOOST_TEST(ResidentPages(p, len) * page <= (8 << 20) + lead);
+    pf.Advance(p + len);
+    BOOST_TEST(wait_for(len) == len);
+  }
+  ::munmap(m, len);
 }
