@@ -7,12 +7,12 @@
 
 #include <algorithm>
 #include <chrono>
-#include <thread>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <random>
 #include <set>
+#include <thread>
 
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexIDMap.h>
