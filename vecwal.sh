@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 
 DEPS=(build-essential cmake ninja-build pkg-config librsvg2-bin
       liburing-dev libisal-dev libfmt-dev libboost-test-dev libcli11-dev nlohmann-json3-dev
-      libfaiss-dev libopenblas-dev python3-faiss
+      libfaiss-dev libopenblas-dev python3-faiss robin-map-dev
       librocksdb-dev fio clang libclang-rt-14-dev)
 
 install_deps() {

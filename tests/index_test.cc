@@ -450,3 +450,35 @@ BOOST_AUTO_TEST_CASE(prefaulter_threads_fault_up_to_the_lead_and_no_further) {
   }
   ::munmap(m, len);
 }
+
+// The id tables are open-addressed with power-of-two buckets: ids that differ
+// only in their high bits (shard << 40 | n, k << 32) must still spread, or
+// every add probes past all the others (a million such ids would take hours).
+BOOST_AUTO_TEST_CASE(ids_that_differ_only_in_high_bits_spread_over_the_tables, *boost::unit_test::timeout(60)) {
+  auto idx = Make("Flat");
+  constexpr size_t kN = 100000;
+  std::vector<uint64_t> ids(kN);
+  for (size_t i = 0; i < kN; ++i) ids[i] = uint64_t{i + 1} << 40;
+  const auto vecs = RandomVectors(kN, 21);
+  const auto t0 = std::chrono::steady_clock::now();
+  BOOST_REQUIRE(idx->Add(ids, vecs).ok());
+  std::vector<uint64_t> gone;
+  for (size_t i = 0; i < kN; i += 3) gone.push_back(ids[i]);
+  BOOST_REQUIRE(idx->Remove(gone).ok());
+  std::vector<std::byte> bytes;
+  BOOST_REQUIRE(idx->Serialize([&](std::span<const std::byte> b) {
+    bytes.insert(bytes.end(), b.begin(), b.end());
+    return Status::OK();
+  }).ok());
+  const IndexSpec spec{kDim, Metric::kL2, "Flat"};
+  auto loader = NewIndexLoader(spec, std::span<const std::byte>(bytes).first(kLoaderHeadBytes), bytes.size());
+  BOOST_REQUIRE(loader != nullptr);
+  BOOST_REQUIRE(loader->Feed(bytes).ok());
+  auto back = loader->Finish();
+  BOOST_REQUIRE_MESSAGE(back.ok(), back.status().ToString());
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  BOOST_TEST((*back)->size() == kN - gone.size());
+  for (size_t i = 0; i < kN; ++i) BOOST_REQUIRE((*back)->Contains(ids[i]) == (i % 3 != 0));
+  // Spread, these take milliseconds; piled into one bucket, minutes.
+  BOOST_TEST(s < 20.0, "adds, removes and a load of " << kN << " ids took " << s << " s");
+}
