@@ -240,7 +240,7 @@ std::vector<Row> RunCheckpointBench(const StoreBenchConfig& c) {
       std::vector<faiss::Index::idx_t> ids;
       for (size_t base = 0; base < c.vectors; base += 1024) {
         ids.clear();
-        for (size_t i = base; i < std::min(c.vectors, base + 1024); ++i) ids.push_back(static_cast<faiss::Index::idx_t>(i));
+        for (size_t id = base; id < std::min(c.vectors, base + 1024); ++id) ids.push_back(static_cast<faiss::Index::idx_t>(id));
         x.resize(ids.size() * c.dim);
         for (size_t r = 0; r < ids.size(); ++r) gen.Next(std::span(x).subspan(r * c.dim, c.dim));
         fi->add_with_ids(static_cast<faiss::Index::idx_t>(ids.size()), x.data(), ids.data());

@@ -273,6 +273,51 @@ struct SplitWriter : faiss::IOWriter {
   bool seen = false;
 };
 
+// The slot table that follows the FAISS bytes (FaissIndex::WriteTable),
+// parsed and checked: every slot below the next slot, no id or slot twice.
+struct SlotTables {
+  uint64_t next_slot = 0;
+  IdTable slot_of;  // live id -> slot
+  IdTable id_of;    // live slot -> id
+  SlotSet dead;     // tombstoned slots
+};
+
+Result<SlotTables> ParseSlotTable(std::span<const std::byte> b) {
+  size_t pos = 0;
+  auto get = [&](uint64_t* v) {
+    if (b.size() - pos < 8) return false;
+    std::memcpy(v, b.data() + pos, 8);
+    pos += 8;
+    return true;
+  };
+  auto bad = [&](const std::string& what) {
+    return Status::Corruption("index slot table: " + what + " at byte " + std::to_string(pos));
+  };
+  SlotTables t;
+  uint64_t magic = 0, n = 0, dead = 0;
+  if (!get(&magic) || magic != kTableMagic) return bad("bad magic");
+  if (!get(&t.next_slot) || !get(&n)) return bad("truncated");
+  if (n > b.size() / 16) return bad("live count " + std::to_string(n) + " larger than the table");
+  // Sized once: growing an open-addressed table rehashes every entry again.
+  t.slot_of.reserve(n);
+  t.id_of.reserve(n);
+  for (uint64_t i = 0; i < n; ++i) {
+    uint64_t slot, id;
+    if (!get(&slot) || !get(&id)) return bad("truncated live entry");
+    if (slot >= t.next_slot || !t.slot_of.emplace(id, slot).second || !t.id_of.emplace(slot, id).second)
+      return bad("inconsistent entry for id " + std::to_string(id));
+  }
+  if (!get(&dead) || dead > b.size() / 8) return bad("truncated dead count");
+  for (uint64_t i = 0; i < dead; ++i) {
+    uint64_t slot;
+    if (!get(&slot)) return bad("truncated dead entry");
+    if (slot >= t.next_slot || t.id_of.count(slot) || !t.dead.insert(slot).second)
+      return bad("inconsistent dead slot " + std::to_string(slot));
+  }
+  if (pos != b.size()) return bad("trailing bytes");
+  return t;
+}
+
 class FaissIndex final : public VectorIndex {
  public:
   FaissIndex(IndexSpec spec, std::unique_ptr<faiss::Index> idx) : spec_(std::move(spec)), index_(std::move(idx)) {
@@ -467,41 +512,15 @@ class FaissIndex final : public VectorIndex {
     return std::unique_ptr<IndexExport>(std::move(ex));  // the slot table follows, row by row
   }
 
-  Status LoadTable(std::span<const std::byte> b) {
-    size_t pos = 0;
-    auto get = [&](uint64_t* v) {
-      if (b.size() - pos < 8) return false;
-      std::memcpy(v, b.data() + pos, 8);
-      pos += 8;
-      return true;
-    };
-    auto bad = [&](const std::string& what) {
-      return Status::Corruption("index slot table: " + what + " at byte " + std::to_string(pos));
-    };
-    uint64_t magic = 0, n = 0, dead = 0;
-    if (!get(&magic) || magic != kTableMagic) return bad("bad magic");
-    if (!get(&next_slot_) || !get(&n)) return bad("truncated");
-    if (n > b.size() / 16) return bad("live count " + std::to_string(n) + " larger than the table");
-    // Sized once: growing an open-addressed table rehashes every entry again.
-    slot_of_.reserve(n);
-    id_of_.reserve(n);
-    for (uint64_t i = 0; i < n; ++i) {
-      uint64_t slot, id;
-      if (!get(&slot) || !get(&id)) return bad("truncated live entry");
-      if (slot >= next_slot_ || !slot_of_.emplace(id, slot).second || !id_of_.emplace(slot, id).second)
-        return bad("inconsistent entry for id " + std::to_string(id));
-    }
-    if (!get(&dead) || dead > b.size() / 8) return bad("truncated dead count");
-    for (uint64_t i = 0; i < dead; ++i) {
-      uint64_t slot;
-      if (!get(&slot)) return bad("truncated dead entry");
-      if (slot >= next_slot_ || id_of_.count(slot) || !dead_.insert(slot).second)
-        return bad("inconsistent dead slot " + std::to_string(slot));
-    }
-    if (pos != b.size()) return bad("trailing bytes");
-    if (static_cast<uint64_t>(index_->ntotal) != n + dead)
+  // Takes a parsed slot table; the index must hold exactly its vectors.
+  Status AdoptTable(SlotTables t) {
+    if (static_cast<uint64_t>(index_->ntotal) != t.id_of.size() + t.dead.size())
       return Status::Corruption("index holds " + std::to_string(index_->ntotal) + " vectors but its slot table " +
-                                std::to_string(n + dead));
+                                std::to_string(t.id_of.size() + t.dead.size()));
+    next_slot_ = t.next_slot;
+    slot_of_ = std::move(t.slot_of);
+    id_of_ = std::move(t.id_of);
+    dead_ = std::move(t.dead);
     return Status::OK();
   }
 
@@ -613,12 +632,39 @@ class FaissIndex final : public VectorIndex {
   FlatExport* export_ = nullptr;  // the export in progress, which unregisters itself
 };
 
-// IndexIDMap2::construct_rev_map, sized once: unsized, the table rehashed
-// every entry about twenty times on the way to a million.
-void RebuildRevMap(faiss::IndexIDMap2& map) {
-  map.rev_map.clear();
-  map.rev_map.reserve(map.id_map.size());
-  for (size_t i = 0; i < map.id_map.size(); ++i) map.rev_map[map.id_map[i]] = static_cast<faiss::Index::idx_t>(i);
+// What a flat load builds from the section's tail (the bytes after the
+// vectors: u64 n, n x i64 id map, then our slot table): FAISS's id map and its
+// reverse, and our two tables, the reverse map on a thread of its own.
+struct TailTables {
+  std::vector<faiss::Index::idx_t> id_map;
+  std::unordered_map<faiss::Index::idx_t, faiss::Index::idx_t> rev_map;  // IndexIDMap2's type
+  SlotTables slots;
+};
+
+Result<TailTables> BuildTailTables(std::span<const std::byte> tail, int64_t ntotal) {
+  uint64_t n = 0;
+  if (tail.size() < 8) return Status::Corruption("flat index: truncated id map");
+  std::memcpy(&n, tail.data(), 8);
+  if (n != static_cast<uint64_t>(ntotal) || (tail.size() - 8) / 8 < n)
+    return Status::Corruption("flat index: id map of " + std::to_string(n) + " entries for " +
+                              std::to_string(ntotal) + " vectors");
+  TailTables t;
+  t.id_map.resize(n);
+  if (n) std::memcpy(t.id_map.data(), tail.data() + 8, n * 8);
+  // IndexIDMap2::construct_rev_map, sized once: unsized, the table rehashed
+  // every entry about twenty times on the way to a million.
+  auto rev = std::async(std::launch::async, [&t] {
+    return Guard("loading a flat index", [&t] {
+      t.rev_map.reserve(t.id_map.size());
+      for (size_t i = 0; i < t.id_map.size(); ++i) t.rev_map[t.id_map[i]] = static_cast<faiss::Index::idx_t>(i);
+    });
+  });
+  Result<SlotTables> slots = Status::Corruption("flat index: slot table not parsed");
+  Status parsed = Guard("loading a flat index", [&] { slots = ParseSlotTable(tail.subspan(8 + n * 8)); });
+  VECWAL_RETURN_IF_ERROR(rev.get());
+  VECWAL_RETURN_IF_ERROR(parsed);
+  VECWAL_ASSIGN_OR_RETURN(t.slots, std::move(slots));
+  return t;
 }
 
 // IVF indices take labels themselves; everything else is wrapped in an
@@ -696,9 +742,29 @@ class FlatLoader final : public IndexLoader {
       flat_->codes.insert(flat_->codes.end(), c, c + codes.size());  // into reserved room: no zero-fill
       if (prefault_) prefault_->Advance(reinterpret_cast<std::byte*>(flat_->codes.data() + flat_->codes.size()));
     }
-    auto rest = part(codes_begin_ + codes_bytes_, total_);
-    tail_.insert(tail_.end(), rest.begin(), rest.end());
+    const uint64_t tail_begin = codes_begin_ + codes_bytes_;
+    auto rest = part(tail_begin, total_);
+    if (early_) {  // the tables were built from a read of their own: these bytes must match it
+      const uint64_t at = std::max(pos_, tail_begin) - tail_begin;
+      if (!rest.empty() && std::memcmp(tail_.data() + at, rest.data(), rest.size()) != 0)
+        return Status::Corruption("flat index loader: the section's tail read back other bytes than at first, "
+                                  "at byte " + std::to_string(tail_begin + at));
+    } else {
+      tail_.insert(tail_.end(), rest.begin(), rest.end());
+    }
     pos_ = end;
+    return Status::OK();
+  }
+
+  uint64_t tail_offset() const override { return codes_begin_ + codes_bytes_; }
+
+  Status FeedTail(std::span<const std::byte> tail) override {
+    if (early_ || pos_ > tail_offset() || tail.size() != total_ - tail_offset())
+      return Status::InvalidArgument("flat index loader: a tail of " + std::to_string(tail.size()) +
+                                     " bytes, fed at byte " + std::to_string(pos_) + ", does not fit");
+    tail_.assign(tail.begin(), tail.end());
+    early_ = true;
+    tables_ = std::async(std::launch::async, [this] { return BuildTailTables(tail_, outer_.ntotal); });
     return Status::OK();
   }
 
@@ -738,6 +804,8 @@ class FlatLoader final : public IndexLoader {
   uint64_t pos_ = 0;
   std::unique_ptr<faiss::IndexFlat> flat_;
   std::vector<std::byte> tail_;
+  bool early_ = false;  // tail_ came whole from FeedTail
+  std::future<Result<TailTables>> tables_;  // after tail_, which it reads: joined first
   std::unique_ptr<PagePrefaulter> prefault_;  // after flat_: goes first
 };
 
@@ -749,16 +817,10 @@ std::unique_ptr<IndexLoader> NewIndexLoader(const IndexSpec& spec, std::span<con
 
 Result<std::unique_ptr<VectorIndex>> FlatLoader::Finish() {
   prefault_.reset();
+  Result<TailTables> built = tables_.valid() ? tables_.get() : BuildTailTables(tail_, outer_.ntotal);
   if (pos_ != total_) return Status::Corruption("flat index loader: section ended early");
   if (flat_->codes.size() != codes_bytes_) return Status::Corruption("flat index loader: codes incomplete");
-  size_t pos = 0;
-  uint64_t n = 0;
-  if (tail_.size() < 8) return Status::Corruption("flat index: truncated id map");
-  std::memcpy(&n, tail_.data(), 8);
-  pos = 8;
-  if (n != static_cast<uint64_t>(outer_.ntotal) || (tail_.size() - pos) / 8 < n)
-    return Status::Corruption("flat index: id map of " + std::to_string(n) + " entries for " +
-                              std::to_string(outer_.ntotal) + " vectors");
+  VECWAL_ASSIGN_OR_RETURN(TailTables t, std::move(built));
   std::unique_ptr<faiss::IndexIDMap2> map;
   VECWAL_RETURN_IF_ERROR(Guard("loading a flat index", [&] {
     map = std::make_unique<faiss::IndexIDMap2>(flat_.get());  // wants the index empty: ntotal is set below
@@ -768,17 +830,10 @@ Result<std::unique_ptr<VectorIndex>> FlatLoader::Finish() {
   flat->ntotal = outer_.ntotal;
   map->ntotal = outer_.ntotal;
   map->is_trained = outer_.trained;
-  map->id_map.resize(n);
-  if (n) std::memcpy(map->id_map.data(), tail_.data() + pos, n * 8);
-  pos += n * 8;
-  // FAISS's reverse id map and our slot table are separate tables: built on
-  // two cores at once.
-  auto* m = map.get();
-  auto rev = std::async(std::launch::async, [m] { return Guard("loading a flat index", [m] { RebuildRevMap(*m); }); });
+  map->id_map = std::move(t.id_map);
+  map->rev_map = std::move(t.rev_map);
   auto fi = std::make_unique<FaissIndex>(spec_, std::move(map), FaissIndex::Removable{});
-  Status table = fi->LoadTable(std::span(tail_).subspan(pos));
-  VECWAL_RETURN_IF_ERROR(rev.get());
-  VECWAL_RETURN_IF_ERROR(table);
+  VECWAL_RETURN_IF_ERROR(fi->AdoptTable(std::move(t.slots)));
   return std::unique_ptr<VectorIndex>(std::move(fi));
 }
 
@@ -792,7 +847,8 @@ Result<std::unique_ptr<VectorIndex>> LoadFaissIndex(const IndexSpec& spec, std::
   if (idx->metric_type != ToFaiss(spec.metric))
     return Status::InvalidArgument(std::string("stored index has another metric than ") + ToString(spec.metric));
   auto fi = std::make_unique<FaissIndex>(spec, std::move(idx));
-  VECWAL_RETURN_IF_ERROR(fi->LoadTable(bytes.subspan(r.pos)));
+  VECWAL_ASSIGN_OR_RETURN(SlotTables t, ParseSlotTable(bytes.subspan(r.pos)));
+  VECWAL_RETURN_IF_ERROR(fi->AdoptTable(std::move(t)));
   return std::unique_ptr<VectorIndex>(std::move(fi));
 }
 

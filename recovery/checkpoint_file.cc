@@ -236,6 +236,19 @@ Result<std::unique_ptr<index::VectorIndex>> LoadIndexSection(File& f, const std:
     VECWAL_ASSIGN_OR_RETURN(auto sec, ReadVerifiedSection(f, path, s));
     return index::LoadFaissIndex(spec, sec.bytes);
   }
+  // The tail (ids and tables) is read first, so that its tables are built
+  // while the vectors stream; the stream reads it again, for the checksum.
+  if (const uint64_t t = loader->tail_offset(); t < s.length) {
+    const uint64_t from = t / a * a;
+    AlignedBuffer tb(static_cast<size_t>(AlignUp(s.length - from, a)), std::max<size_t>(a, 64),
+                     AlignedBuffer::kUninitialized);
+    VECWAL_ASSIGN_OR_RETURN(size_t got, f.ReadAt(s.offset + from, tb.span()));
+    if (got < s.length - from)
+      return Status::Corruption(Where(path, s) + ": the file ends " + std::to_string(s.length - from - got) +
+                                " bytes before the section does");
+    VECWAL_RETURN_IF_ERROR(loader->FeedTail(tb.span().subspan(static_cast<size_t>(t - from))
+                                                .first(static_cast<size_t>(s.length - t))));
+  }
   // Several reads in flight: one 8 MiB read at a time left the device idle
   // between reads (the load waited on the disk for ~80% of its time).
   constexpr size_t kChunk = 8 << 20;

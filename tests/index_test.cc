@@ -355,6 +355,33 @@ BOOST_AUTO_TEST_CASE(flat_loader_builds_what_faiss_read_index_builds) {
     // A spec of another metric or dimension gets no loader (and FAISS's reader says why).
     const IndexSpec other{kDim + 1, m, "Flat"};
     BOOST_TEST(NewIndexLoader(other, head, bytes.size()) == nullptr);
+    // The tail read ahead (as a checkpoint load does) builds the same index,
+    // and a streamed tail byte that differs from it is an error.
+    for (bool flip : {false, true}) {
+      auto early = NewIndexLoader(spec, head, bytes.size());
+      BOOST_REQUIRE(early != nullptr);
+      const size_t t = static_cast<size_t>(early->tail_offset());
+      BOOST_REQUIRE(t < bytes.size());
+      std::vector<std::byte> tail(bytes.begin() + t, bytes.end());
+      BOOST_TEST(!early->FeedTail(std::span(tail).first(tail.size() - 1)).ok());  // not the whole tail
+      if (flip) tail[tail.size() / 2] ^= std::byte{1};
+      BOOST_REQUIRE(early->FeedTail(tail).ok());
+      Status fed;
+      for (size_t at = 0; at < bytes.size() && fed.ok(); at += 4000)
+        fed = early->Feed(std::span<const std::byte>(bytes).subspan(at, std::min<size_t>(4000, bytes.size() - at)));
+      if (flip) {
+        BOOST_TEST(fed.IsCorruption(), fed.ToString());
+        continue;
+      }
+      BOOST_REQUIRE_MESSAGE(fed.ok(), fed.ToString());
+      auto e = early->Finish();
+      BOOST_REQUIRE_MESSAGE(e.ok(), e.status().ToString());
+      BOOST_TEST((*e)->size() == (*ref)->size());
+      for (uint64_t id : ids) BOOST_REQUIRE((*e)->Contains(id) == (*ref)->Contains(id));
+      auto c = (*e)->Search(q, 10);
+      BOOST_REQUIRE(c.ok());
+      BOOST_TEST((c->ids == b->ids));
+    }
     // Short input fails at Finish.
     auto shorted = NewIndexLoader(spec, head, bytes.size());
     BOOST_REQUIRE(shorted != nullptr);
