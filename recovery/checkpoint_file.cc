@@ -37,12 +37,14 @@ T Get(const std::byte* p, size_t off) {
   return v;
 }
 
-// Streams a section into the file through three aligned staging buffers,
+// Streams a section into the file through five aligned staging buffers,
 // with its CRC: while one fills, the others are written (O_DIRECT, so every
 // write is block-aligned), so copying and checksumming overlap the device's
-// work. While the log is quiet two stages are in flight at once; while it is
-// active (CheckpointPacing) one, in kQuietWriteBytes pieces, so that a log
-// write never queues behind more than one such piece.
+// work. While the log is quiet four stages are in flight at once (two left
+// this disk idle between writes: a 3 GB checkpoint took 1.97 s against 1.76 s,
+// medians of six); while it is active (CheckpointPacing) one, in
+// kQuietWriteBytes pieces, so that a log write never queues behind more than
+// one such piece.
 class SectionWriter {
  public:
   SectionWriter(File& f, uint64_t offset, const CheckpointPacing& pacing)
@@ -50,6 +52,8 @@ class SectionWriter {
         pacing_(pacing),
         offset_(offset),
         stages_{AlignedBuffer(kCheckpointStageBytes, 4096, AlignedBuffer::kUninitialized),
+                AlignedBuffer(kCheckpointStageBytes, 4096, AlignedBuffer::kUninitialized),
+                AlignedBuffer(kCheckpointStageBytes, 4096, AlignedBuffer::kUninitialized),
                 AlignedBuffer(kCheckpointStageBytes, 4096, AlignedBuffer::kUninitialized),
                 AlignedBuffer(kCheckpointStageBytes, 4096, AlignedBuffer::kUninitialized)} {}  // only filled bytes are written
   ~SectionWriter() { (void)WaitUntil(0); }
@@ -78,7 +82,7 @@ class SectionWriter {
   uint64_t end() const { return offset_; }
 
  private:
-  static constexpr size_t kStages = 3, kQuietInFlight = 2;
+  static constexpr size_t kStages = 5, kQuietInFlight = 4;
   // Starts writing the current stage and moves to the next one.
   // Invariant: at most kQuietInFlight stages are in flight, the oldest ones,
   // so the stage moved to is free.

@@ -63,7 +63,7 @@ using Payloads = std::map<uint64_t, std::vector<std::byte>>;
 // synced write's p99 tripled here, beside 256 KiB ones it grew 1.5x. So while
 // `log_active` says the log is taking writes (the store: its durable LSN moved
 // within the last 5 ms), the checkpoint writes kQuietWriteBytes at a time, one
-// write in flight; otherwise whole stages, two at a time, as fast as the
+// write in flight; otherwise whole stages, four at a time, as fast as the
 // device takes them. Asked once per stage, on the thread that writes the
 // checkpoint.
 struct CheckpointPacing {
