@@ -39,7 +39,6 @@ std::unique_ptr<recovery::DurableIndex> OpenStore(const recovery::DurableIndexOp
   return std::move(d).value();
 }
 
-// Fills a store with `vectors` upserts in batches of 1024, through the log.
 // The vectors Build stores, id 0 first, one call each.
 struct BuildVectors {
   void Next(std::span<float> v) {
@@ -49,6 +48,7 @@ struct BuildVectors {
   std::uniform_real_distribution<float> u{-1, 1};
 };
 
+// Fills a store with `vectors` upserts in batches of 1024, through the log.
 void Build(const StoreBenchConfig& c, const std::string& dir) {
   auto d = OpenStore(StoreOptions(c, dir));
   BuildVectors gen;

@@ -128,11 +128,10 @@ faiss::MetricType ToFaiss(Metric m) { return m == Metric::kL2 ? faiss::METRIC_L2
 // the removal that freed it dropped it.
 class FlatExport final : public IndexExport {
  public:
-  using IdOf = IdTable;
   // `slots`: FAISS's id map (row -> slot) now; `id_of`: the live table, read
   // as the export goes; `next_slot`: the table's next slot now.
   FlatExport(const faiss::IndexFlatCodes& flat, FlatExport** registration, std::vector<faiss::Index::idx_t> slots,
-             const IdOf& id_of, uint64_t next_slot)
+             const IdTable& id_of, uint64_t next_slot)
       : flat_(flat),
         registration_(registration),
         rows_(static_cast<size_t>(flat.ntotal)),
@@ -245,7 +244,7 @@ class FlatExport final : public IndexExport {
   size_t cursor_ = 0;  // rows below it are written
   std::unordered_map<size_t, std::vector<std::byte>> kept_;
   const std::vector<faiss::Index::idx_t> slots_;
-  const IdOf& id_of_;
+  const IdTable& id_of_;
   const uint64_t next_slot_;
   IdTable kept_ids_;
   size_t table_row_ = 0;
@@ -742,7 +741,7 @@ class FlatLoader final : public IndexLoader {
       flat_->codes.insert(flat_->codes.end(), c, c + codes.size());  // into reserved room: no zero-fill
       if (prefault_) prefault_->Advance(reinterpret_cast<std::byte*>(flat_->codes.data() + flat_->codes.size()));
     }
-    const uint64_t tail_begin = codes_begin_ + codes_bytes_;
+    const uint64_t tail_begin = tail_offset();
     auto rest = part(tail_begin, total_);
     if (early_) {  // the tables were built from a read of their own: these bytes must match it
       const uint64_t at = std::max(pos_, tail_begin) - tail_begin;
@@ -817,10 +816,9 @@ std::unique_ptr<IndexLoader> NewIndexLoader(const IndexSpec& spec, std::span<con
 
 Result<std::unique_ptr<VectorIndex>> FlatLoader::Finish() {
   prefault_.reset();
-  Result<TailTables> built = tables_.valid() ? tables_.get() : BuildTailTables(tail_, outer_.ntotal);
   if (pos_ != total_) return Status::Corruption("flat index loader: section ended early");
   if (flat_->codes.size() != codes_bytes_) return Status::Corruption("flat index loader: codes incomplete");
-  VECWAL_ASSIGN_OR_RETURN(TailTables t, std::move(built));
+  VECWAL_ASSIGN_OR_RETURN(TailTables t, tables_.valid() ? tables_.get() : BuildTailTables(tail_, outer_.ntotal));
   std::unique_ptr<faiss::IndexIDMap2> map;
   VECWAL_RETURN_IF_ERROR(Guard("loading a flat index", [&] {
     map = std::make_unique<faiss::IndexIDMap2>(flat_.get());  // wants the index empty: ntotal is set below

@@ -50,12 +50,11 @@ class SectionWriter {
   SectionWriter(File& f, uint64_t offset, const CheckpointPacing& pacing)
       : f_(f),
         pacing_(pacing),
-        offset_(offset),
-        stages_{AlignedBuffer(kCheckpointStageBytes, 4096, AlignedBuffer::kUninitialized),
-                AlignedBuffer(kCheckpointStageBytes, 4096, AlignedBuffer::kUninitialized),
-                AlignedBuffer(kCheckpointStageBytes, 4096, AlignedBuffer::kUninitialized),
-                AlignedBuffer(kCheckpointStageBytes, 4096, AlignedBuffer::kUninitialized),
-                AlignedBuffer(kCheckpointStageBytes, 4096, AlignedBuffer::kUninitialized)} {}  // only filled bytes are written
+        offset_(offset) {
+    stages_.reserve(kStages);
+    for (size_t i = 0; i < kStages; ++i)  // only filled bytes are written
+      stages_.emplace_back(kCheckpointStageBytes, 4096, AlignedBuffer::kUninitialized);
+  }
   ~SectionWriter() { (void)WaitUntil(0); }
   Status Append(std::span<const std::byte> b) {
     crc_ = crc32c::Extend(crc_, b.data(), b.size());
@@ -123,7 +122,7 @@ class SectionWriter {
   const CheckpointPacing& pacing_;
   uint64_t offset_;
   const uint64_t start_ = offset_;
-  AlignedBuffer stages_[kStages];
+  std::vector<AlignedBuffer> stages_;  // kStages
   size_t cur_ = 0;
   size_t used_ = 0;
   uint64_t length_ = 0;
