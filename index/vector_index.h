@@ -61,8 +61,11 @@ using ByteSink = std::function<Status(std::span<const std::byte>)>;
 class IndexExport {
  public:
   virtual ~IndexExport() = default;
-  // Appends about `max_bytes` more to `out`; false once all is written.
-  virtual Result<bool> Next(std::vector<std::byte>& out, size_t max_bytes) = 0;
+  // Writes the next bytes into `room`, filling it unless fewer are left, and
+  // returns how many it wrote: less than room.size() only at the end, 0 once
+  // all is written. `room` is where the bytes go next (a checkpoint's staging
+  // buffer), so the vectors are copied once.
+  virtual Result<size_t> Next(std::span<std::byte> room) = 0;
 };
 
 class VectorIndex {

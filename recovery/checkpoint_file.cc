@@ -57,15 +57,26 @@ class SectionWriter {
   }
   ~SectionWriter() { (void)WaitUntil(0); }
   Status Append(std::span<const std::byte> b) {
-    crc_ = crc32c::Extend(crc_, b.data(), b.size());
-    length_ += b.size();
     while (!b.empty()) {
-      AlignedBuffer& stage = stages_[cur_];
-      size_t n = std::min(b.size(), stage.size() - used_);
-      std::memcpy(stage.data() + used_, b.data(), n);
-      used_ += n;
-      b = b.subspan(n);
-      if (used_ == stage.size()) VECWAL_RETURN_IF_ERROR(Drain());
+      VECWAL_RETURN_IF_ERROR(Fill([&](std::span<std::byte> room) -> Result<size_t> {
+        const size_t n = std::min(b.size(), room.size());
+        std::memcpy(room.data(), b.data(), n);
+        b = b.subspan(n);
+        return n;
+      }));
+    }
+    return Status::OK();
+  }
+  // Lets `source` write into the current stage's free room until it writes
+  // less than the room (it is done), checksumming what it wrote.
+  Status FillFrom(const IndexSectionSource& source) {
+    bool more = true;
+    while (more) {
+      VECWAL_RETURN_IF_ERROR(Fill([&](std::span<std::byte> room) -> Result<size_t> {
+        VECWAL_ASSIGN_OR_RETURN(size_t n, source(room));
+        more = n == room.size();
+        return n;
+      }));
     }
     return Status::OK();
   }
@@ -82,6 +93,19 @@ class SectionWriter {
 
  private:
   static constexpr size_t kStages = 5, kQuietInFlight = 4;
+  // One call of `fill` on the current stage's free room; it returns how many
+  // bytes it wrote there.
+  template <typename F>
+  Status Fill(F&& fill) {
+    AlignedBuffer& stage = stages_[cur_];
+    const std::span<std::byte> room = stage.span().subspan(used_);
+    VECWAL_ASSIGN_OR_RETURN(size_t n, fill(room));
+    if (n > room.size()) return Status::Corruption("checkpoint section: a source wrote past its room");
+    crc_ = crc32c::Extend(crc_, room.data(), n);
+    length_ += n;
+    used_ += n;
+    return used_ == stage.size() ? Drain() : Status::OK();
+  }
   // Starts writing the current stage and moves to the next one.
   // Invariant: at most kQuietInFlight stages are in flight, the oldest ones,
   // so the stage moved to is free.
@@ -337,7 +361,7 @@ namespace {
 
 Result<std::string> WriteCheckpointFile(FileSystem& fs, const std::string& dir, uint64_t lsn,
                                         const index::IndexSpec& spec, uint64_t live_count,
-                                        const std::function<Status(const index::ByteSink&)>& write_index,
+                                        const std::function<Status(SectionWriter&)>& write_index,
                                         const Payloads& payloads, const CheckpointPacing& pacing) {
   if (spec.description.size() > kMaxDescription)
     return Status::InvalidArgument("index description longer than " + std::to_string(kMaxDescription) + " bytes");
@@ -355,7 +379,7 @@ Result<std::string> WriteCheckpointFile(FileSystem& fs, const std::string& dir, 
   uint64_t at = kHeaderBytes;
   {
     SectionWriter w(*f, at, pacing);
-    VECWAL_RETURN_IF_ERROR(write_index([&](std::span<const std::byte> b) { return w.Append(b); }));
+    VECWAL_RETURN_IF_ERROR(write_index(w));
     VECWAL_ASSIGN_OR_RETURN(Section s, w.Finish(kIndexSection));
     sections.push_back(s);
     at = w.end();
@@ -408,7 +432,10 @@ Result<std::string> WriteCheckpointFile(FileSystem& fs, const std::string& dir, 
 Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
                                     const index::VectorIndex& idx, const Payloads& payloads) {
   return WriteCheckpointFile(fs, dir, lsn, idx.spec(), idx.size(),
-                             [&](const index::ByteSink& sink) { return idx.Serialize(sink); }, payloads, {});
+                             [&](SectionWriter& w) {
+                               return idx.Serialize([&](std::span<const std::byte> b) { return w.Append(b); });
+                             },
+                             payloads, {});
 }
 
 Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
@@ -416,14 +443,15 @@ Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint
                                     std::span<const std::byte> index_bytes, const Payloads& payloads,
                                     const CheckpointPacing& pacing) {
   return WriteCheckpointFile(fs, dir, lsn, spec, live_count,
-                             [&](const index::ByteSink& sink) { return sink(index_bytes); }, payloads, pacing);
+                             [&](SectionWriter& w) { return w.Append(index_bytes); }, payloads, pacing);
 }
 
 Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
                                     const index::IndexSpec& spec, uint64_t live_count,
-                                    const std::function<Status(const index::ByteSink&)>& write_index,
-                                    const Payloads& payloads, const CheckpointPacing& pacing) {
-  return WriteCheckpointFile(fs, dir, lsn, spec, live_count, write_index, payloads, pacing);
+                                    const IndexSectionSource& source, const Payloads& payloads,
+                                    const CheckpointPacing& pacing) {
+  return WriteCheckpointFile(fs, dir, lsn, spec, live_count, [&](SectionWriter& w) { return w.FillFrom(source); },
+                             payloads, pacing);
 }
 
 Result<CheckpointInfo> ReadCheckpointInfo(FileSystem& fs, const std::string& path) {

@@ -84,12 +84,17 @@ Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint
                                     const index::IndexSpec& spec, uint64_t live_count,
                                     std::span<const std::byte> index_bytes, const Payloads& payloads,
                                     const CheckpointPacing& pacing = {});
-// The same with the index section written by `write_index` through the sink
-// it is given, in pieces (from an IndexExport, while writes go on).
+// Produces the index section's next bytes straight into `room` (the free
+// part of a staging buffer), filling it unless fewer are left, and returns how
+// many it wrote; 0 once the section is whole (IndexExport::Next's contract).
+using IndexSectionSource = std::function<Result<size_t>(std::span<std::byte> room)>;
+// The same with the index section produced by `source`, in pieces (from an
+// IndexExport, while writes go on): each byte is copied once, into the stage
+// the file is written from.
 Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn,
                                     const index::IndexSpec& spec, uint64_t live_count,
-                                    const std::function<Status(const index::ByteSink&)>& write_index,
-                                    const Payloads& payloads, const CheckpointPacing& pacing = {});
+                                    const IndexSectionSource& source, const Payloads& payloads,
+                                    const CheckpointPacing& pacing = {});
 
 struct LoadedCheckpoint {
   CheckpointInfo info;

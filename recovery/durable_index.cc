@@ -99,6 +99,7 @@ Status DurableIndex::Recover(RecoveryStats* st) {
     index_ = std::move(ck->index);
     payloads_.Reset(std::move(ck->payloads));
     last_checkpoint_lsn_ = ck->info.lsn;
+    checkpoint_on_disk_ = true;
   } else {
     VECWAL_ASSIGN_OR_RETURN(index_, index::NewFaissIndex(opts_.spec));
   }
@@ -150,7 +151,9 @@ Status DurableIndex::Recover(RecoveryStats* st) {
   st->log_read_s = Since(t1) - st->apply_s - decode_s;
   st->total_s = Since(t0);
 
-  // A new store records its spec at once; salvage checkpoints past the holes.
+  // A new store records its spec at once; salvage checkpoints past the holes,
+  // even at the loaded checkpoint's LSN.
+  if (!rep.dropped.empty()) checkpoint_on_disk_ = false;
   if (!ck || !rep.dropped.empty()) VECWAL_RETURN_IF_ERROR(Checkpoint().status());
   return Status::OK();
 }
@@ -590,6 +593,9 @@ Result<uint64_t> DurableIndex::Checkpoint() {
     std::lock_guard lk(write_mu_);
     if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
     VECWAL_ASSIGN_OR_RETURN(lsn, QuiesceLocked());
+    // Nothing logged since the newest checkpoint: writing it again would only
+    // replace a file with its own bytes (and free the old file's blocks).
+    if (checkpoint_on_disk_ && lsn == last_checkpoint_lsn_) return lsn;
     std::unique_lock w(state_mu_);
     VECWAL_ASSIGN_OR_RETURN(ex, index_->BeginExport());
     if (ex) {
@@ -610,21 +616,14 @@ Result<uint64_t> DurableIndex::Checkpoint() {
       payloads.Thaw();
     }
   } end{state_mu_, ex, payloads_};
-  std::vector<std::byte> piece;
-  piece.reserve(kExportPieceBytes);
-  auto write_index = [&](const index::ByteSink& sink) -> Status {
-    for (bool more = true; more;) {
-      piece.clear();
-      {
-        std::shared_lock r(state_mu_);  // applies wait for at most one piece's copy
-        VECWAL_ASSIGN_OR_RETURN(more, ex->Next(piece, kExportPieceBytes));
-      }
-      VECWAL_RETURN_IF_ERROR(sink(piece));
-    }
-    return Status::OK();
+  // The export copies straight into the checkpoint's staging buffer, at most
+  // one stage (kCheckpointStageBytes) a call: applies wait for one such copy.
+  auto source = [&](std::span<std::byte> room) -> Result<size_t> {
+    std::shared_lock r(state_mu_);
+    return ex->Next(room);
   };
   VECWAL_RETURN_IF_ERROR(
-      WriteCheckpoint(*fs_, opts_.dir, lsn, opts_.spec, live, write_index, *payloads, LogPacing()).status());
+      WriteCheckpoint(*fs_, opts_.dir, lsn, opts_.spec, live, source, *payloads, LogPacing()).status());
   return FinishCheckpoint(lsn);
 }
 
@@ -721,6 +720,7 @@ CheckpointPacing DurableIndex::LogPacing() const {
 // The checkpoint at `lsn` is durable under its final name.
 Result<uint64_t> DurableIndex::FinishCheckpoint(uint64_t lsn) {
   last_checkpoint_lsn_ = lsn;
+  checkpoint_on_disk_ = true;
   log_bytes_since_checkpoint_ = 0;
   // Keep the newest generations; the log is needed from the oldest kept one.
   VECWAL_ASSIGN_OR_RETURN(auto lsns, ListCheckpoints(*fs_, opts_.dir));

@@ -139,7 +139,10 @@ class DurableIndex {
   // True while the index still needs Train() before it takes writes.
   bool NeedsTraining() const;
 
-  Result<uint64_t> Checkpoint();  // returns its LSN
+  // Writes a checkpoint of every op durable so far and returns its LSN; where
+  // nothing was logged since the newest checkpoint, that one already holds
+  // this state and its LSN is returned with nothing written.
+  Result<uint64_t> Checkpoint();
   DurableIndexStats Stats() const;
   Status Close();
 
@@ -176,7 +179,6 @@ class DurableIndex {
   Result<uint64_t> CheckpointByCopy();          // under ckpt_mu_
   Result<uint64_t> FinishCheckpoint(uint64_t lsn);
   CheckpointPacing LogPacing() const;  // under ckpt_mu_: wal_ stays
-  static constexpr size_t kExportPieceBytes = 1 << 20;
   Status Recover(RecoveryStats* stats);
 
   DurableIndexOptions opts_;
@@ -189,6 +191,9 @@ class DurableIndex {
   mutable std::mutex write_mu_;          // placement order; checkpoint snapshots, Train, Close
   mutable WriterPriorityMutex state_mu_;  // index_ and payloads_: readers shared, applies exclusive
   std::atomic<uint64_t> last_checkpoint_lsn_{0};  // written under ckpt_mu_
+  // A checkpoint at last_checkpoint_lsn_ that verified is on disk (this
+  // process loaded or wrote it); under ckpt_mu_.
+  bool checkpoint_on_disk_ = false;
   std::atomic<uint64_t> log_bytes_since_checkpoint_{0};
   RecoveryStats recovery_;
 

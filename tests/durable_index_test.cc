@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <random>
 
+#include <sys/stat.h>
+
 #include "io/fault_file_system.h"
 #include "recovery/durable_index.h"
 #include "tests/test_util.h"
@@ -182,6 +184,55 @@ BOOST_AUTO_TEST_CASE(newest_checkpoint_corrupted_previous_is_used) {
   const auto& r = d->Stats().recovery;
   BOOST_TEST(r.checkpoint_lsn < newest);
   BOOST_TEST(r.checkpoint_note.find(CheckpointFileName(newest)) != std::string::npos, r.checkpoint_note);
+  ExpectEqual(*d, m);
+}
+
+// Nothing logged since the newest checkpoint: Checkpoint() returns its LSN
+// and writes nothing (the file stays the same file, not a copy renamed over
+// it), whether this process wrote that checkpoint or loaded it. A newest
+// checkpoint that did not verify is no such checkpoint: the next one is
+// written at its LSN anew.
+BOOST_AUTO_TEST_CASE(checkpoint_with_nothing_new_logged_writes_nothing) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  auto inode = [&](uint64_t lsn) {
+    struct stat st {};
+    BOOST_REQUIRE(::stat((dir / CheckpointFileName(lsn)).c_str(), &st) == 0);
+    return st.st_ino;
+  };
+  Model m;
+  std::mt19937_64 rng(4);
+  uint64_t lsn = 0;
+  {
+    auto d = OpenOrDie(o);
+    RandomOps(*d, m, rng, 100);
+    lsn = *d->Checkpoint();
+    const auto written = inode(lsn);
+    BOOST_TEST(*d->Checkpoint() == lsn);
+    BOOST_TEST(inode(lsn) == written);
+    const auto v = Vec(rng);
+    BOOST_REQUIRE(d->Upsert(1000, v).ok());
+    m.rows[1000] = {v, {}};
+    const uint64_t next = *d->Checkpoint();
+    BOOST_TEST(next == lsn + 1);
+    lsn = next;
+  }
+  {
+    auto d = OpenOrDie(o);
+    BOOST_REQUIRE(d->Stats().recovery.checkpoint_lsn == lsn);
+    const auto loaded = inode(lsn);
+    BOOST_TEST(*d->Checkpoint() == lsn);
+    BOOST_TEST(inode(lsn) == loaded);
+  }
+  test::XorByte(dir / CheckpointFileName(lsn), 5000);
+  {
+    auto d = OpenOrDie(o);
+    BOOST_REQUIRE(d->Stats().recovery.checkpoint_lsn < lsn);
+    BOOST_TEST(*d->Checkpoint() == lsn);
+  }
+  auto d = OpenOrDie(o);  // the rewritten one verifies
+  BOOST_TEST(d->Stats().recovery.checkpoint_lsn == lsn);
+  BOOST_TEST(d->Stats().recovery.checkpoint_note.empty(), d->Stats().recovery.checkpoint_note);
   ExpectEqual(*d, m);
 }
 
