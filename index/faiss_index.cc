@@ -128,8 +128,10 @@ faiss::MetricType ToFaiss(Metric m) { return m == Metric::kL2 ? faiss::METRIC_L2
 // the removal that freed it dropped it.
 //
 // The codes are copied once, from the index into the caller's room (a
-// checkpoint's staging buffer): a copy into a piece of our own and then into
-// the stage was 65% of a 3 GB checkpoint's samples. The room's end falls
+// checkpoint's staging buffer), not into a piece of our own and then again
+// into the stage (perf had put 65% of one slow 3 GB checkpoint's samples in
+// those two copies; on this VM's quiet minutes the one left is 8%; the
+// checkpoint's wall time moved within the noise). The room's end falls
 // anywhere, inside a row too, so the cursor counts bytes; a row the cursor
 // is inside when it changes is kept whole, and the rest of it comes from
 // the kept bytes, which are the ones the first part was copied from.
