@@ -2,12 +2,15 @@
 #define BOOST_TEST_MODULE checkpoint
 #include <boost/test/unit_test.hpp>
 
+#include <atomic>
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <random>
 
 #include "io/power_loss_file_system.h"
 #include "recovery/checkpoint_file.h"
+#include "recovery/io_threads.h"
 #include "tests/test_util.h"
 
 using namespace vecwal;
@@ -238,4 +241,42 @@ BOOST_AUTO_TEST_CASE(retired_checkpoint_file_is_overwritten_by_the_next_one) {
   BOOST_REQUIRE_MESSAGE(back.ok(), back.status().ToString());
   BOOST_TEST(back->index->size() == big->size());
   BOOST_TEST(std::filesystem::file_size(*c) == big_size);
+}
+
+// Each task blocks until all three have started: with fewer threads than
+// asked for, the first never returns and the test times out.
+BOOST_AUTO_TEST_CASE(io_threads_run_tasks_side_by_side_and_return_each_status) {
+  IoThreads io(3);
+  std::mutex mu;
+  std::condition_variable cv;
+  int started = 0;
+  std::vector<std::future<Status>> done;
+  for (int i = 0; i < 3; ++i)
+    done.push_back(io.Run([&, i] {
+      std::unique_lock lk(mu);
+      ++started;
+      cv.notify_all();
+      if (!cv.wait_for(lk, std::chrono::seconds(20), [&] { return started == 3; }))
+        return Status::IOError("task " + std::to_string(i) + " ran alone");
+      return i == 1 ? Status::IOError("task 1 failed") : Status::OK();
+    }));
+  BOOST_TEST(done[0].get().ok());
+  Status s1 = done[1].get();
+  BOOST_TEST(s1.ToString().find("task 1 failed") != std::string::npos);
+  BOOST_TEST(done[2].get().ok());
+}
+
+// Owners rely on it: tasks reference buffers destroyed right after IoThreads.
+BOOST_AUTO_TEST_CASE(io_threads_run_every_queued_task_before_the_destructor_returns) {
+  std::atomic<int> ran{0};
+  {
+    IoThreads io(1);
+    for (int i = 0; i < 50; ++i)
+      (void)io.Run([&] {
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+        ++ran;
+        return Status::OK();
+      });
+  }
+  BOOST_TEST(ran.load() == 50);
 }
