@@ -274,6 +274,8 @@ std::vector<Row> RunCheckpointBench(const StoreBenchConfig& c) {
       const int which = (i + k) % 3;
       into[which]->push_back(InChild(loads[which]).first);
     }
+    fmt::print(stderr, "    load: ours {:.2f} s, read_index {:.2f} s, raw read {:.2f} s\n", load_ours.back(),
+               load_faiss.back(), load_raw.back());
     fs::remove(fpath);
     fs::remove(rpath);
   }
