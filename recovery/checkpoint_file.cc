@@ -41,11 +41,11 @@ T Get(const std::byte* p, size_t off) {
 // Streams a section into the file through five aligned staging buffers,
 // with its CRC: while one fills, the others are written (O_DIRECT, so every
 // write is block-aligned) by IoThreads, so copying and checksumming overlap
-// the device's work. While the log is quiet four stages are in flight at once (two left
-// this disk idle between writes: a 3 GB checkpoint took 1.97 s against 1.76 s,
-// medians of six); while it is active (CheckpointPacing) one, in
-// kQuietWriteBytes pieces, so that a log write never queues behind more than
-// one such piece.
+// the device's work. While the log is quiet four stages are in flight at
+// once (two left this disk idle between writes: a 3 GB checkpoint took 1.97 s
+// against 1.76 s, medians of six); while it is active (CheckpointPacing) one,
+// in kQuietWriteBytes pieces, so that a log write never queues behind more
+// than one such piece.
 class SectionWriter {
  public:
   SectionWriter(File& f, uint64_t offset, const CheckpointPacing& pacing)
