@@ -243,8 +243,9 @@ BOOST_AUTO_TEST_CASE(retired_checkpoint_file_is_overwritten_by_the_next_one) {
   BOOST_TEST(std::filesystem::file_size(*c) == big_size);
 }
 
-// Each task blocks until all three have started: with fewer threads than
-// asked for, the first never returns and the test times out.
+// Each task waits until all three have started: with fewer threads than
+// asked for, the first waits out its 20 s and returns "ran alone", and the
+// test fails.
 BOOST_AUTO_TEST_CASE(io_threads_run_tasks_side_by_side_and_return_each_status) {
   IoThreads io(3);
   std::mutex mu;
