@@ -20,15 +20,24 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include <tsl/robin_map.h>
-#include <tsl/robin_set.h>
 
+#include "index/id_table.h"
 #include "index/page_prefaulter.h"
 #include "index/vector_index.h"
 
 namespace vecwal::index {
 
 const char* ToString(Metric m) { return m == Metric::kL2 ? "l2" : "ip"; }
+
+Status VectorIndex::AddRows(std::span<const uint64_t> ids, std::span<const std::byte* const> rows) {
+  if (rows.size() != ids.size())
+    return Status::InvalidArgument("add of " + std::to_string(ids.size()) + " ids with " +
+                                   std::to_string(rows.size()) + " vectors");
+  const size_t bytes = size_t{spec().dim} * sizeof(float);
+  std::vector<float> packed(rows.size() * spec().dim);
+  for (size_t i = 0; i < rows.size(); ++i) std::memcpy(packed.data() + i * spec().dim, rows[i], bytes);
+  return Add(ids, packed);
+}
 
 Result<Metric> ParseMetric(const std::string& s) {
   if (s == "l2" || s == "L2") return Metric::kL2;
@@ -40,24 +49,9 @@ namespace {
 
 constexpr uint64_t kTableMagic = 0x3142415453574556ull;  // "VEWSTAB1": the slot table after the FAISS bytes
 
-// The id and slot tables are open-addressed (tsl::robin_map): a checkpoint
-// load fills two of them with every live vector, and as node-based
-// std::unordered_maps that took 0.8-1.0 s of a 1M-vector load (a node
-// allocated and faulted in per entry). Their buckets are a power of two, so
-// keys are mixed first (murmur3's finalizer): user ids such as k << 32 would
-// otherwise all land in one bucket.
-struct IdHash {
-  size_t operator()(uint64_t x) const {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ull;
-    x ^= x >> 33;
-    return static_cast<size_t>(x);
-  }
-};
-using IdTable = tsl::robin_map<uint64_t, uint64_t, IdHash>;
-using SlotSet = tsl::robin_set<uint64_t, IdHash>;
+// The id and slot tables are open-addressed: see index/id_table.h.
+using IdTable = IdMap<uint64_t>;
+using SlotSet = IdSet;
 
 template <typename F>
 Status Guard(const std::string& what, F&& f) {
@@ -108,15 +102,19 @@ struct SpanReader : faiss::IOReader {
   size_t pos = 0;
 };
 
-// Replay adds a window (ReplayWindow: 16 MiB) at a time: fault in one window
-// ahead, and no more (pages faulted past the last add are RSS).
-constexpr size_t kPrefaultLead = 16 << 20;
+// Replay adds a window (ReplayWindow: 16 MiB) at a time: fault in four
+// windows ahead, and no more (its reserve is an upper bound, and pages
+// faulted past the last add are RSS for good). One window ahead was enough
+// while replay copied each vector twice; with one copy the adds caught up
+// with the faults and took them on themselves (an add's own page faults
+// cost more than a populate's, and the log's reader waited for them).
+constexpr size_t kReplayPrefaultLead = 64 << 20;
 // A checkpoint load fills every page of its codes, so it faults them all
-// in from the start (the lead is the whole storage), with two threads. On a
-// VM whose balloon reports free memory to the host, pages a process just
-// freed are cheap to fault only for a second or two (dev driver, a 3 GB
-// load: median 3.46 s against 3.94 s with a 64 MiB lead, 11 loads each).
-constexpr unsigned kLoadPrefaultThreads = 2;
+// in from the start (the lead is the whole storage). On a VM whose balloon
+// reports free memory to the host, pages a process just freed are cheap to
+// fault only for a second or two (dev driver, a 3 GB load: median 3.46 s
+// against 3.94 s with a 64 MiB lead, 11 loads each).
+constexpr unsigned kPrefaultThreads = 2;
 constexpr size_t kPrefaultMin = 64 << 20;  // below this the faults are not worth a thread
 
 faiss::MetricType ToFaiss(Metric m) { return m == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT; }
@@ -381,6 +379,39 @@ class FaissIndex final : public VectorIndex {
       return Status::InvalidArgument("add of " + std::to_string(ids.size()) + " ids with " +
                                      std::to_string(vectors.size()) + " floats; dimension is " +
                                      std::to_string(spec_.dim));
+    return AddSlots(ids, [&](std::span<const faiss::Index::idx_t> slots) {
+      if (auto* raw = RawFlat()) {
+        const auto* bytes = reinterpret_cast<const uint8_t*>(vectors.data());
+        raw->codes.insert(raw->codes.end(), bytes, bytes + vectors.size_bytes());
+        AppendSlots(*raw, slots);
+      } else {
+        index_->add_with_ids(static_cast<faiss::Index::idx_t>(ids.size()), vectors.data(), slots.data());
+      }
+    });
+  }
+
+  Status AddRows(std::span<const uint64_t> ids, std::span<const std::byte* const> rows) override {
+    auto* raw = RawFlat();
+    if (raw == nullptr || rows.size() != ids.size()) return VectorIndex::AddRows(ids, rows);  // gathers, then Add
+    return AddSlots(ids, [&](std::span<const faiss::Index::idx_t> slots) {
+      const size_t bytes = raw->code_size;
+      auto& codes = raw->codes;
+      // Room first (doubling, as one insert would), so that no row's insert
+      // can throw with rows before it in.
+      if (const size_t need = codes.size() + rows.size() * bytes; need > codes.capacity())
+        codes.reserve(std::max(need, 2 * codes.capacity()));
+      for (const std::byte* r : rows) {
+        const auto* b = reinterpret_cast<const uint8_t*>(r);
+        codes.insert(codes.end(), b, b + bytes);
+      }
+      AppendSlots(*raw, slots);
+    });
+  }
+
+  // Add's checks and bookkeeping around `append`, which puts the vectors
+  // into FAISS under `slots`.
+  Status AddSlots(std::span<const uint64_t> ids,
+                  const std::function<void(std::span<const faiss::Index::idx_t>)>& append) {
     if (!index_->is_trained)
       return Status::InvalidArgument("index '" + spec_.description + "' must be trained before adds");
     SlotSet batch;
@@ -393,10 +424,7 @@ class FaissIndex final : public VectorIndex {
     auto* flat = prefault_ ? FlatCodes() : nullptr;  // a prefaulter exists only over flat codes
     if (flat && flat->codes.size() + ids.size() * flat->code_size > flat->codes.capacity())
       prefault_.reset();  // the add moves the storage
-    VECWAL_RETURN_IF_ERROR(Guard("adding to '" + spec_.description + "'", [&] {
-      if (auto* raw = RawFlat()) AppendRaw(*raw, vectors, slots);
-      else index_->add_with_ids(static_cast<faiss::Index::idx_t>(ids.size()), vectors.data(), slots.data());
-    }));
+    VECWAL_RETURN_IF_ERROR(Guard("adding to '" + spec_.description + "'", [&] { append(slots); }));
     if (prefault_) prefault_->Advance(reinterpret_cast<std::byte*>(flat->codes.data() + flat->codes.size()));
     for (size_t i = 0; i < ids.size(); ++i) {
       slot_of_[ids[i]] = next_slot_ + i;
@@ -488,7 +516,7 @@ class FaissIndex final : public VectorIndex {
     auto* data = reinterpret_cast<std::byte*>(flat->codes.data());
     if (flat->codes.capacity() - flat->codes.size() >= kPrefaultMin)
       prefault_ = std::make_unique<PagePrefaulter>(data + flat->codes.size(), data + flat->codes.capacity(),
-                                                   kPrefaultLead);
+                                                   kReplayPrefaultLead, kPrefaultThreads);
   }
 
   size_t size() const override { return slot_of_.size(); }
@@ -577,13 +605,12 @@ class FaissIndex final : public VectorIndex {
                ? static_cast<faiss::IndexFlat*>(flat)
                : nullptr;
   }
-  // What IndexIDMap2::add_with_ids does for such an index, but the vectors go
-  // straight into the codes' reserved room: FAISS resizes (zero-fills) and
-  // then copies, two passes over every byte (at 1M x 768-d, 3 GB each).
-  void AppendRaw(faiss::IndexFlat& flat, std::span<const float> vectors, std::span<const faiss::Index::idx_t> slots) {
+  // What IndexIDMap2::add_with_ids does for such an index, once the caller
+  // has put the vectors straight into the codes' reserved room: FAISS
+  // resizes (zero-fills) and then copies, two passes over every byte (at
+  // 1M x 768-d, 3 GB each).
+  void AppendSlots(faiss::IndexFlat& flat, std::span<const faiss::Index::idx_t> slots) {
     auto& map = *static_cast<faiss::IndexIDMap2*>(index_.get());
-    const auto* bytes = reinterpret_cast<const uint8_t*>(vectors.data());
-    flat.codes.insert(flat.codes.end(), bytes, bytes + vectors.size_bytes());
     const faiss::Index::idx_t first = flat.ntotal;
     flat.ntotal += static_cast<faiss::Index::idx_t>(slots.size());
     map.id_map.insert(map.id_map.end(), slots.begin(), slots.end());
@@ -824,7 +851,7 @@ class FlatLoader final : public IndexLoader {
     flat_->codes.reserve(codes_bytes);
     auto* data = reinterpret_cast<std::byte*>(flat_->codes.data());
     if (codes_bytes >= kPrefaultMin)  // faults the storage in ahead of the copy, on other cores
-      prefault_ = std::make_unique<PagePrefaulter>(data, data + codes_bytes, codes_bytes, kLoadPrefaultThreads);
+      prefault_ = std::make_unique<PagePrefaulter>(data, data + codes_bytes, codes_bytes, kPrefaultThreads);
   }
 
   const IndexSpec spec_;

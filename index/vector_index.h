@@ -79,6 +79,11 @@ class VectorIndex {
   // Adds ids.size() vectors (ids.size() x dim floats). Every id must be new
   // to the index: the caller removes an id before re-adding it.
   virtual Status Add(std::span<const uint64_t> ids, std::span<const float> vectors) = 0;
+  // The same, with vector i where rows[i] points (dim float32s, any
+  // alignment) rather than in one array: replay adds vectors straight from
+  // the log's read buffers, copying each once. This default packs them
+  // into one array for Add.
+  virtual Status AddRows(std::span<const uint64_t> ids, std::span<const std::byte* const> rows);
   // Removes the ids that are present; absent ones are ignored.
   virtual Status Remove(std::span<const uint64_t> ids) = 0;
   // `queries` holds nq x dim floats.

@@ -131,7 +131,7 @@ Status DurableIndex::Recover(RecoveryStats* st) {
     ++st->records_replayed;
     st->bytes_replayed += r.payload.size();
     const auto ta = Clock::now();
-    Status s = window.Apply(ops, r.lsn);
+    Status s = window.Apply(ops, r.lsn, r.keep);
     apply_s += Since(ta);
     return s;
   };

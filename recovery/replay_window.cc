@@ -13,40 +13,56 @@ ReplayWindow::ReplayWindow(index::VectorIndex& idx, PayloadStore& payloads, size
       limit_(rows_per_flush ? rows_per_flush : std::max<size_t>(1024, kWindowBytes / (dim_ * sizeof(float)))) {
   for (auto& w : windows_) {
     w.ids.reserve(limit_);
-    w.vecs.reserve(limit_ * dim_);  // grown (and zeroed) once, by the window's first fill
+    w.rows.reserve(limit_);
+    w.copies.reserve(limit_ * dim_);  // address space; pages only as copies fill them
+    w.row.reserve(limit_);
+    w.kept.reserve(kMaxKept);
   }
 }
 
 ReplayWindow::~ReplayWindow() { (void)Wait(); }
 
-Status ReplayWindow::Apply(std::span<const wal::OpView> ops, uint64_t lsn) {
+Status ReplayWindow::Apply(std::span<const wal::OpView> ops, uint64_t lsn, const std::shared_ptr<const void>& keep) {
   // A batch is one record: it is here whole or not at all.
   for (const auto& op : ops) {
     if (op.is_delete) Delete(op.id);
-    else VECWAL_RETURN_IF_ERROR(Upsert(op, lsn));
+    else VECWAL_RETURN_IF_ERROR(Upsert(op, lsn, keep));
   }
-  return windows_[open_].ids.size() >= limit_ ? Hand() : Status::OK();
+  return windows_[open_].full(limit_) ? Hand() : Status::OK();
 }
 
-// Copies the vector straight from the log's bytes into the window.
-Status ReplayWindow::Upsert(const wal::OpView& u, uint64_t lsn) {
+// Where the window reads the vector from: the log's own buffer, kept, or a
+// copy of it.
+const std::byte* ReplayWindow::Place(Window& w, const wal::OpView& u, const std::shared_ptr<const void>& keep) {
+  if (keep) {
+    if (w.kept.empty() || w.kept.back() != keep) w.kept.push_back(keep);
+    return u.vector.data();
+  }
+  const size_t at = w.copies.size();  // within capacity: see Upsert
+  w.copies.resize(at + dim_);
+  std::memcpy(w.copies.data() + at, u.vector.data(), u.vector.size());
+  return reinterpret_cast<const std::byte*>(w.copies.data() + at);
+}
+
+Status ReplayWindow::Upsert(const wal::OpView& u, uint64_t lsn, const std::shared_ptr<const void>& keep) {
   if (u.dim != dim_)
     return Status::Corruption("record LSN " + std::to_string(lsn) + ": upsert of id " + std::to_string(u.id) +
                               " has dimension " + std::to_string(u.dim) + ", the index " + std::to_string(dim_));
   payloads_.Set(u.id, u.payload);
+  // Rows point into the copies, so they never grow: a window whose copies
+  // are full is handed on, even in the middle of a batch (the index still
+  // gets the ops in log order, and an error ends the whole replay).
+  if (!keep && windows_[open_].copies.size() + dim_ > windows_[open_].copies.capacity())
+    VECWAL_RETURN_IF_ERROR(Hand());
   Window& w = windows_[open_];
+  const std::byte* v = Place(w, u, keep);
   if (auto it = w.row.find(u.id); it != w.row.end()) {
-    std::memcpy(w.vecs.data() + it->second * dim_, u.vector.data(), u.vector.size());
+    w.rows[it->second] = v;
     return Status::OK();
   }
-  const size_t row = w.ids.size();
-  // Rows are zeroed once, as the window first grows; later fills reuse them.
-  // Past the window's limit only a batch record bigger than it grows them.
-  if (const size_t need = (row + 1) * dim_; need > w.vecs.size())
-    w.vecs.resize(std::max(need, std::min(w.vecs.size() * 2, limit_ * dim_)));
-  w.row.emplace(u.id, row);
+  w.row.emplace(u.id, w.ids.size());
   w.ids.push_back(u.id);
-  std::memcpy(w.vecs.data() + row * dim_, u.vector.data(), u.vector.size());
+  w.rows.push_back(v);
   w.touched.push_back(u.id);
   return Status::OK();
 }
@@ -85,14 +101,15 @@ Status ReplayWindow::ApplyToIndex(Window& w) {
   size_t live = 0;  // pack the surviving rows to the front
   for (size_t r = 0; r < w.ids.size(); ++r) {
     if (w.ids[r] == index::kNoId) continue;
-    if (live != r) {
-      w.ids[live] = w.ids[r];
-      std::memmove(w.vecs.data() + live * dim_, w.vecs.data() + r * dim_, dim_ * sizeof(float));
-    }
+    w.ids[live] = w.ids[r];
+    w.rows[live] = w.rows[r];
     ++live;
   }
-  if (s.ok() && live) s = idx_.Add(std::span(w.ids).first(live), std::span(w.vecs).first(live * dim_));
-  w.ids.clear();  // vecs keeps its rows' memory for the window's next fill
+  if (s.ok() && live) s = idx_.AddRows(std::span(w.ids).first(live), std::span(w.rows).first(live));
+  w.ids.clear();
+  w.rows.clear();
+  w.copies.clear();  // keeps its memory for the window's next fill
+  w.kept.clear();    // the log's buffers go back to its reader
   w.row.clear();
   w.touched.clear();
   apply_busy_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -6,6 +6,8 @@
 
 #include <atomic>
 #include <cstring>
+#include <limits>
+#include <memory>
 #include <map>
 #include <random>
 #include <thread>
@@ -154,6 +156,71 @@ BOOST_AUTO_TEST_CASE(an_apply_error_reaches_a_later_call_and_stops_the_windows_a
   BOOST_TEST(!first_error.ok());
   BOOST_TEST(first_error.ToString().find("injected add failure") != std::string::npos);
   BOOST_TEST(idx->adds.load() == 3);  // no window was applied after the failed one
+}
+
+// A record's vector in a buffer of its own, as the log's reader hands them
+// out (LogRecord::keep); the buffer is overwritten with NaNs as it goes, so
+// a row read after its buffer was let go is seen.
+struct KeptRecord {
+  std::shared_ptr<const void> keep;
+  wal::OpView view;
+};
+std::atomic<int> live_buffers{0}, most_live_buffers{0};
+KeptRecord MakeKept(uint64_t id, float tag) {
+  auto* v = new std::vector<float>{float(id), tag, 2, 3};
+  most_live_buffers = std::max(most_live_buffers.load(), ++live_buffers);
+  std::shared_ptr<const void> keep(v, [](std::vector<float>* p) {
+    std::fill(p->begin(), p->end(), std::numeric_limits<float>::quiet_NaN());
+    --live_buffers;
+    delete p;
+  });
+  return {keep, {false, id, kDim, std::as_bytes(std::span(*v)), {}}};
+}
+
+BOOST_AUTO_TEST_CASE(a_window_holds_the_log_buffers_its_rows_point_into_until_it_is_applied) {
+  auto idx = NewWatched();
+  PayloadStore payloads;
+  std::vector<std::weak_ptr<const void>> watch;
+  {
+    ReplayWindow w(*idx, payloads, /*rows_per_flush=*/4);
+    for (uint64_t rec = 0; rec < 60; ++rec) {
+      KeptRecord r = MakeKept(rec % 25, float(rec));  // ids come back: later rows replace earlier ones
+      watch.push_back(r.keep);
+      BOOST_REQUIRE(w.Apply(std::span(&r.view, 1), rec + 1, r.keep).ok());
+      // r goes: the window's hold is the only one left
+    }
+    BOOST_REQUIRE(w.Flush().ok());
+    for (const auto& b : watch) BOOST_TEST(b.expired());  // every applied window let go of its buffers
+  }
+  BOOST_TEST(idx->size() == 25u);
+  for (uint64_t id = 0; id < 25; ++id) {
+    auto v = idx->Reconstruct(id);
+    BOOST_REQUIRE(v.ok());
+    const float last = float(id + 50 < 60 ? id + 50 : id + 25);  // the id's last record
+    BOOST_TEST(*v == (std::vector<float>{float(id), last, 2, 3}), boost::test_tools::per_element());
+  }
+}
+
+// A log that rewrites one id fills one row per window: the window is handed
+// on by the buffers it holds, or it would keep the whole log in memory.
+BOOST_AUTO_TEST_CASE(a_log_that_rewrites_one_id_does_not_keep_all_its_buffers) {
+  auto idx = NewWatched();
+  PayloadStore payloads;
+  most_live_buffers = live_buffers.load();
+  const int before = live_buffers.load();
+  {
+    ReplayWindow w(*idx, payloads);
+    for (uint64_t rec = 0; rec < 200; ++rec) {
+      KeptRecord r = MakeKept(7, float(rec));
+      BOOST_REQUIRE(w.Apply(std::span(&r.view, 1), rec + 1, r.keep).ok());
+    }
+    BOOST_REQUIRE(w.Flush().ok());
+  }
+  BOOST_TEST(most_live_buffers.load() - before <= int(2 * ReplayWindow::kMaxKept + 1));
+  BOOST_TEST(live_buffers.load() == before);
+  auto v = idx->Reconstruct(7);
+  BOOST_REQUIRE(v.ok());
+  BOOST_TEST(*v == (std::vector<float>{7, 199, 2, 3}), boost::test_tools::per_element());
 }
 
 }  // namespace

@@ -279,15 +279,28 @@ BOOST_AUTO_TEST_CASE(segment_window_returns_the_bytes_asked_for) {
   BOOST_REQUIRE(w.Begin(infos[0], &infos[1]).ok());
   std::mt19937_64 rng(3);
   uint64_t pos = 0;
+  // Reads whose buffer the test keeps, as replay does: they must still hold
+  // their bytes after every later read, however the window reused buffers.
+  struct Kept {
+    std::shared_ptr<const void> buf;
+    const std::byte* p;
+    uint64_t pos;
+    size_t len;
+  };
+  std::vector<Kept> kept;
   while (pos < kFile) {
     // Short and long reads, some past the 16 KiB carry, some past a chunk.
     size_t len = std::min<uint64_t>(kFile - pos, rng() % 5 == 0 ? 70000 + rng() % 30000 : 1 + rng() % 9000);
     auto p = w.At(pos, len);
     BOOST_REQUIRE_MESSAGE(p.ok(), p.status().ToString());
     expect(0, pos, len, *p);
+    if (rng() % 4 == 0) kept.push_back({w.Keep(), *p, pos, len});
+    if (kept.size() > 6) kept.erase(kept.begin() + static_cast<long>(rng() % kept.size()));  // let some go
     if (rng() % 11 == 0 && pos > 50000) pos -= 40000;  // a step back, as salvage takes
     else pos += len;
   }
+  BOOST_REQUIRE(!kept.empty());
+  for (const auto& k : kept) expect(0, k.pos, k.len, k.p);
   BOOST_REQUIRE(w.Begin(infos[1], nullptr).ok());  // its first chunk was read ahead
   for (uint64_t at : {uint64_t{0}, uint64_t{65000}, kFile - 10}) {
     auto p = w.At(at, 10);
@@ -296,6 +309,7 @@ BOOST_AUTO_TEST_CASE(segment_window_returns_the_bytes_asked_for) {
   }
   BOOST_TEST(w.bytes_read() >= 2 * kFile);
   w.End();
+  for (const auto& k : kept) expect(0, k.pos, k.len, k.p);  // held past the window's end, too
 }
 
 BOOST_AUTO_TEST_CASE(record_larger_than_a_segment_is_refused) {

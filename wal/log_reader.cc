@@ -284,7 +284,8 @@ class Scanner {
       if (h.lsn != expected_)
         return Stop{Stop::kInvalid, pos, "record has LSN " + std::to_string(h.lsn) + ", not the next"};
       if (h.lsn >= from_lsn_ && visit_) {
-        LogRecord rec{h.lsn, static_cast<RecordType>(h.type), {p + kRecordHeaderSize, h.length}, seg.info->id, pos};
+        LogRecord rec{h.lsn,       static_cast<RecordType>(h.type), {p + kRecordHeaderSize, h.length},
+                      seg.info->id, pos,                             seg.window->Keep()};
         VECWAL_RETURN_IF_ERROR(visit_(rec));
         ++report_.records_visited;
         report_.payload_bytes_visited += h.length;

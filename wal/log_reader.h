@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -39,9 +40,13 @@ Result<RecoveryMode> ParseRecoveryMode(const std::string& s);
 struct LogRecord {
   uint64_t lsn = 0;
   RecordType type = RecordType::kOpaque;
-  std::span<const std::byte> payload;  // valid during the visit only
+  std::span<const std::byte> payload;  // valid during the visit, or while `keep` is held
   uint64_t segment_id = 0;
   uint64_t offset = 0;  // of the record header in its segment file
+  // Owns the memory `payload` lies in. A visitor that holds it may use the
+  // payload after the visit, from any thread: the reader never writes that
+  // memory again while it is held.
+  std::shared_ptr<const void> keep;
 };
 
 // A range of LSNs salvage skipped (first > last when damage lost no LSN).

@@ -2,12 +2,51 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 
 namespace vecwal::wal {
 namespace {
 // Reads are issued in whole device blocks: an O_DIRECT file refuses others.
 constexpr uint64_t kReadAlign = 4096;
 }  // namespace
+
+// Buffers of `size` bytes (or more, for a long record read whole), each
+// handed out as a shared pointer that returns it here when its last holder
+// lets go. Reused, not freed: an 8 MiB buffer freed and allocated again is
+// fresh memory, and on a VM faulting that in costs more than reading it.
+class SegmentWindow::BufferPool : public std::enable_shared_from_this<BufferPool> {
+ public:
+  explicit BufferPool(size_t size) : size_(size) {}
+
+  Buffer Get(size_t min_size) {
+    AlignedBuffer b;
+    {
+      std::lock_guard lk(mu_);
+      if (!free_.empty()) {
+        b = std::move(free_.back());
+        free_.pop_back();
+      }
+    }
+    if (b.size() < min_size) b = AlignedBuffer(std::max(min_size, size_), kReadAlign, AlignedBuffer::kUninitialized);
+    return Buffer(new AlignedBuffer(std::move(b)), [pool = shared_from_this()](AlignedBuffer* p) { pool->Put(p); });
+  }
+
+ private:
+  void Put(AlignedBuffer* p) {
+    if (p->size() == size_) {  // one grown for a long record is not kept
+      std::lock_guard lk(mu_);
+      free_.push_back(std::move(*p));
+    }
+    delete p;
+  }
+
+  const size_t size_;
+  std::mutex mu_;
+  std::vector<AlignedBuffer> free_;
+};
+
+SegmentWindow::SegmentWindow(FileSystem& fs, size_t chunk, size_t carry, size_t depth)
+    : fs_(fs), chunk_(chunk), carry_(carry), depth_(depth), pool_(std::make_shared<BufferPool>(carry + chunk)) {}
 
 Status SegmentWindow::ReadChunk(File& f, const std::string& path, uint64_t file_bytes, uint64_t offset,
                                 std::span<std::byte> dst, size_t need, uint64_t* read) {
@@ -32,10 +71,9 @@ Status SegmentWindow::Begin(const SegmentFileInfo& seg, const SegmentFileInfo* t
   Ahead& a = ahead_.front();
   // Later chunks of this segment read through the file the first one opened.
   file_ = std::move(a.file);
-  std::swap(win_buf_, a.buf);
+  win_buf_ = std::move(a.buf);
   win_off_ = carry_;
   win_len_ = a.len;
-  spare_.push_back(std::move(a.buf));
   ahead_.pop_front();
   StartAhead();
   return Status::OK();
@@ -49,7 +87,7 @@ void SegmentWindow::End() {
 
 Result<const std::byte*> SegmentWindow::At(uint64_t pos, size_t len) {
   if (pos < win_start_ || pos + len > win_start_ + win_len_) VECWAL_RETURN_IF_ERROR(Slide(pos, len));
-  return win_buf_.data() + win_off_ + (pos - win_start_);
+  return win_buf_->data() + win_off_ + (pos - win_start_);
 }
 
 Status SegmentWindow::Slide(uint64_t pos, size_t len) {
@@ -64,12 +102,11 @@ Status SegmentWindow::Slide(uint64_t pos, size_t len) {
     Ahead& a = ahead_.front();
     // The straddling record's head goes in front of the chunk read ahead.
     const size_t carry = static_cast<size_t>(win_end - start);
-    std::memcpy(a.buf.data() + carry_ - carry, win_buf_.data() + win_off_ + (start - win_start_), carry);
-    std::swap(win_buf_, a.buf);
+    std::memcpy(a.buf->data() + carry_ - carry, win_buf_->data() + win_off_ + (start - win_start_), carry);
+    win_buf_ = std::move(a.buf);  // the old one goes back to the pool, unless kept
     win_off_ = carry_ - carry;
     win_start_ = start;
     win_len_ = carry + a.len;
-    spare_.push_back(std::move(a.buf));
     ahead_.pop_front();
   } else {
     // A step back, or a record longer than the carry: start over here.
@@ -93,13 +130,14 @@ Status SegmentWindow::OpenCurrent() {
 Status SegmentWindow::ReadInto(uint64_t start, uint64_t end) {
   const size_t len = static_cast<size_t>(end - start);
   const size_t req = static_cast<size_t>(AlignUp(len, kReadAlign));
-  if (win_buf_.size() < req)
-    win_buf_ = AlignedBuffer(std::max(req, carry_ + chunk_), kReadAlign, AlignedBuffer::kUninitialized);
+  // Never into the buffer in hand: someone may keep it.
+  win_buf_.reset();
+  win_buf_ = pool_->Get(std::max(req, carry_ + chunk_));
   VECWAL_RETURN_IF_ERROR(OpenCurrent());
   win_off_ = 0;
   win_start_ = start;
   win_len_ = 0;  // until the read succeeds
-  VECWAL_RETURN_IF_ERROR(ReadChunk(*file_, seg_->path, seg_->file_bytes, start, {win_buf_.data(), req}, len,
+  VECWAL_RETURN_IF_ERROR(ReadChunk(*file_, seg_->path, seg_->file_bytes, start, {win_buf_->data(), req}, len,
                                    &bytes_read_));
   win_len_ = len;
   return Status::OK();
@@ -131,13 +169,8 @@ void SegmentWindow::StartAhead() {
     a.seg = s;
     a.offset = off;
     a.len = len;
-    if (!spare_.empty()) {
-      a.buf = std::move(spare_.back());
-      spare_.pop_back();
-    }
-    if (a.buf.size() < carry_ + chunk_)
-      a.buf = AlignedBuffer(carry_ + chunk_, kReadAlign, AlignedBuffer::kUninitialized);
-    const std::span<std::byte> dst{a.buf.data() + carry_, static_cast<size_t>(AlignUp(len, kReadAlign))};
+    a.buf = pool_->Get(carry_ + chunk_);
+    const std::span<std::byte> dst{a.buf->data() + carry_, static_cast<size_t>(AlignUp(len, kReadAlign))};
     // The task copies what it needs of the segment: the list it came from
     // may go before the task is joined (End joins it first).
     a.done = std::async(std::launch::async,
@@ -157,10 +190,7 @@ Status SegmentWindow::JoinFront() {
   Ahead& a = ahead_.front();
   Status s = a.done.get();
   bytes_read_ += a.read;
-  if (!s.ok()) {  // the scan ends with this error; nothing may join it again
-    spare_.push_back(std::move(a.buf));
-    ahead_.pop_front();
-  }
+  if (!s.ok()) ahead_.pop_front();  // the scan ends with this error; nothing may join it again
   return s;
 }
 
@@ -170,7 +200,6 @@ void SegmentWindow::DropAhead() {
       (void)a.done.get();
       bytes_read_ += a.read;
     }
-    spare_.push_back(std::move(a.buf));
   }
   ahead_.clear();
 }
