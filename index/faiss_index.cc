@@ -20,7 +20,6 @@
 #include <unordered_map>
 #include <unordered_set>
 
-
 #include "index/id_table.h"
 #include "index/page_prefaulter.h"
 #include "index/vector_index.h"
