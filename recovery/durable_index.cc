@@ -213,15 +213,20 @@ void DurableIndex::NoteOverlay(const wal::Op& op, uint64_t seq) {
 // ops and applies them under one exclusive hold of the index, waiting for
 // that hold without apply_mu_, so that the ops of writers arriving meanwhile
 // join the next run rather than each paying for the exclusive lock.
+//
+// The run also takes the ops that turned ready while it waited for the
+// index: beside searches that wait is a whole query (tens of milliseconds on
+// a big Flat index), and a writer whose op turned durable during it would
+// otherwise wait for a second one. That takes apply_mu_ under state_mu_,
+// the one place the two nest.
 void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
   if (applying_) return;  // the applier's next run takes ours
   applying_ = true;
   std::vector<const wal::Op*> run;
   std::vector<std::shared_ptr<AsyncWrite>> finished;
-  for (;;) {
-    run.clear();
-    finished.clear();
-    uint64_t next = applied_seq_.load() + 1;
+  uint64_t next = 0;
+  // Under apply_mu_: moves the ready ops from `next` on into the run.
+  auto take = [&] {
     for (auto it = ready_.begin(); it != ready_.end() && it->first == next && failed().ok(); ++next) {
       run.push_back(it->second);
       if (auto as = async_.find(next); as != async_.end()) {
@@ -230,12 +235,23 @@ void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
       }
       it = ready_.erase(it);
     }
+  };
+  for (;;) {
+    run.clear();
+    finished.clear();
+    next = applied_seq_.load() + 1;
+    take();
     if (run.empty()) break;
     a.unlock();
     {
       std::unique_lock w(state_mu_);
+      a.lock();
+      take();
+      a.unlock();
       for (const wal::Op* op : run) ApplyOp(*op);
     }
+    ops_applied_ += run.size();
+    ++apply_holds_;
     a.lock();
     // Visible now. The applier thread runs the callbacks, in order: here a
     // checkpoint may hold write_mu_, which a callback's own write would need.
@@ -740,6 +756,8 @@ DurableIndexStats DurableIndex::Stats() const {
   s.last_checkpoint_lsn = last_checkpoint_lsn_.load();
   s.log_bytes_since_checkpoint = log_bytes_since_checkpoint_.load();
   s.durable_lsn = wal_ ? wal_->durable_lsn() : 0;
+  s.ops_applied = ops_applied_.load();
+  s.apply_holds = apply_holds_.load();
   return s;
 }
 

@@ -95,6 +95,9 @@ class WriteBatch {
 
 struct DurableIndexStats {
   uint64_t size = 0, durable_lsn = 0, last_checkpoint_lsn = 0, log_bytes_since_checkpoint = 0;
+  // Since Open: ops applied to the index, and the exclusive holds of it they
+  // took (beside searches each hold waits for the query in progress).
+  uint64_t ops_applied = 0, apply_holds = 0;
   RecoveryStats recovery;
 };
 
@@ -186,7 +189,7 @@ class DurableIndex {
   std::unique_ptr<wal::Wal> wal_;
   std::unique_ptr<index::VectorIndex> index_;
   PayloadStore payloads_;
-  // Lock order: ckpt_mu_, then write_mu_, then state_mu_ / apply_mu_.
+  // Lock order: ckpt_mu_, then write_mu_, then state_mu_, then apply_mu_.
   std::mutex ckpt_mu_;                   // one checkpoint at a time; Close waits for it
   mutable std::mutex write_mu_;          // placement order; checkpoint snapshots, Train, Close
   mutable WriterPriorityMutex state_mu_;  // index_ and payloads_: readers shared, applies exclusive
@@ -195,6 +198,7 @@ class DurableIndex {
   // process loaded or wrote it); under ckpt_mu_.
   bool checkpoint_on_disk_ = false;
   std::atomic<uint64_t> log_bytes_since_checkpoint_{0};
+  std::atomic<uint64_t> ops_applied_{0}, apply_holds_{0};
   RecoveryStats recovery_;
 
   // Placement and apply order. seq numbers follow LSN order because records

@@ -383,6 +383,66 @@ BOOST_AUTO_TEST_CASE(concurrent_writers_each_equal_their_own_model) {
   ExpectEqual(*OpenOrDie(o), all);
 }
 
+// An apply waits for the index while a search holds it. Ops that turn
+// durable meanwhile must join that apply's run, not wait for a second hold:
+// beside searches each hold costs a whole query.
+BOOST_AUTO_TEST_CASE(ops_that_turn_durable_while_an_apply_waits_for_the_index_join_its_run) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  o.search_hold_us = 0;  // a search holds the index for its whole call
+  auto d = OpenOrDie(o);
+  std::mt19937_64 rng(5);
+  for (uint64_t base = 0; base < 20000; base += 1000) {
+    WriteBatch b;
+    for (uint64_t id = base; id < base + 1000; ++id) b.Upsert(id, Vec(rng));
+    BOOST_REQUIRE(d->Apply(b).ok());
+  }
+  auto queries = [&](size_t nq) {
+    std::vector<float> q;
+    for (size_t i = 0; i < nq; ++i) {
+      auto v = Vec(rng);
+      q.insert(q.end(), v.begin(), v.end());
+    }
+    return q;
+  };
+  // Enough queries to hold the index for about two seconds.
+  const auto t0 = std::chrono::steady_clock::now();
+  BOOST_REQUIRE(d->Search(queries(200), 10).ok());
+  const double per_query = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 200;
+  size_t nq = std::clamp<size_t>(static_cast<size_t>(2.0 / per_query), 200, 2'000'000);
+  for (int attempt = 0; attempt < 3; ++attempt, nq *= 4) {
+    const auto before = d->Stats();
+    const auto q = queries(nq);
+    std::atomic<bool> searching{true}, search_ok{false};
+    std::atomic<int> writes_ok{0};
+    std::thread search([&] {
+      search_ok = d->Search(q, 10).ok();
+      searching = false;
+    });
+    const auto v = Vec(rng);
+    auto write = [&](uint64_t id) {
+      if (d->Upsert(id, v).ok()) ++writes_ok;
+    };
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the search holds the index
+    std::vector<std::thread> writers;
+    writers.emplace_back(write, 1'000'000);                        // its apply waits for the search
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    for (uint64_t i = 1; i < 16; ++i) writers.emplace_back(write, 1'000'000 + i);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // durable, waiting to apply
+    const bool held_throughout = searching.load();
+    search.join();
+    for (auto& w : writers) w.join();
+    BOOST_REQUIRE(search_ok.load());
+    BOOST_REQUIRE(writes_ok.load() == 16);
+    if (!held_throughout) continue;  // the search ended too soon to tell: a longer one
+    const auto after = d->Stats();
+    BOOST_TEST(after.ops_applied - before.ops_applied == 16u);
+    BOOST_TEST(after.apply_holds - before.apply_holds == 1u);
+    return;
+  }
+  BOOST_FAIL("no search held the index for the whole test, even with " << nq / 4 << " queries");
+}
+
 BOOST_AUTO_TEST_CASE(chunked_search_returns_what_one_whole_search_returns) {
   test::TempDir t;
   auto whole_opts = Options(t / "db");
