@@ -103,6 +103,12 @@ int main(int argc, char** argv) {
     sub->add_option("--seconds", xc.seconds, "duration of each measurement")->capture_default_str();
     sub->add_option("--repeat", xc.repeat, "runs per measurement; medians are reported")->capture_default_str();
     sub->add_option("--checkpoint-mib", xc.checkpoint_mib, "automatic checkpoint interval")->capture_default_str();
+    sub->add_option("--recent-writes-merge-at", xc.recent_writes_merge_at,
+                    "writes applied beside the index before a merge into it; 0: straight into the index")
+        ->capture_default_str();
+    sub->add_option("--writer-slice-us", xc.writer_slice_us,
+                    "time slice writer threads ask the kernel for; 0: the default slice")
+        ->capture_default_str();
     sub->add_flag("!--no-rocksdb", xc.rocksdb, "skip the RocksDB baseline");
   };
   auto* ingest = app.add_subcommand("ingest", "durable upserts, single and batched; vs RocksDB sync puts, raw device");

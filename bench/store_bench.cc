@@ -31,6 +31,9 @@ std::unique_ptr<recovery::DurableIndex> OpenStore(const StoreWorkloadConfig& c, 
   o.dir = dir;
   o.spec = {static_cast<uint32_t>(c.dim), index::Metric::kL2, c.description};
   o.checkpoint_every_log_bytes = static_cast<uint64_t>(checkpoint_mib * (1 << 20));
+  o.recent_writes_merge_at = c.recent_writes_merge_at;
+  o.writer_slice_us = c.writer_slice_us;
+  o.wal.thread_slice_us = c.writer_slice_us;
   auto d = recovery::DurableIndex::Open(o);
   if (!d.ok()) throw std::runtime_error(d.status().ToString());
   return std::move(d).value();

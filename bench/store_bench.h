@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "bench/measure.h"
+#include "recovery/durable_index.h"
 
 namespace vecwal::bench {
 
@@ -29,6 +30,8 @@ struct StoreWorkloadConfig {
   double seconds = 3;           // per measurement
   int repeat = 1;               // medians over this many runs
   double checkpoint_mib = 64;   // automatic checkpoint interval in mixed
+  size_t recent_writes_merge_at = recovery::DurableIndexOptions{}.recent_writes_merge_at;
+  uint64_t writer_slice_us = recovery::DurableIndexOptions{}.writer_slice_us;
   bool rocksdb = true;
 };
 

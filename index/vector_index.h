@@ -134,6 +134,15 @@ inline constexpr size_t kLoaderHeadBytes = 4096;
 // places directly (then load through LoadFaissIndex).
 std::unique_ptr<IndexLoader> NewIndexLoader(const IndexSpec& spec, std::span<const std::byte> head, uint64_t total);
 
+// Exact distances, as `spec.metric` measures them and FAISS's exact kernels
+// compute them (squared L2; inner product): `out` receives nq x n values for
+// nq queries and n rows (both dim floats each, contiguous). For searching a
+// few vectors beside an index, with results that merge with its own.
+void ExactDistances(const IndexSpec& spec, std::span<const float> queries, std::span<const float> rows,
+                    std::span<float> out);
+// Whether distance `a` ranks before `b` under `m`: smaller L2, larger inner product.
+inline bool Closer(Metric m, float a, float b) { return m == Metric::kInnerProduct ? a > b : a < b; }
+
 Result<std::unique_ptr<VectorIndex>> NewFaissIndex(const IndexSpec& spec);
 // Loads what Serialize wrote for an index of `spec`.
 Result<std::unique_ptr<VectorIndex>> LoadFaissIndex(const IndexSpec& spec, std::span<const std::byte> bytes);

@@ -6,6 +6,7 @@
 #include <semaphore>
 
 #include "io/prefault.h"
+#include "io/time_slice.h"
 #include "recovery/replay_window.h"
 
 namespace vecwal::recovery {
@@ -41,6 +42,7 @@ Result<std::unique_ptr<DurableIndex>> DurableIndex::Open(const DurableIndexOptio
   d->opts_.wal.fs = d->fs_;
   d->opts_.wal.recovery_mode = opts.recovery_mode;
   VECWAL_RETURN_IF_ERROR(d->fs_->CreateDir(opts.dir));
+  d->recent_ = std::make_unique<RecentWrites>(opts.spec);
   VECWAL_RETURN_IF_ERROR(d->Recover(&d->recovery_));
   d->applier_ = std::thread([p = d.get()] { p->ApplierLoop(); });
   return d;
@@ -194,8 +196,7 @@ bool DurableIndex::PresentLocked(uint64_t id) {
     if (it->second.second > applied_seq_.load()) return it->second.first;
     overlay_.erase(it);  // applied since: the index knows
   }
-  std::shared_lock r(state_mu_);
-  return index_->Contains(id);
+  return Contains(id);
 }
 
 void DurableIndex::NoteOverlay(const wal::Op& op, uint64_t seq) {
@@ -210,15 +211,17 @@ void DurableIndex::NoteOverlay(const wal::Op& op, uint64_t seq) {
 
 // Applies every op that is next in order and durable, whoever placed it.
 // One writer at a time is the applier: it takes the run of consecutive ready
-// ops and applies them under one exclusive hold of the index, waiting for
-// that hold without apply_mu_, so that the ops of writers arriving meanwhile
-// join the next run rather than each paying for the exclusive lock.
+// ops and applies them to the recent writes under one exclusive hold,
+// waiting for that hold without apply_mu_, so that the ops of writers
+// arriving meanwhile join the next run. The run also takes the ops that
+// turned ready while it waited (apply_mu_ under recent_mu_, the one place
+// the two nest).
 //
-// The run also takes the ops that turned ready while it waited for the
-// index: beside searches that wait is a whole query (tens of milliseconds on
-// a big Flat index), and a writer whose op turned durable during it would
-// otherwise wait for a second one. That takes apply_mu_ under state_mu_,
-// the one place the two nest.
+// The hold waits only for searches scanning the recent writes, never for a
+// query of the index: the applier thread merges them into the index once
+// they reach recent_writes_merge_at. A run that leaves them at four times
+// that (a big batch, or merges held back by searches) is merged by its
+// applier at once, so they stay small.
 void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
   if (applying_) return;  // the applier's next run takes ours
   applying_ = true;
@@ -244,15 +247,21 @@ void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
     if (run.empty()) break;
     a.unlock();
     {
-      std::unique_lock w(state_mu_);
+      std::unique_lock r(recent_mu_);
       a.lock();
       take();
       a.unlock();
-      for (const wal::Op* op : run) ApplyOp(*op);
+      for (const wal::Op* op : run) recent_->Apply(*op);
+      recent_size_ = recent_->size();
     }
+    // Merged at once where they go straight into the index, or past the
+    // bound: a big batch, or merges kept behind by searches.
+    if (opts_.recent_writes_merge_at == 0 || recent_size_.load() >= RecentHardBound()) MergeRecent();
     ops_applied_ += run.size();
     ++apply_holds_;
     a.lock();
+    if (opts_.recent_writes_merge_at != 0 && recent_size_.load() >= opts_.recent_writes_merge_at)
+      merge_wanted_ = true;
     // Visible now. The applier thread runs the callbacks, in order: here a
     // checkpoint may hold write_mu_, which a callback's own write would need.
     for (auto& f : finished) completions_.emplace_back(std::move(f), failed());
@@ -260,7 +269,37 @@ void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
     applied_cv_.notify_all();
   }
   applying_ = false;
-  if (!failed().ok()) applied_cv_.notify_all();
+  if (!failed().ok() || merge_wanted_) applied_cv_.notify_all();
+}
+
+// Waits for the searches in progress (state_mu_), then holds the writers'
+// applies back only while it moves the recent writes into the index: one
+// Remove of every id written, one gather add of the vectors that stand. A
+// failure leaves them where they are (reads stay right) and fails the store,
+// which then takes no more writes rather than diverge from its log.
+void DurableIndex::MergeRecent() {
+  Status s;
+  {
+    std::unique_lock w(state_mu_);
+    std::unique_lock r(recent_mu_);
+    if (recent_->empty()) return;
+    std::vector<uint64_t> ids(recent_->ids().begin(), recent_->ids().end()), added;
+    std::vector<const std::byte*> rows;
+    s = index_->Remove(ids);
+    recent_->ForEach([&](uint64_t id, const float* v, std::span<const std::byte> payload) {
+      if (v == nullptr) return payloads_.Erase(id);
+      added.push_back(id);
+      rows.push_back(reinterpret_cast<const std::byte*>(v));
+      payloads_.Set(id, payload);
+    });
+    if (s.ok() && !added.empty()) s = index_->AddRows(added, rows);
+    if (s.ok()) {
+      recent_->Clear(RecentHardBound());
+      recent_size_ = 0;
+      ++merges_;
+    }
+  }
+  if (!s.ok()) SetFailed(s.WithContext("merging the recent writes into the index"));
 }
 
 Status DurableIndex::DrainLocked() {
@@ -275,6 +314,12 @@ Status DurableIndex::DrainLocked() {
 }
 
 Status DurableIndex::Write(const wal::Op& op, uint64_t id, Need need) {
+  // Once per thread. A hint: where the kernel refuses it, the default stays.
+  thread_local bool slice_asked = false;
+  if (!slice_asked && opts_.writer_slice_us != 0) {
+    (void)RequestTimeSlice(opts_.writer_slice_us);
+    slice_asked = true;
+  }
   std::vector<std::byte> bytes;
   wal::EncodeOp(op, bytes);
   std::binary_semaphore done{0};
@@ -390,10 +435,12 @@ void DurableIndex::OnAsyncDurable(const std::shared_ptr<AsyncWrite>& w, const St
 // Applies async ops when no blocking writer is there to, fails them when the
 // store has failed, and takes the automatic checkpoints their log calls for.
 void DurableIndex::ApplierLoop() {
+  // A hint: where the kernel refuses it, the default stays.
+  if (opts_.writer_slice_us != 0) (void)RequestTimeSlice(opts_.writer_slice_us);
   std::unique_lock a(apply_mu_);
   for (;;) {
     applied_cv_.wait(a, [&] {
-      return stop_applier_ || !completions_.empty() || (!async_.empty() && !failed().ok()) ||
+      return stop_applier_ || !completions_.empty() || (!async_.empty() && !failed().ok()) || merge_wanted_ ||
              (failed().ok() && !ready_.empty() && ready_.begin()->first == applied_seq_.load() + 1 && !applying_);
     });
     if (stop_applier_) return;  // Close runs what is left
@@ -409,35 +456,18 @@ void DurableIndex::ApplierLoop() {
       a.lock();
       continue;
     }
+    if (merge_wanted_) {
+      merge_wanted_ = false;
+      a.unlock();
+      MergeRecent();
+      a.lock();
+      continue;
+    }
     ApplyReady(a);
     a.unlock();
     (void)MaybeCheckpoint();  // a failure fails nothing acknowledged; the next write retries it
     a.lock();
   }
-}
-
-// Invariant: the op passed Validate and the presence checks, so the index
-// calls below cannot fail but for a bug; if one does, the store stops taking
-// writes rather than diverge from its log.
-void DurableIndex::ApplyOp(const wal::Op& op) {
-  auto upsert = [&](const wal::UpsertOp& u) {
-    Status s = index_->Remove(std::span(&u.id, 1));
-    if (s.ok()) s = index_->Add(std::span(&u.id, 1), u.vector);
-    if (!s.ok()) SetFailedNoNotify(s.WithContext("applying a logged upsert"));
-    payloads_.Set(u.id, u.payload);
-  };
-  auto remove = [&](uint64_t id) {
-    Status s = index_->Remove(std::span(&id, 1));
-    if (!s.ok()) SetFailedNoNotify(s.WithContext("applying a logged delete"));
-    payloads_.Erase(id);
-  };
-  if (auto* u = std::get_if<wal::UpsertOp>(&op)) upsert(*u);
-  else if (auto* d = std::get_if<wal::DeleteOp>(&op)) remove(d->id);
-  else if (auto* b = std::get_if<wal::BatchOp>(&op))
-    for (const auto& sub : b->ops) {
-      if (auto* su = std::get_if<wal::UpsertOp>(&sub)) upsert(*su);
-      else remove(std::get<wal::DeleteOp>(sub).id);
-    }
 }
 
 Status DurableIndex::Insert(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) {
@@ -542,9 +572,23 @@ Result<index::SearchResults> DurableIndex::Search(std::span<const float> queries
     const size_t chunk =
         per_query == 0 || hold_ns == 0 ? nq - done : std::clamp<size_t>(hold_ns / per_query, 1, nq - done);
     const auto t0 = Clock::now();
-    auto part = [&] {
+    auto part = [&]() -> Result<index::SearchResults> {
+      const auto q = queries.subspan(done * dim, chunk * dim);
       std::shared_lock r(state_mu_);
-      return index_->Search(queries.subspan(done * dim, chunk * dim), k);
+      // The recent writes are scanned first, and the ids they hide in the
+      // index noted, at one point in log order; a merge cannot come between
+      // that and the index's own search while state_mu_ is held.
+      index::SearchResults recent;
+      index::IdSet hidden;
+      {
+        std::shared_lock rr(recent_mu_);
+        if (recent_->empty()) return index_->Search(q, k);
+        recent = recent_->Search(q, k);
+        for (uint64_t id : recent_->ids())
+          if (index_->Contains(id)) hidden.insert(id);
+      }
+      VECWAL_ASSIGN_OR_RETURN(auto found, index_->Search(q, k + hidden.size()));
+      return MergeHits(found, hidden, recent, k, opts_.spec.metric);
     }();
     if (!part.ok()) return part.status();
     const auto ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
@@ -558,6 +602,13 @@ Result<index::SearchResults> DurableIndex::Search(std::span<const float> queries
 
 Result<Entry> DurableIndex::Get(uint64_t id) const {
   std::shared_lock r(state_mu_);
+  {
+    std::shared_lock rr(recent_mu_);
+    if (auto f = recent_->Find(id)) {
+      if (!f->present) return Status::NotFound("id " + std::to_string(id) + " is not in the index");
+      return Entry{{f->vector.begin(), f->vector.end()}, {f->payload.begin(), f->payload.end()}};
+    }
+  }
   Entry e;
   VECWAL_ASSIGN_OR_RETURN(e.vector, index_->Reconstruct(id));
   if (const auto* p = payloads_.Find(id)) e.payload = *p;
@@ -566,12 +617,22 @@ Result<Entry> DurableIndex::Get(uint64_t id) const {
 
 bool DurableIndex::Contains(uint64_t id) const {
   std::shared_lock r(state_mu_);
+  {
+    std::shared_lock rr(recent_mu_);
+    if (auto f = recent_->Find(id)) return f->present;
+  }
   return index_->Contains(id);
 }
 
 size_t DurableIndex::Size() const {
   std::shared_lock r(state_mu_);
-  return index_->size();
+  std::shared_lock rr(recent_mu_);
+  size_t n = index_->size();
+  for (uint64_t id : recent_->ids()) {
+    const bool now = recent_->Find(id)->present, before = index_->Contains(id);
+    n = n + now - before;
+  }
+  return n;
 }
 
 Status DurableIndex::Train(std::span<const float> sample) {
@@ -663,6 +724,8 @@ Result<uint64_t> DurableIndex::CheckpointByCopy() {
 // then holds exactly the log up to the LSN returned: a checkpoint's LSN.
 Result<uint64_t> DurableIndex::QuiesceLocked() {
   VECWAL_RETURN_IF_ERROR(DrainLocked());  // never persist a state that may have left its log
+  MergeRecent();
+  VECWAL_RETURN_IF_ERROR(failed());
   const uint64_t lsn = std::max(wal_->durable_lsn(), last_checkpoint_lsn_.load());
   std::unique_lock w(state_mu_);
   VECWAL_RETURN_IF_ERROR(index_->Compact());
@@ -758,6 +821,8 @@ DurableIndexStats DurableIndex::Stats() const {
   s.durable_lsn = wal_ ? wal_->durable_lsn() : 0;
   s.ops_applied = ops_applied_.load();
   s.apply_holds = apply_holds_.load();
+  s.merges = merges_.load();
+  s.recent_writes = recent_size_.load();
   return s;
 }
 

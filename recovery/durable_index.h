@@ -11,6 +11,10 @@
 // and places its record in order under a short lock, waits for durability
 // with the others, then applies, strictly in log order (whichever writer
 // finds the next op ready applies it), and returns once its op is visible.
+// Applies go to the recent writes (RecentWrites), which searches scan beside
+// the index, so a writer never waits for a search; the store's applier
+// thread merges them into the index in one batch when they reach
+// recent_writes_merge_at, waiting for the searches in progress instead.
 // A checkpoint stops new writes only while it lets the placed ones apply and
 // begins an export of the index (FAISS's id map is copied, not the vectors)
 // and freezes the payloads (PayloadStore: nothing is copied); the file is
@@ -21,7 +25,7 @@
 // memory instead, the copy's pages faulted in before writes stop.
 //
 // Thread safety: all methods may be called from any thread; searches run
-// concurrently with each other and wait only for an apply in progress.
+// concurrently with each other and with writes, and wait only for a merge.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +47,7 @@
 #include "index/vector_index.h"
 #include "recovery/checkpoint_file.h"
 #include "recovery/payload_store.h"
+#include "recovery/recent_writes.h"
 #include "recovery/writer_priority_mutex.h"
 #include "wal/wal.h"
 
@@ -59,6 +64,20 @@ struct DurableIndexOptions {
   // long at a time, taking its queries in chunks; 0: a whole call at once,
   // which batches queries best but makes writers wait for the longest search.
   uint64_t search_hold_us = 5000;
+  // Writes applied beside the index (see RecentWrites) before the applier
+  // thread merges them into it. A write that leaves four times this many
+  // merges them itself before it returns. 0: every write applies straight into the index,
+  // waiting for the searches in progress. Each search scans them exactly and
+  // asks the index for k more hits per id written since the merge that the
+  // index still holds: cheap for Flat and IVF, dearer for HNSW (a larger
+  // efSearch), where a smaller bound suits.
+  size_t recent_writes_merge_at = 1024;
+  // Time slice (io/time_slice.h) asked for by the store's applier thread and
+  // by each thread the first time it makes a blocking write here: a woken
+  // writer then preempts CPU-bound threads (searches) rather than waiting out
+  // their slices, several times per write. It changes the calling thread's
+  // scheduling for good (its CPU share stays); 0 leaves every thread as it is.
+  uint64_t writer_slice_us = 100;
   wal::WalOptions wal;  // wal.fs is shared with checkpoints
 };
 
@@ -95,9 +114,10 @@ class WriteBatch {
 
 struct DurableIndexStats {
   uint64_t size = 0, durable_lsn = 0, last_checkpoint_lsn = 0, log_bytes_since_checkpoint = 0;
-  // Since Open: ops applied to the index, and the exclusive holds of it they
-  // took (beside searches each hold waits for the query in progress).
-  uint64_t ops_applied = 0, apply_holds = 0;
+  // Since Open: ops applied (visible), and the runs they were applied in; the
+  // merges of the recent writes into the index (each waits for the searches
+  // in progress), and the ids written since the last one.
+  uint64_t ops_applied = 0, apply_holds = 0, merges = 0, recent_writes = 0;
   RecoveryStats recovery;
 };
 
@@ -164,11 +184,13 @@ class DurableIndex {
   void NoteOverlay(const wal::Op& op, uint64_t seq);
   void ApplyReady(std::unique_lock<std::mutex>& a);  // a holds apply_mu_; released while applying
   Status DrainLocked();  // under write_mu_: waits until every placed op is applied
+  // Moves the recent writes into the index; takes state_mu_, then recent_mu_.
+  void MergeRecent();
+  size_t RecentHardBound() const { return 4 * opts_.recent_writes_merge_at; }
   Status failed() const;
   void SetFailed(const Status& s);
   void SetFailedNoNotify(const Status& s);  // under apply_mu_
   Status Validate(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) const;
-  void ApplyOp(const wal::Op& op);
   struct Snapshot {
     uint64_t lsn = 0, live = 0;
     std::vector<std::byte> index_bytes;
@@ -189,16 +211,22 @@ class DurableIndex {
   std::unique_ptr<wal::Wal> wal_;
   std::unique_ptr<index::VectorIndex> index_;
   PayloadStore payloads_;
-  // Lock order: ckpt_mu_, then write_mu_, then state_mu_, then apply_mu_.
+  // Lock order: ckpt_mu_, write_mu_, state_mu_, recent_mu_, apply_mu_.
   std::mutex ckpt_mu_;                   // one checkpoint at a time; Close waits for it
   mutable std::mutex write_mu_;          // placement order; checkpoint snapshots, Train, Close
-  mutable WriterPriorityMutex state_mu_;  // index_ and payloads_: readers shared, applies exclusive
+  mutable WriterPriorityMutex state_mu_;  // index_ and payloads_: readers shared, merges exclusive
+  // recent_: readers shared (after state_mu_), applies exclusive. A reader
+  // sees the index and the recent writes at one point in log order: a merge
+  // holds both.
+  mutable WriterPriorityMutex recent_mu_;
+  std::unique_ptr<RecentWrites> recent_;
+  std::atomic<size_t> recent_size_{0};  // recent_->size(), read without the lock
   std::atomic<uint64_t> last_checkpoint_lsn_{0};  // written under ckpt_mu_
   // A checkpoint at last_checkpoint_lsn_ that verified is on disk (this
   // process loaded or wrote it); under ckpt_mu_.
   bool checkpoint_on_disk_ = false;
   std::atomic<uint64_t> log_bytes_since_checkpoint_{0};
-  std::atomic<uint64_t> ops_applied_{0}, apply_holds_{0};
+  std::atomic<uint64_t> ops_applied_{0}, apply_holds_{0}, merges_{0};
   RecoveryStats recovery_;
 
   // Placement and apply order. seq numbers follow LSN order because records
@@ -218,6 +246,7 @@ class DurableIndex {
   std::vector<std::pair<std::shared_ptr<AsyncWrite>, Status>> completions_;  // under apply_mu_
   std::thread applier_;
   bool stop_applier_ = false;  // under apply_mu_
+  bool merge_wanted_ = false;  // the recent writes reached the merge bound; under apply_mu_
   std::atomic<uint64_t> applied_seq_{0};
   std::atomic<bool> checkpointing_{false};
   mutable std::atomic<uint64_t> search_ns_per_query_{0};  // the latest search's time per query

@@ -142,6 +142,41 @@ BOOST_AUTO_TEST_CASE(store_equals_reference_model_across_reopens_and_checkpoints
   ExpectEqual(*d, m);
 }
 
+// Writes applied beside the index and merged into it: by the applier thread
+// at recent_writes_merge_at, by a writer itself at four times that, and by a
+// checkpoint. Whatever is merged and whatever is not, the store reads as its
+// model: Get, Size, and searches that drop the index's stale vectors for the
+// ids written since. 0 applies every write straight into the index.
+BOOST_AUTO_TEST_CASE(store_equals_its_model_however_its_recent_writes_are_merged) {
+  for (size_t merge_at : {size_t{0}, size_t{3}, size_t{64}}) {
+    BOOST_TEST_CONTEXT("recent_writes_merge_at " << merge_at) {
+      test::TempDir dir;
+      auto o = Options(dir.path());
+      o.recent_writes_merge_at = merge_at;
+      Model m;
+      std::mt19937_64 rng(11);
+      for (int round = 0; round < 3; ++round) {
+        auto d = OpenOrDie(o);
+        ExpectEqual(*d, m);
+        for (int part = 0; part < 6; ++part) {
+          RandomOps(*d, m, rng, 40);
+          ExpectEqual(*d, m);
+        }
+        if (round == 1) {
+          BOOST_REQUIRE(d->Checkpoint().ok());
+          BOOST_TEST(d->Stats().recent_writes == 0u);  // a checkpoint holds them all
+          ExpectEqual(*d, m);
+        }
+        const auto st = d->Stats();
+        if (merge_at == 0) BOOST_TEST(st.recent_writes == 0u);
+        if (merge_at == 3) BOOST_TEST(st.merges > 10u);
+        if (merge_at != 0) BOOST_TEST(st.recent_writes <= 4 * merge_at);
+      }
+      ExpectEqual(*OpenOrDie(o), m);
+    }
+  }
+}
+
 BOOST_AUTO_TEST_CASE(automatic_checkpoints_release_the_log_and_recover) {
   test::TempDir dir;
   auto o = Options(dir.path(), "HNSW8");
@@ -383,64 +418,127 @@ BOOST_AUTO_TEST_CASE(concurrent_writers_each_equal_their_own_model) {
   ExpectEqual(*OpenOrDie(o), all);
 }
 
-// An apply waits for the index while a search holds it. Ops that turn
-// durable meanwhile must join that apply's run, not wait for a second hold:
-// beside searches each hold costs a whole query.
-BOOST_AUTO_TEST_CASE(ops_that_turn_durable_while_an_apply_waits_for_the_index_join_its_run) {
-  test::TempDir dir;
-  auto o = Options(dir.path());
-  o.search_hold_us = 0;  // a search holds the index for its whole call
-  auto d = OpenOrDie(o);
-  std::mt19937_64 rng(5);
-  for (uint64_t base = 0; base < 20000; base += 1000) {
-    WriteBatch b;
-    for (uint64_t id = base; id < base + 1000; ++id) b.Upsert(id, Vec(rng));
-    BOOST_REQUIRE(d->Apply(b).ok());
+namespace {
+
+struct BesideSearch {
+  bool held = false;        // the search still ran once the writers were looked at
+  int returned = 0;         // writers that returned while it ran
+  bool seen = false;        // and their writes were visible to Get and Search
+};
+
+// 16 writers upsert while a search of `nq` queries holds the index (a store
+// with search_hold_us 0); they are given up to a second.
+BesideSearch WriteBesideLongSearch(DurableIndex& d, std::mt19937_64& rng, size_t nq) {
+  std::vector<float> q;
+  for (size_t i = 0; i < nq; ++i) {
+    auto v = Vec(rng);
+    q.insert(q.end(), v.begin(), v.end());
   }
-  auto queries = [&](size_t nq) {
-    std::vector<float> q;
-    for (size_t i = 0; i < nq; ++i) {
-      auto v = Vec(rng);
-      q.insert(q.end(), v.begin(), v.end());
-    }
-    return q;
-  };
-  // Enough queries to hold the index for about two seconds.
-  const auto t0 = std::chrono::steady_clock::now();
-  BOOST_REQUIRE(d->Search(queries(200), 10).ok());
-  const double per_query = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 200;
-  size_t nq = std::clamp<size_t>(static_cast<size_t>(2.0 / per_query), 200, 2'000'000);
-  for (int attempt = 0; attempt < 3; ++attempt, nq *= 4) {
-    const auto before = d->Stats();
-    const auto q = queries(nq);
-    std::atomic<bool> searching{true}, search_ok{false};
-    std::atomic<int> writes_ok{0};
-    std::thread search([&] {
-      search_ok = d->Search(q, 10).ok();
-      searching = false;
+  std::atomic<bool> searching{true}, search_ok{false};
+  std::thread search([&] {
+    search_ok = d.Search(q, 10).ok();
+    searching = false;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the search holds the index
+  std::vector<std::vector<float>> vs;
+  for (int i = 0; i < 16; ++i) vs.push_back(Vec(rng));
+  std::atomic<int> returned{0};
+  std::vector<std::thread> writers;
+  for (uint64_t i = 0; i < 16; ++i)
+    writers.emplace_back([&, i] {
+      if (d.Upsert(1'000'000 + i, vs[i]).ok()) ++returned;
     });
-    const auto v = Vec(rng);
-    auto write = [&](uint64_t id) {
-      if (d->Upsert(id, v).ok()) ++writes_ok;
-    };
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the search holds the index
-    std::vector<std::thread> writers;
-    writers.emplace_back(write, 1'000'000);                        // its apply waits for the search
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    for (uint64_t i = 1; i < 16; ++i) writers.emplace_back(write, 1'000'000 + i);
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // durable, waiting to apply
-    const bool held_throughout = searching.load();
-    search.join();
-    for (auto& w : writers) w.join();
-    BOOST_REQUIRE(search_ok.load());
-    BOOST_REQUIRE(writes_ok.load() == 16);
-    if (!held_throughout) continue;  // the search ended too soon to tell: a longer one
-    const auto after = d->Stats();
-    BOOST_TEST(after.ops_applied - before.ops_applied == 16u);
-    BOOST_TEST(after.apply_holds - before.apply_holds == 1u);
+  BesideSearch out;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  while (returned.load() < 16 && searching.load() && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  out.returned = returned.load();
+  if (out.returned == 16) {
+    auto e = d.Get(1'000'007);
+    auto hit = d.Search(vs[3], 1);
+    out.seen = e.ok() && e->vector == vs[7] && hit.ok() && hit->ids[0] == 1'000'003 && d.Contains(1'000'015);
+  }
+  out.held = searching.load();
+  search.join();
+  for (auto& w : writers) w.join();
+  BOOST_REQUIRE(search_ok.load());
+  BOOST_REQUIRE(returned.load() == 16);
+  return out;
+}
+
+}  // namespace
+
+// Writers apply beside the index (its recent writes), so a search that holds
+// the index for seconds holds none of them back: they return, and what they
+// wrote is seen, while it runs. A store that applies straight into the index
+// (recent_writes_merge_at 0) makes them wait for the search: the check can fail.
+BOOST_AUTO_TEST_CASE(writes_return_and_are_seen_while_a_search_holds_the_index) {
+  for (size_t merge_at : {size_t{1024}, size_t{0}}) {
+    BOOST_TEST_CONTEXT("recent_writes_merge_at " << merge_at) {
+      test::TempDir dir;
+      auto o = Options(dir.path());
+      o.search_hold_us = 0;  // a search holds the index for its whole call
+      o.recent_writes_merge_at = merge_at;
+      auto d = OpenOrDie(o);
+      std::mt19937_64 rng(5);
+      for (uint64_t base = 0; base < 20000; base += 1000) {
+        WriteBatch b;
+        for (uint64_t id = base; id < base + 1000; ++id) b.Upsert(id, Vec(rng));
+        BOOST_REQUIRE(d->Apply(b).ok());
+      }
+      // The fill's writes merged: a merge still to come would wait for the
+      // search, and writers past the hard bound with it.
+      BOOST_REQUIRE(d->Checkpoint().ok());
+      BOOST_REQUIRE(d->Stats().recent_writes == 0u);
+      std::vector<float> probe;
+      for (int i = 0; i < 200; ++i) {
+        auto v = Vec(rng);
+        probe.insert(probe.end(), v.begin(), v.end());
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      BOOST_REQUIRE(d->Search(probe, 10).ok());
+      const double per_query = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 200;
+      // Enough queries to hold the index for about three seconds.
+      size_t nq = std::clamp<size_t>(static_cast<size_t>(3.0 / per_query), 200, 2'000'000);
+      bool told = false;
+      for (int attempt = 0; attempt < 3 && !told; ++attempt, nq *= 4) {
+        const auto r = WriteBesideLongSearch(*d, rng, nq);
+        if (!r.held) continue;  // the search ended too soon to tell: a longer one
+        told = true;
+        if (merge_at != 0) {
+          BOOST_TEST(r.returned == 16);
+          BOOST_TEST(r.seen);
+        } else {
+          BOOST_TEST(r.returned == 0);
+        }
+      }
+      BOOST_TEST(told, "no search held the index long enough, even with " << nq / 4 << " queries");
+      if (merge_at != 0) BOOST_TEST(d->Stats().recent_writes > 0u);
+    }
+  }
+}
+
+// A thread's first blocking write asks for the store's writer slice, so a
+// woken writer preempts CPU-bound searches; 0 leaves the thread alone.
+BOOST_AUTO_TEST_CASE(a_blocking_write_asks_for_the_writer_slice) {
+  if (!test::KernelHasCustomSlices()) {
+    BOOST_TEST_MESSAGE("kernel before 6.12: slices asked for are not kept, nothing to see");
     return;
   }
-  BOOST_FAIL("no search held the index for the whole test, even with " << nq / 4 << " queries");
+  for (uint64_t slice_us : {uint64_t{300}, uint64_t{0}}) {
+    test::TempDir dir;
+    auto o = Options(dir.path());
+    o.writer_slice_us = slice_us;
+    auto d = OpenOrDie(o);
+    uint64_t before = 0, after = 0;
+    std::thread([&] {
+      before = test::ReportedSlice();
+      BOOST_CHECK(d->Upsert(1, std::vector<float>(kDim, 1.f)).ok());
+      after = test::ReportedSlice();
+    }).join();
+    BOOST_TEST(before != 300'000u);
+    BOOST_TEST(after == (slice_us == 0 ? before : 300'000u));
+  }
 }
 
 BOOST_AUTO_TEST_CASE(chunked_search_returns_what_one_whole_search_returns) {

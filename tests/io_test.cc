@@ -4,7 +4,9 @@
 
 #include <signal.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -12,6 +14,7 @@
 #include "io/crc32c.h"
 #include "io/fault_file_system.h"
 #include "io/status.h"
+#include "io/time_slice.h"
 #include "tests/test_util.h"
 
 using namespace vecwal;
@@ -43,6 +46,23 @@ BOOST_AUTO_TEST_CASE(errno_maps_to_status_codes) {
   Status s = Status::FromErrno(EIO, "write f at 4096");
   BOOST_TEST(s.sys_errno() == EIO);
   BOOST_TEST(s.ToString().find("write f at 4096") != std::string::npos);
+}
+
+// Ends by asking for the default slice again.
+BOOST_AUTO_TEST_CASE(a_requested_time_slice_is_what_the_kernel_reports) {
+  errno = 0;
+  const int nice = getpriority(PRIO_PROCESS, 0);
+  BOOST_REQUIRE(RequestTimeSlice(100).ok());
+  BOOST_TEST(getpriority(PRIO_PROCESS, 0) == nice);  // the nice value stays
+  if (test::KernelHasCustomSlices()) {
+    BOOST_TEST(test::ReportedSlice() == 100'000u);
+    BOOST_REQUIRE(RequestTimeSlice(2000).ok());
+    BOOST_TEST(test::ReportedSlice() == 2'000'000u);
+  } else {
+    BOOST_TEST_MESSAGE("kernel before 6.12: it takes the request and ignores the slice");
+  }
+  BOOST_REQUIRE(RequestTimeSlice(0).ok());
+  if (test::KernelHasCustomSlices()) BOOST_TEST(test::ReportedSlice() != 2'000'000u);
 }
 
 BOOST_AUTO_TEST_CASE(aligned_buffer_is_aligned_and_zeroed) {

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <fcntl.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,6 +14,7 @@
 #include <functional>
 #include <thread>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <ostream>
@@ -27,6 +30,28 @@ inline std::ostream& operator<<(std::ostream& os, Status::Code c) { return os <<
 }  // namespace vecwal
 
 namespace vecwal::test {
+
+// The calling thread's time slice as the kernel reports it (sched_getattr's
+// sched_runtime), in nanoseconds; 0 where the call fails.
+inline uint64_t ReportedSlice() {
+  struct {
+    uint32_t size, policy;
+    uint64_t flags;
+    int32_t nice;
+    uint32_t priority;
+    uint64_t runtime, deadline, period;
+    uint32_t util_min, util_max;
+  } a{};
+  return syscall(SYS_sched_getattr, 0, &a, sizeof(a), 0) == 0 ? a.runtime : 0;
+}
+
+// Linux 6.12 and later keep a slice asked for by a SCHED_OTHER thread.
+inline bool KernelHasCustomSlices() {
+  utsname u{};
+  int major = 0, minor = 0;
+  return uname(&u) == 0 && std::sscanf(u.release, "%d.%d", &major, &minor) == 2 &&
+         (major > 6 || (major == 6 && minor >= 12));
+}
 
 // The backend under test: VECWAL_TEST_BACKEND=portable selects the fallback.
 inline IoBackend BackendUnderTest() {

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "io/crc32c.h"
+#include "io/time_slice.h"
 #include "wal/segment_files.h"
 
 namespace vecwal::wal {
@@ -382,6 +383,8 @@ bool GroupCommitWriter::SpinForWork() {
 }
 
 void GroupCommitWriter::Loop() {
+  // A hint: where the kernel refuses it, the thread keeps the default slice.
+  if (opts_.thread_slice_us != 0) (void)RequestTimeSlice(opts_.thread_slice_us);
   std::vector<WriteCompletion> done;
   for (;;) {
     bool idle = false;

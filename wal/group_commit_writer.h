@@ -52,6 +52,7 @@ struct WriterOptions {
   unsigned max_writes_in_flight = 8;
   size_t max_write_bytes = 1 << 20;
   size_t min_concurrent_write_bytes = 64 << 10;
+  uint64_t thread_slice_us = 0;  // asked for by the submission thread; 0: the default
 };
 
 // Where the writer starts: an activated segment and the next free offset.

@@ -84,7 +84,7 @@ Result<std::unique_ptr<Wal>> Wal::Open(const std::string& dir, WalOptions opts, 
 
   VECWAL_ASSIGN_OR_RETURN(auto queue, fs.NewWriteQueue(opts.max_writes_in_flight, opts.durable_mode));
   WriterOptions wo{opts.segment_bytes, block, opts.max_writes_in_flight, opts.max_write_bytes,
-                   opts.min_concurrent_write_bytes};
+                   opts.min_concurrent_write_bytes, opts.thread_slice_us};
   wal->writer_ = std::make_unique<GroupCommitWriter>(fs, dir, wo, std::move(queue), *wal->alloc_, std::move(start));
   return wal;
 }

@@ -38,6 +38,9 @@ struct WalOptions {
   // The log never hands out an LSN below this: a store whose checkpoint is at
   // LSN X passes X + 1, so a log that lost its tail cannot reuse LSNs.
   uint64_t min_next_lsn = 1;
+  // Time slice the log's submission thread asks for (io/time_slice.h), so that
+  // a completion is published at once beside CPU-bound threads; 0 leaves it.
+  uint64_t thread_slice_us = 100;
 };
 
 struct WalStats {
