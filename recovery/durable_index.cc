@@ -578,15 +578,20 @@ Result<index::SearchResults> DurableIndex::Search(std::span<const float> queries
       // The recent writes are scanned first, and the ids they hide in the
       // index noted, at one point in log order; a merge cannot come between
       // that and the index's own search while state_mu_ is held.
+      // The index's own search runs without recent_mu_: writers apply under it.
       index::SearchResults recent;
       index::IdSet hidden;
+      bool any_recent = false;
       {
         std::shared_lock rr(recent_mu_);
-        if (recent_->empty()) return index_->Search(q, k);
-        recent = recent_->Search(q, k);
-        for (uint64_t id : recent_->ids())
-          if (index_->Contains(id)) hidden.insert(id);
+        if (!recent_->empty()) {
+          any_recent = true;
+          recent = recent_->Search(q, k);
+          for (uint64_t id : recent_->ids())
+            if (index_->Contains(id)) hidden.insert(id);
+        }
       }
+      if (!any_recent) return index_->Search(q, k);
       VECWAL_ASSIGN_OR_RETURN(auto found, index_->Search(q, k + hidden.size()));
       return MergeHits(found, hidden, recent, k, opts_.spec.metric);
     }();

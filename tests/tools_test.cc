@@ -283,7 +283,10 @@ BOOST_AUTO_TEST_CASE(bench_baseline_flags_a_regression_against_a_saved_run) {
 
 BOOST_AUTO_TEST_CASE(recovery_soak_survives_kill_after_kill) {
   test::TempDir t;
-  json j = RunJson(kRecovery + " --json - soak --seconds 4 --max-delay-ms 600 --vectors 800 --dim 16 --batch 32 "
+  // Kills up to 1.2 s after a writer starts: a writer's open alone took up to
+  // half a second with the other tests running beside it, and at 600 ms no
+  // writer of one run got an op acknowledged before its kill.
+  json j = RunJson(kRecovery + " --json - soak --seconds 6 --max-delay-ms 1200 --vectors 800 --dim 16 --batch 32 "
                                "--checkpoint-mib 0.1 --dir " + t.path());
   BOOST_TEST(j["failures"] == 0);
   BOOST_TEST(j["kills"].get<uint64_t>() >= 3u);
