@@ -66,8 +66,8 @@ struct DurableIndexOptions {
   uint64_t search_hold_us = 5000;
   // Writes applied beside the index (see RecentWrites) before the applier
   // thread merges them into it. A write that leaves four times this many
-  // merges them itself before it returns. 0: every write applies straight into the index,
-  // waiting for the searches in progress. Each search scans them exactly and
+  // merges them itself before it returns. 0: every write applies straight
+  // into the index, waiting for the searches in progress. Each search scans them exactly and
   // asks the index for k more hits per id written since the merge that the
   // index still holds: cheap for Flat and IVF, dearer for HNSW (a larger
   // efSearch), where a smaller bound suits.
