@@ -7,6 +7,7 @@
 #include <cmath>
 #include <thread>
 #include <map>
+#include <set>
 #include <filesystem>
 #include <random>
 
@@ -857,9 +858,11 @@ BOOST_AUTO_TEST_CASE(checkpoint_during_updates_and_removes_holds_exactly_its_lsn
   ExpectEqual(*d, last);
   BOOST_REQUIRE(d->Close().ok());
   // The newest checkpoints are kept; check each one that is still there.
+  // (A checkpoint with nothing logged since the last returns its LSN again.)
   auto fs = NewPosixFileSystem();
-  int checked = 0;
-  for (uint64_t lsn : lsns) {
+  const std::set<uint64_t> distinct(lsns.begin(), lsns.end());
+  size_t checked = 0;
+  for (uint64_t lsn : distinct) {
     const std::string path = dir.path() + "/" + CheckpointFileName(lsn);
     if (!std::filesystem::exists(path)) continue;
     auto ck = LoadCheckpoint(*fs, path);
@@ -882,5 +885,6 @@ BOOST_AUTO_TEST_CASE(checkpoint_during_updates_and_removes_holds_exactly_its_lsn
   // Some were taken mid-stream, between the first op and the last.
   const auto mid = std::count_if(lsns.begin(), lsns.end(), [&](uint64_t l) { return l >= first && l + 1 < first + ops.size(); });
   BOOST_TEST(mid >= 1);
-  BOOST_TEST(checked == static_cast<int>(lsns.size()));
+  // Every one of the newest keep_checkpoints is there: they alone were retired.
+  BOOST_TEST(checked == std::min(distinct.size(), o.keep_checkpoints));
 }
