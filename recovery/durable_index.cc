@@ -283,9 +283,9 @@ void DurableIndex::MergeRecent() {
     std::unique_lock w(state_mu_);
     std::unique_lock r(recent_mu_);
     if (recent_->empty()) return;
-    std::vector<uint64_t> ids(recent_->ids().begin(), recent_->ids().end()), added;
+    std::vector<uint64_t> added;
     std::vector<const std::byte*> rows;
-    s = index_->Remove(ids);
+    s = index_->Remove(recent_->ids());
     recent_->ForEach([&](uint64_t id, const float* v, std::span<const std::byte> payload) {
       if (v == nullptr) return payloads_.Erase(id);
       added.push_back(id);
@@ -633,10 +633,9 @@ size_t DurableIndex::Size() const {
   std::shared_lock r(state_mu_);
   std::shared_lock rr(recent_mu_);
   size_t n = index_->size();
-  for (uint64_t id : recent_->ids()) {
-    const bool now = recent_->Find(id)->present, before = index_->Contains(id);
-    n = n + now - before;
-  }
+  recent_->ForEach([&](uint64_t id, const float* v, std::span<const std::byte>) {
+    n = n + (v != nullptr) - index_->Contains(id);
+  });
   return n;
 }
 
