@@ -457,7 +457,18 @@ class FaissIndex final : public VectorIndex {
     return Guard("removing from '" + spec_.description + "'", [&] { index_->remove_ids(sel); });
   }
 
-  Result<SearchResults> Search(std::span<const float> queries, size_t k) const override {
+  using VectorIndex::Search;
+  // Tombstones and the caller's `skip` ids are filtered out of FAISS's hits,
+  // so FAISS is asked for more than k. How many more depends on the index:
+  // - Where FAISS removes (every index without tombstones), a longer list
+  //   costs little and a second pass a whole search: ask once for k plus
+  //   every skipped id it holds, which no query can come up short of.
+  // - A graph search's cost grows with the list (HNSW searches
+  //   max(efSearch, list) candidates), so asking for k plus every tombstone
+  //   made each query as slow as the tombstones were many: ask for a little
+  //   more than k, and go back, with four times as many, only for the
+  //   queries that came up short.
+  Result<SearchResults> Search(std::span<const float> queries, size_t k, const IdSet* skip) const override {
     VECWAL_RETURN_IF_ERROR(CheckRows(queries, "queries"));
     SearchResults r;
     r.nq = queries.size() / spec_.dim;
@@ -466,25 +477,49 @@ class FaissIndex final : public VectorIndex {
     r.distances.assign(r.nq * k, std::numeric_limits<float>::quiet_NaN());
     const size_t total = static_cast<size_t>(index_->ntotal);
     if (r.nq == 0 || k == 0 || total == 0) return r;
-    // Tombstones are filtered after the search: fetch enough to make up for them.
-    const size_t kk = std::min(total, k + dead_.size());
-    std::vector<float> d(r.nq * kk);
-    std::vector<faiss::Index::idx_t> l(r.nq * kk);
-    VECWAL_RETURN_IF_ERROR(Guard("searching '" + spec_.description + "'", [&] {
-      index_->search(static_cast<faiss::Index::idx_t>(r.nq), queries.data(), static_cast<faiss::Index::idx_t>(kk), d.data(),
-                     l.data());
-    }));
-    for (size_t q = 0; q < r.nq; ++q) {
-      size_t out = 0;
-      for (size_t j = 0; j < kk && out < k; ++j) {
-        faiss::Index::idx_t slot = l[q * kk + j];
-        if (slot < 0) break;
-        auto it = id_of_.find(static_cast<uint64_t>(slot));
-        if (it == id_of_.end()) continue;  // a tombstone
-        r.ids[q * k + out] = it->second;
-        r.distances[q * k + out] = d[q * kk + j];
-        ++out;
+    size_t filtered = dead_.size();
+    if (skip != nullptr)
+      for (uint64_t id : *skip) filtered += slot_of_.count(id);
+    const size_t most = std::min(total, k + filtered);
+    size_t kk = removable_ ? most : std::min(most, k + std::min(filtered, std::max<size_t>(k, 16)));
+    std::vector<size_t> rows(r.nq);
+    for (size_t q = 0; q < r.nq; ++q) rows[q] = q;
+    std::vector<float> gathered, d;
+    std::vector<faiss::Index::idx_t> l;
+    while (!rows.empty()) {
+      std::span<const float> qs = queries;
+      if (rows.size() != r.nq) {
+        gathered.resize(rows.size() * spec_.dim);
+        for (size_t i = 0; i < rows.size(); ++i)
+          std::copy_n(queries.data() + rows[i] * spec_.dim, spec_.dim, gathered.data() + i * spec_.dim);
+        qs = gathered;
       }
+      d.resize(rows.size() * kk);
+      l.resize(rows.size() * kk);
+      VECWAL_RETURN_IF_ERROR(Guard("searching '" + spec_.description + "'", [&] {
+        index_->search(static_cast<faiss::Index::idx_t>(rows.size()), qs.data(),
+                       static_cast<faiss::Index::idx_t>(kk), d.data(), l.data());
+      }));
+      size_t short_rows = 0;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        const size_t q = rows[i];
+        std::fill_n(r.ids.begin() + q * k, k, kNoId);  // a second pass may find fewer
+        std::fill_n(r.distances.begin() + q * k, k, std::numeric_limits<float>::quiet_NaN());
+        size_t out = 0;
+        for (size_t j = 0; j < kk && out < k; ++j) {
+          faiss::Index::idx_t slot = l[i * kk + j];
+          if (slot < 0) break;
+          auto it = id_of_.find(static_cast<uint64_t>(slot));
+          if (it == id_of_.end()) continue;  // a tombstone
+          if (skip != nullptr && skip->contains(it->second)) continue;
+          r.ids[q * k + out] = it->second;
+          r.distances[q * k + out] = d[i * kk + j];
+          ++out;
+        }
+        if (out < k && kk < most) rows[short_rows++] = q;
+      }
+      rows.resize(short_rows);
+      kk = std::min(most, 4 * kk);
     }
     return r;
   }

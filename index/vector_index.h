@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "index/id_table.h"
 #include "io/status.h"
 
 namespace vecwal::index {
@@ -86,8 +87,12 @@ class VectorIndex {
   virtual Status AddRows(std::span<const uint64_t> ids, std::span<const std::byte* const> rows);
   // Removes the ids that are present; absent ones are ignored.
   virtual Status Remove(std::span<const uint64_t> ids) = 0;
-  // `queries` holds nq x dim floats.
-  virtual Result<SearchResults> Search(std::span<const float> queries, size_t k) const = 0;
+  // `queries` holds nq x dim floats. Ids in `skip` (null: none) are left
+  // out, and each query still gets the k best of the rest: a caller that
+  // holds newer versions of some ids (the recent writes) asks for k, not for
+  // k more per id.
+  virtual Result<SearchResults> Search(std::span<const float> queries, size_t k, const IdSet* skip) const = 0;
+  Result<SearchResults> Search(std::span<const float> queries, size_t k) const { return Search(queries, k, nullptr); }
   virtual bool Contains(uint64_t id) const = 0;
   // The stored vector (exact for Flat and HNSW; decoded for PQ/SQ codes).
   virtual Result<std::vector<float>> Reconstruct(uint64_t id) const = 0;

@@ -592,7 +592,7 @@ Result<index::SearchResults> DurableIndex::Search(std::span<const float> queries
         }
       }
       if (!any_recent) return index_->Search(q, k);
-      VECWAL_ASSIGN_OR_RETURN(auto found, index_->Search(q, k + hidden.size()));
+      VECWAL_ASSIGN_OR_RETURN(auto found, index_->Search(q, k, &hidden));
       return MergeHits(found, hidden, recent, k, opts_.spec.metric);
     }();
     if (!part.ok()) return part.status();

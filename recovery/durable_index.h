@@ -67,10 +67,8 @@ struct DurableIndexOptions {
   // Writes applied beside the index (see RecentWrites) before the applier
   // thread merges them into it. A write that leaves four times this many
   // merges them itself before it returns. 0: every write applies straight
-  // into the index, waiting for the searches in progress. Each search scans them exactly and
-  // asks the index for k more hits per id written since the merge that the
-  // index still holds: cheap for Flat and IVF, dearer for HNSW (a larger
-  // efSearch), where a smaller bound suits.
+  // into the index, waiting for the searches in progress. Each search scans
+  // them exactly and has the index leave out the ids they hide.
   size_t recent_writes_merge_at = 1024;
   // Time slice (io/time_slice.h) asked for by the store's applier thread and
   // by each thread the first time it makes a blocking write here: a woken

@@ -69,6 +69,18 @@ std::vector<uint64_t> BruteForce(const std::vector<uint64_t>& ids, const std::ve
   return out;
 }
 
+// An index of `desc` holding n random vectors under Ids(n, id_base).
+struct Filled {
+  std::unique_ptr<VectorIndex> idx;
+  std::vector<uint64_t> ids;
+  std::vector<float> vecs;
+};
+Filled MakeFilled(const std::string& desc, size_t n, uint64_t id_base, uint64_t seed) {
+  Filled f{Make(desc), Ids(n, id_base), RandomVectors(n, seed)};
+  BOOST_REQUIRE(f.idx->Add(f.ids, f.vecs).ok());
+  return f;
+}
+
 // AddRows with each vector copied to its own misaligned spot in a scratch
 // buffer, as vectors lie in the log's read buffers.
 Status AddAsRows(VectorIndex& idx, const std::vector<uint64_t>& ids, const std::vector<float>& vecs) {
@@ -192,6 +204,43 @@ BOOST_AUTO_TEST_CASE(hnsw_tombstones_are_filtered_then_compacted) {
   BOOST_TEST(std::equal(v->begin(), v->end(), vecs.begin() + 160 * kDim));
 }
 
+// What a search leaves out (tombstones inside the index, the ids a caller
+// skips) never costs a query its k hits: with most of an HNSW index removed,
+// the first list FAISS returns is mostly tombstones, and the short queries go
+// back for more.
+BOOST_AUTO_TEST_CASE(skipped_ids_and_tombstones_leave_k_hits_of_the_rest) {
+  for (std::string desc : {"Flat", "HNSW16", "IVF8,Flat"}) {
+    BOOST_TEST_CONTEXT(desc) {
+      auto [idx, ids, vecs] = MakeFilled(desc, 1000, 1, 12);
+      std::vector<uint64_t> gone(ids.begin(), ids.begin() + 600);
+      BOOST_REQUIRE(idx->Remove(gone).ok());
+      IdSet skip(ids.begin() + 600, ids.begin() + 800);
+      skip.insert(5'000'000);  // not in the index: skipping it costs nothing
+      std::vector<uint64_t> rest_ids(ids.begin() + 800, ids.end());
+      std::vector<float> rest(vecs.begin() + 800 * kDim, vecs.end());
+      constexpr size_t k = 10;
+      auto r = idx->Search(rest, k, &skip);
+      BOOST_REQUIRE(r.ok());
+      size_t self_first = 0;
+      for (size_t q = 0; q < rest_ids.size(); ++q) {
+        std::span<const uint64_t> row(r->ids.data() + q * k, k);
+        for (uint64_t id : row) {
+          BOOST_TEST(id != kNoId);
+          BOOST_TEST(std::count(rest_ids.begin(), rest_ids.end(), id) == 1, "id " << id << " was removed or skipped");
+        }
+        self_first += row[0] == rest_ids[q];
+        if (desc == "Flat") {
+          auto want = BruteForce(rest_ids, rest, rest.data() + q * kDim, k, Metric::kL2);
+          BOOST_TEST(std::vector<uint64_t>(row.begin(), row.end()) == want, boost::test_tools::per_element());
+        }
+      }
+      // Every query is a stored vector: it finds itself first (IVF8 probes
+      // one list, which holds the query's own vector).
+      BOOST_TEST(self_first >= rest_ids.size() * 95 / 100);
+    }
+  }
+}
+
 BOOST_AUTO_TEST_CASE(bad_input_gets_an_error_naming_it) {
   auto idx = Make("Flat");
   auto vecs = RandomVectors(2, 5);
@@ -214,10 +263,7 @@ BOOST_AUTO_TEST_CASE(bad_input_gets_an_error_naming_it) {
 BOOST_AUTO_TEST_CASE(serialized_index_loads_with_ids_tombstones_and_results) {
   for (std::string desc : {"Flat", "HNSW16", "IVF8,Flat"}) {
     BOOST_TEST_CONTEXT(desc) {
-      auto idx = Make(desc);
-      auto ids = Ids(300, 11);
-      auto vecs = RandomVectors(300, 6);
-      BOOST_REQUIRE(idx->Add(ids, vecs).ok());
+      auto [idx, ids, vecs] = MakeFilled(desc, 300, 11, 6);
       BOOST_REQUIRE(idx->Remove(std::span(ids).first(40)).ok());
       std::vector<std::byte> bytes;
       size_t pieces = 0;
