@@ -38,6 +38,17 @@ Status VectorIndex::AddRows(std::span<const uint64_t> ids, std::span<const std::
   return Add(ids, packed);
 }
 
+Status VectorIndex::Compact() {
+  VECWAL_ASSIGN_OR_RETURN(auto c, BeginCompaction());
+  if (c == nullptr) return Status::OK();
+  for (;;) {
+    VECWAL_ASSIGN_OR_RETURN(bool more, c->CopyNext());
+    if (!more) break;
+    VECWAL_RETURN_IF_ERROR(c->AddCopied());
+  }
+  return FinishCompaction(std::move(c));
+}
+
 Result<Metric> ParseMetric(const std::string& s) {
   if (s == "l2" || s == "L2") return Metric::kL2;
   if (s == "ip" || s == "inner_product") return Metric::kInnerProduct;
@@ -344,6 +355,8 @@ Result<SlotTables> ParseSlotTable(std::span<const std::byte> b) {
   return t;
 }
 
+std::unique_ptr<faiss::Index> WithIds(faiss::Index* raw);
+
 class FaissIndex final : public VectorIndex {
  public:
   FaissIndex(IndexSpec spec, std::unique_ptr<faiss::Index> idx) : spec_(std::move(spec)), index_(std::move(idx)) {
@@ -440,6 +453,7 @@ class FaissIndex final : public VectorIndex {
       if (it == slot_of_.end()) continue;
       slots.push_back(static_cast<faiss::Index::idx_t>(it->second));
       if (export_ != nullptr) export_->PreserveId(it->second, id);
+      if (compaction_ != nullptr) compaction_->Removed(it->second);
       id_of_.erase(it->second);
       slot_of_.erase(it);
     }
@@ -556,29 +570,29 @@ class FaissIndex final : public VectorIndex {
   size_t size() const override { return slot_of_.size(); }
   size_t tombstones() const override { return dead_.size(); }
 
-  Status Compact() override {
-    if (dead_.empty()) return Status::OK();
-    prefault_.reset();  // the index and its storage are replaced
-    std::vector<faiss::Index::idx_t> live;
-    live.reserve(id_of_.size());
-    for (const auto& [slot, id] : id_of_) live.push_back(static_cast<faiss::Index::idx_t>(slot));
-    std::sort(live.begin(), live.end());
-    std::vector<float> vecs(live.size() * spec_.dim);
+  Result<std::unique_ptr<IndexCompaction>> BeginCompaction() override {
+    if (dead_.empty()) return std::unique_ptr<IndexCompaction>();
+    if (compaction_ != nullptr)
+      return Status::InvalidArgument("'" + spec_.description + "' is being compacted already");
     std::unique_ptr<faiss::Index> fresh;
-    VECWAL_RETURN_IF_ERROR(Guard("compacting '" + spec_.description + "'", [&] {
-      for (size_t i = 0; i < live.size(); ++i) index_->reconstruct(live[i], vecs.data() + i * spec_.dim);
-      // A copy through the serializer keeps the exact index classes (which
-      // faiss::clone_index does not for HNSW), and what training learned.
-      faiss::VectorIOWriter w;
-      faiss::write_index(index_.get(), &w);
-      faiss::VectorIOReader r;
-      r.data = std::move(w.data);
-      fresh.reset(faiss::read_index(&r));
-      fresh->reset();
-      fresh->add_with_ids(static_cast<faiss::Index::idx_t>(live.size()), vecs.data(), live.data());
-    }));
-    index_ = std::move(fresh);
-    dead_.clear();
+    VECWAL_RETURN_IF_ERROR(Guard("compacting '" + spec_.description + "'", [&] { fresh = EmptyLike(); }));
+    std::vector<uint64_t> slots;
+    slots.reserve(id_of_.size());
+    for (const auto& [slot, id] : id_of_) slots.push_back(slot);
+    std::sort(slots.begin(), slots.end());
+    auto c = std::make_unique<Compaction>(*this, std::move(fresh), std::move(slots));
+    compaction_ = c.get();
+    return std::unique_ptr<IndexCompaction>(std::move(c));
+  }
+
+  Status FinishCompaction(std::unique_ptr<IndexCompaction> c) override {
+    auto* mine = dynamic_cast<Compaction*>(c.get());
+    if (mine == nullptr || mine != compaction_)
+      return Status::InvalidArgument("not a compaction of '" + spec_.description + "' in progress");
+    VECWAL_RETURN_IF_ERROR(mine->CopyAll());  // what the caller left uncopied, and what was added since
+    prefault_.reset();  // the index and its storage are replaced
+    index_ = mine->TakeFresh();
+    dead_ = SlotSet(mine->dead().begin(), mine->dead().end());
     return Status::OK();
   }
 
@@ -710,6 +724,115 @@ class FaissIndex final : public VectorIndex {
     return Status::OK();
   }
 
+  // See IndexCompaction. Slots keep their numbers in the new index, so the
+  // id tables stay as they are. It copies the slots live when it began, then
+  // the ones added since (slots only grow: they follow its first new one),
+  // until fewer than kLeftForFinish remain, which the finish adds with the
+  // index held. A slot removed after its vector was copied becomes a
+  // tombstone of the new index; one removed before is never copied.
+  class Compaction final : public IndexCompaction {
+   public:
+    Compaction(FaissIndex& owner, std::unique_ptr<faiss::Index> fresh, std::vector<uint64_t> slots)
+        : owner_(owner),
+          fresh_(std::move(fresh)),
+          slots_(std::move(slots)),
+          first_new_slot_(owner.next_slot_),
+          next_new_(owner.next_slot_),
+          chase_to_(owner.next_slot_) {}
+    ~Compaction() override {
+      if (owner_.compaction_ == this) owner_.compaction_ = nullptr;
+    }
+
+    Result<bool> CopyNext() override { return Copy(kLeftForFinish); }
+
+    Status AddCopied() override {
+      if (labels_.empty()) return Status::OK();
+      return Guard("compacting '" + owner_.spec_.description + "'", [&] {
+        fresh_->add_with_ids(static_cast<faiss::Index::idx_t>(labels_.size()), vectors_.data(), labels_.data());
+      });
+    }
+
+    // By the index, held exclusively: adds every slot not yet copied.
+    Status CopyAll() {
+      for (;;) {
+        VECWAL_ASSIGN_OR_RETURN(bool more, Copy(0));
+        if (!more) return Status::OK();
+        VECWAL_RETURN_IF_ERROR(AddCopied());
+      }
+    }
+    // By the index, held exclusively: `slot` is removed.
+    void Removed(uint64_t slot) {
+      const bool copied = slot < first_new_slot_ ? pos_ > 0 && slot <= slots_[pos_ - 1] : slot < next_new_;
+      if (copied) dead_.push_back(slot);
+    }
+    std::unique_ptr<faiss::Index> TakeFresh() { return std::move(fresh_); }
+    const std::vector<uint64_t>& dead() const { return dead_; }
+
+   private:
+    // The new slots are copied in rounds, each up to the slots there when it
+    // began: chasing the writers' adds would not end while they add as fast
+    // as the new index takes them.
+    static constexpr uint64_t kLeftForFinish = 1024;
+    static constexpr int kChaseRounds = 4;
+    static constexpr size_t kCopyBytes = 16 << 20;  // a shared hold copies this much
+
+    // Copies the next few MB of live vectors; false once fewer than `leave`
+    // new slots are left to copy.
+    Result<bool> Copy(uint64_t leave) {
+      labels_.clear();
+      vectors_.clear();
+      const size_t dim = owner_.spec_.dim;
+      const size_t chunk = std::max<size_t>(1, kCopyBytes / (dim * sizeof(float)));
+      auto take = [&](uint64_t slot) {
+        if (!owner_.id_of_.count(slot)) return;  // removed before it was copied
+        labels_.push_back(static_cast<faiss::Index::idx_t>(slot));
+        vectors_.resize(labels_.size() * dim);
+        owner_.index_->reconstruct(labels_.back(), vectors_.data() + (labels_.size() - 1) * dim);
+      };
+      if (pos_ == slots_.size() && next_new_ == chase_to_) {  // a round over the new slots ends
+        const uint64_t left = owner_.next_slot_ - next_new_;
+        if (left == 0 || (leave != 0 && (left <= leave || rounds_ == kChaseRounds))) return false;
+        chase_to_ = owner_.next_slot_;
+        ++rounds_;
+      }
+      VECWAL_RETURN_IF_ERROR(Guard("compacting '" + owner_.spec_.description + "'", [&] {
+        for (size_t n = 0; n < chunk && pos_ < slots_.size(); ++n) take(slots_[pos_++]);
+        for (size_t n = labels_.size(); n < chunk && next_new_ < chase_to_; ++n) take(next_new_++);
+      }));
+      return true;
+    }
+
+    FaissIndex& owner_;
+    std::unique_ptr<faiss::Index> fresh_;
+    const std::vector<uint64_t> slots_;  // live when it began, ascending
+    const uint64_t first_new_slot_;
+    size_t pos_ = 0;     // slots_[0, pos_) are copied (or were removed first)
+    uint64_t next_new_;  // new slots below it are copied (or were removed first)
+    uint64_t chase_to_;  // where this round over the new slots ends
+    int rounds_ = 0;
+    std::vector<faiss::Index::idx_t> labels_;
+    std::vector<float> vectors_;
+    std::vector<uint64_t> dead_;
+  };
+
+  // An empty index of this one's kind. A factory-made one where it needs no
+  // training (HNSW): copying through the serializer, as below, would copy
+  // every vector with the index held. Where it was trained, that copy keeps
+  // what training learned, and the exact index classes (which
+  // faiss::clone_index does not keep for HNSW).
+  std::unique_ptr<faiss::Index> EmptyLike() const {
+    std::unique_ptr<faiss::Index> fresh =
+        WithIds(faiss::index_factory(static_cast<int>(spec_.dim), spec_.description.c_str(), ToFaiss(spec_.metric)));
+    if (fresh->is_trained) return fresh;
+    faiss::VectorIOWriter w;
+    faiss::write_index(index_.get(), &w);
+    faiss::VectorIOReader r;
+    r.data = std::move(w.data);
+    fresh.reset(faiss::read_index(&r));
+    fresh->reset();
+    return fresh;
+  }
+
   IndexSpec spec_;
   std::unique_ptr<faiss::Index> index_;  // labels are slots
   bool removable_ = true;
@@ -720,6 +843,7 @@ class FaissIndex final : public VectorIndex {
   // After index_: it goes first, while the storage it faults in still exists.
   std::unique_ptr<PagePrefaulter> prefault_;
   FlatExport* export_ = nullptr;  // the export in progress, which unregisters itself
+  Compaction* compaction_ = nullptr;  // likewise
 };
 
 // What a flat load builds from the section's tail (the bytes after the

@@ -6,7 +6,7 @@
 // (remove, then add under the same id) never leaves two vectors FAISS cannot
 // tell apart. Where FAISS can remove vectors (Flat, IVF, PQ, ...) removal is
 // physical; where it cannot (HNSW) the slot becomes a tombstone, filtered at
-// search by over-fetching, until Compact() rebuilds the index.
+// search, until a compaction rebuilds the index without them.
 //
 // Designed for the GPU backend that follows: adds take whole batches from a
 // caller's buffer (pinned memory there), and the serialized index is written
@@ -69,6 +69,24 @@ class IndexExport {
   virtual Result<size_t> Next(std::span<std::byte> room) = 0;
 };
 
+// A rebuild of an index without its tombstones, in steps, so that the long
+// part (adding every live vector to a new graph: as long as building the
+// index took) holds nothing, and writes and searches go on beside it.
+// Ends with VectorIndex::FinishCompaction, which catches the new index up
+// with the adds and removes made since it began.
+//
+// Thread safety: the owner calls CopyNext with the index held shared, and
+// destroys an unfinished compaction with it held exclusively, before the
+// index; AddCopied touches only the new index.
+class IndexCompaction {
+ public:
+  virtual ~IndexCompaction() = default;
+  // Copies the next live vectors (a few MB); false once every one is copied.
+  virtual Result<bool> CopyNext() = 0;
+  // Adds what CopyNext copied to the new index.
+  virtual Status AddCopied() = 0;
+};
+
 class VectorIndex {
  public:
   virtual ~VectorIndex() = default;
@@ -102,8 +120,15 @@ class VectorIndex {
   // pre-sized storage instead of growing by doubling (which copies the whole
   // index and holds two copies at once). Untouched reserved pages cost no RSS.
   virtual void Reserve(size_t n) = 0;
-  // Rebuilds the index without its tombstones; a no-op when there are none.
-  virtual Status Compact() = 0;
+  // Begins a compaction (see IndexCompaction), or returns null when there
+  // are no tombstones. Needs exclusive access; one at a time.
+  virtual Result<std::unique_ptr<IndexCompaction>> BeginCompaction() = 0;
+  // Adds what changed since `c` began to its new index and puts that in
+  // place of this one. Needs exclusive access. On an error this index is
+  // left as it was.
+  virtual Status FinishCompaction(std::unique_ptr<IndexCompaction> c) = 0;
+  // All of a compaction at once; a no-op when there are no tombstones.
+  Status Compact();
   // Writes the FAISS index (loadable by faiss::read_index; labels are slots)
   // and then the slot -> id table, through `sink`, in pieces.
   virtual Status Serialize(const ByteSink& sink) const = 0;

@@ -76,6 +76,14 @@ struct DurableIndexOptions {
   // their slices, several times per write. It changes the calling thread's
   // scheduling for good (its CPU share stays); 0 leaves every thread as it is.
   uint64_t writer_slice_us = 100;
+  // A graph index (HNSW) cannot remove vectors: removed ones stay in it as
+  // tombstones, which searches step over, until a checkpoint rebuilds it
+  // without them once they are at least this share of its vectors (0: at
+  // every checkpoint that finds any). The rebuild takes as long as building
+  // the index did and runs beside writes and searches; the checkpoint then
+  // stops writers only to add what changed meanwhile. Tombstones below the
+  // share are checkpointed as they are.
+  double compact_tombstone_ratio = 0.1;
   wal::WalOptions wal;  // wal.fs is shared with checkpoints
 };
 
@@ -116,6 +124,9 @@ struct DurableIndexStats {
   // merges of the recent writes into the index (each waits for the searches
   // in progress), and the ids written since the last one.
   uint64_t ops_applied = 0, apply_holds = 0, merges = 0, recent_writes = 0;
+  // Removed vectors a graph index (HNSW) still holds, and its rebuilds
+  // without them since Open (see compact_tombstone_ratio).
+  uint64_t tombstones = 0, compactions = 0;
   RecoveryStats recovery;
 };
 
@@ -194,6 +205,9 @@ class DurableIndex {
     std::vector<std::byte> index_bytes;
     const Payloads* payloads = nullptr;  // payloads_ frozen: thawed once persisted
   };
+  // Under ckpt_mu_, before a checkpoint stops writers: builds compaction_
+  // where the tombstones call for it.
+  Status RebuildWithoutTombstones();
   Result<uint64_t> QuiesceLocked();  // under write_mu_; returns the checkpoint LSN
   // Under write_mu_; `room`: a buffer for the index bytes, reserved ahead.
   Result<Snapshot> SnapshotLocked(std::vector<std::byte> room);
@@ -218,13 +232,16 @@ class DurableIndex {
   // holds both.
   mutable WriterPriorityMutex recent_mu_;
   std::unique_ptr<RecentWrites> recent_;
+  // A compaction of the index built beside writes, which the checkpoint
+  // that built it puts in place; under ckpt_mu_, destroyed under state_mu_.
+  std::unique_ptr<index::IndexCompaction> compaction_;
   std::atomic<size_t> recent_size_{0};  // recent_->size(), read without the lock
   std::atomic<uint64_t> last_checkpoint_lsn_{0};  // written under ckpt_mu_
   // A checkpoint at last_checkpoint_lsn_ that verified is on disk (this
   // process loaded or wrote it); under ckpt_mu_.
   bool checkpoint_on_disk_ = false;
   std::atomic<uint64_t> log_bytes_since_checkpoint_{0};
-  std::atomic<uint64_t> ops_applied_{0}, apply_holds_{0}, merges_{0};
+  std::atomic<uint64_t> ops_applied_{0}, apply_holds_{0}, merges_{0}, compactions_{0};
   RecoveryStats recovery_;
 
   // Placement and apply order. seq numbers follow LSN order because records

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <random>
 #include <set>
 #include <thread>
@@ -239,6 +240,81 @@ BOOST_AUTO_TEST_CASE(skipped_ids_and_tombstones_leave_k_hits_of_the_rest) {
       BOOST_TEST(self_first >= rest_ids.size() * 95 / 100);
     }
   }
+}
+
+// A compaction runs beside adds and removes (the store's writers): what it
+// copied and was removed since becomes a tombstone of the new index, what
+// was removed before it was copied is left out, and what was added since is
+// copied in later rounds or at the finish.
+BOOST_AUTO_TEST_CASE(a_compaction_takes_the_adds_and_removes_made_while_it_ran) {
+  auto [idx, ids, vecs] = MakeFilled("HNSW16", 400, 0, 21);
+  std::map<uint64_t, std::vector<float>> model;
+  for (size_t i = 0; i < ids.size(); ++i) model[ids[i]].assign(vecs.begin() + i * kDim, vecs.begin() + (i + 1) * kDim);
+  auto remove = [&](std::span<const uint64_t> gone) {
+    BOOST_REQUIRE(idx->Remove(gone).ok());
+    for (uint64_t id : gone) model.erase(id);
+  };
+  auto add = [&](std::vector<uint64_t> add_ids, uint64_t seed) {
+    auto v = RandomVectors(add_ids.size(), seed);
+    BOOST_REQUIRE(idx->Add(add_ids, v).ok());
+    for (size_t i = 0; i < add_ids.size(); ++i)
+      model[add_ids[i]].assign(v.begin() + i * kDim, v.begin() + (i + 1) * kDim);
+  };
+  remove(std::span(ids).first(100));
+  auto c = idx->BeginCompaction();
+  BOOST_REQUIRE(c.ok());
+  BOOST_REQUIRE(*c != nullptr);
+  BOOST_TEST(!idx->BeginCompaction().ok());  // one at a time
+  remove(std::span(ids).subspan(100, 20));     // before it copied them: left out
+  BOOST_REQUIRE(*(*c)->CopyNext());
+  BOOST_REQUIRE((*c)->AddCopied().ok());
+  remove(std::span(ids).subspan(120, 30));  // copied: 30 tombstones
+  std::vector<uint64_t> rewritten(ids.begin() + 150, ids.begin() + 170);
+  remove(rewritten);  // copied: 20 more, and 20 new slots
+  add(rewritten, 22);
+  const auto fresh_ids = Ids(1500, 100'000);
+  add(fresh_ids, 23);  // more new slots than the finish takes: copied in a round
+  BOOST_REQUIRE(*(*c)->CopyNext());
+  BOOST_REQUIRE((*c)->AddCopied().ok());
+  remove(std::span(fresh_ids).first(50));  // copied in that round: 50 more
+  add(Ids(30, 500'000), 24);                        // left for the finish
+  BOOST_TEST(!*(*c)->CopyNext());
+  BOOST_REQUIRE(idx->FinishCompaction(std::move(*c)).ok());
+
+  BOOST_TEST(idx->tombstones() == 100u);
+  BOOST_TEST(idx->size() == model.size());
+  std::vector<float> all;
+  for (const auto& [id, v] : model) {
+    auto got = idx->Reconstruct(id);
+    BOOST_REQUIRE_MESSAGE(got.ok(), "id " << id << ": " << got.status().ToString());
+    BOOST_TEST(*got == v, "id " << id);
+    all.insert(all.end(), v.begin(), v.end());
+  }
+  auto check_search = [&](const VectorIndex& x) {
+    auto r = x.Search(all, 5);
+    BOOST_REQUIRE(r.ok());
+    size_t self_first = 0, q = 0;
+    for (const auto& [id, v] : model) {
+      self_first += r->ids[q * 5] == id;
+      for (size_t j = 0; j < 5; ++j) BOOST_TEST(model.count(r->ids[q * 5 + j]) == 1u, "a removed id was found");
+      ++q;
+    }
+    BOOST_TEST(self_first >= model.size() * 95 / 100);
+  };
+  check_search(*idx);
+  // The new index and its tombstones serialize and load as one.
+  std::vector<std::byte> bytes;
+  BOOST_REQUIRE(idx->Serialize([&](std::span<const std::byte> b) {
+                     bytes.insert(bytes.end(), b.begin(), b.end());
+                     return Status::OK();
+                   }).ok());
+  auto back = LoadFaissIndex(idx->spec(), bytes);
+  BOOST_REQUIRE_MESSAGE(back.ok(), back.status().ToString());
+  BOOST_TEST((*back)->tombstones() == 100u);
+  check_search(**back);
+  BOOST_REQUIRE(idx->Compact().ok());
+  BOOST_TEST(idx->tombstones() == 0u);
+  check_search(*idx);
 }
 
 BOOST_AUTO_TEST_CASE(bad_input_gets_an_error_naming_it) {

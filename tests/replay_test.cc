@@ -52,7 +52,10 @@ class WatchedIndex final : public index::VectorIndex {
   size_t size() const override { return inner_->size(); }
   size_t tombstones() const override { return inner_->tombstones(); }
   void Reserve(size_t n) override { inner_->Reserve(n); }
-  Status Compact() override { return inner_->Compact(); }
+  Result<std::unique_ptr<index::IndexCompaction>> BeginCompaction() override { return inner_->BeginCompaction(); }
+  Status FinishCompaction(std::unique_ptr<index::IndexCompaction> c) override {
+    return inner_->FinishCompaction(std::move(c));
+  }
   Status Serialize(const index::ByteSink& sink) const override { return inner_->Serialize(sink); }
   Result<std::unique_ptr<index::IndexExport>> BeginExport() override { return inner_->BeginExport(); }
 
