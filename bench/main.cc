@@ -88,6 +88,10 @@ int main(int argc, char** argv) {
   add_store_options(rec);
   auto* ck = app.add_subcommand("checkpoint", "checkpoint write and load vs raw I/O and faiss::read_index");
   add_store_options(ck);
+  ck->add_option("--rewrite-share", sc.rewrite_share,
+                 "share of the ids rewritten before, and rewrites appended during, the checkpoint p99 (HNSW: tombstones)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
 
   StoreWorkloadConfig xc;
   auto add_workload_options = [&](CLI::App* sub) {

@@ -69,15 +69,20 @@ inline Latency Percentiles(std::vector<double> us) {
 }
 
 // Calls op() back to back for `seconds`, timing each call.
-inline Latency MeasureLatency(double seconds, const std::function<bool()>& op) {
+// Times `op` for as long as `more` says, or until it fails.
+inline Latency MeasureLatencyWhile(const std::function<bool()>& more, const std::function<bool()>& op) {
   std::vector<double> us;
-  auto end = Clock::now() + std::chrono::duration<double>(seconds);
-  while (Clock::now() < end) {
+  while (more()) {
     auto t0 = Clock::now();
     if (!op()) break;
     us.push_back(Seconds(Clock::now() - t0) * 1e6);
   }
   return Percentiles(std::move(us));
+}
+
+inline Latency MeasureLatency(double seconds, const std::function<bool()>& op) {
+  auto end = Clock::now() + std::chrono::duration<double>(seconds);
+  return MeasureLatencyWhile([&] { return Clock::now() < end; }, op);
 }
 
 inline double Median(std::vector<double> v) {

@@ -15,6 +15,10 @@ struct StoreBenchConfig {
   size_t dim = 768;
   std::string description = "Flat";
   int repeat = 1;
+  // checkpoint: rewrite this share of the ids (random ones, in batches)
+  // before the append p99 is measured, and append rewrites of existing ids:
+  // a graph index (HNSW) then holds tombstones, and checkpoints rebuild it.
+  double rewrite_share = 0;
 };
 
 std::vector<Row> RunRecoveryBench(const StoreBenchConfig& c);
