@@ -3,6 +3,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <thread>
@@ -196,6 +197,64 @@ BOOST_AUTO_TEST_CASE(store_equals_its_model_however_its_recent_writes_are_merged
       ExpectEqual(*OpenOrDie(o), m);
     }
   }
+}
+
+// With merges every few writes, reads beside two writers never go back
+// behind a write that returned, and no search lists an id twice (a stale copy
+// of it in the index beside its recent write).
+BOOST_AUTO_TEST_CASE(reads_during_merges_see_each_ids_latest_write) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  o.recent_writes_merge_at = 2;
+  auto d = OpenOrDie(o);
+  constexpr int kWriters = 2, kIdsEach = 20, kRounds = 150;
+  std::array<std::atomic<int>, kWriters * kIdsEach> returned{};  // the version each id's last returned write wrote
+  std::atomic<int> writing{kWriters}, errors{0};
+  auto vec = [](int version, uint64_t id) {
+    std::vector<float> v(kDim, 0.f);
+    v[0] = static_cast<float>(version);
+    v[1] = static_cast<float>(id);
+    return v;
+  };
+  std::vector<std::thread> ts;
+  for (int w = 0; w < kWriters; ++w)
+    ts.emplace_back([&, w] {
+      for (int version = 1; version <= kRounds; ++version)
+        for (int j = 0; j < kIdsEach; ++j) {
+          const uint64_t id = w * kIdsEach + j;
+          if (!d->Upsert(id, vec(version, id)).ok()) ++errors;
+          returned[id] = version;
+        }
+      --writing;
+    });
+  for (int r = 0; r < 2; ++r)
+    ts.emplace_back([&, r] {
+      std::mt19937_64 rng(r);
+      while (writing > 0) {
+        const uint64_t id = rng() % returned.size();
+        const int at_least = returned[id];
+        auto e = d->Get(id);
+        if (at_least > 0 && (!e.ok() || e->vector[0] < static_cast<float>(at_least) || e->vector[1] != static_cast<float>(id))) {
+          ++errors;
+          BOOST_TEST_MESSAGE("id " << id << " read behind version " << at_least);
+        }
+        auto hits = d->Search(vec(at_least, id), returned.size());
+        if (!hits.ok()) {
+          ++errors;
+          continue;
+        }
+        std::set<uint64_t> seen;
+        for (uint64_t h : hits->ids)
+          if (h != index::kNoId && !seen.insert(h).second) {
+            ++errors;
+            BOOST_TEST_MESSAGE("a search listed id " << h << " twice");
+          }
+      }
+    });
+  for (auto& t : ts) t.join();
+  BOOST_TEST(errors.load() == 0);
+  BOOST_TEST(d->Stats().merges > 100u);
+  BOOST_TEST(d->Size() == returned.size());
 }
 
 BOOST_AUTO_TEST_CASE(automatic_checkpoints_release_the_log_and_recover) {
