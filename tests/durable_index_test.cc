@@ -438,7 +438,9 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_rebuilds_a_graph_index_while_writes_go_on) {
   BOOST_REQUIRE(d->Apply(gone).ok());
   // The writes that began after the checkpoint did: how many returned before
   // it ended, and the longest any took. With the rebuild holding writers
-  // back, one write waited for half of the checkpoint or more.
+  // back, only writes beside the file's writing returned (8-18 here) and one
+  // waited for about half the checkpoint; beside the rebuild, hundreds
+  // return, and the longest waits a few percent of it.
   using Clock = std::chrono::steady_clock;
   std::atomic<bool> began{false}, ended{false};
   int written_meanwhile = 0;
@@ -472,7 +474,7 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_rebuilds_a_graph_index_while_writes_go_on) {
                                        << " ms), the longest took " << ms(longest) << " ms; tombstones "
                                        << st.tombstones);
   BOOST_TEST(written_meanwhile >= 50);
-  BOOST_TEST(ms(longest) < ms(took) / 4);
+  BOOST_TEST(ms(longest) < ms(took) / 3);
   ExpectEqual(*d, m, false);
   d.reset();
   ExpectEqual(*OpenOrDie(o), m, false);
