@@ -196,7 +196,13 @@ bool DurableIndex::PresentLocked(uint64_t id) {
     if (it->second.second > applied_seq_.load()) return it->second.first;
     overlay_.erase(it);  // applied since: the index knows
   }
-  return Contains(id);
+  // Not under state_mu_: with a merge waiting for a search, a shared hold
+  // waits for the search too, and this one holds write_mu_, so every writer
+  // would. Every change to the ids the index holds (a merge) holds recent_mu_
+  // exclusively, so recent_mu_ shared is enough to read them.
+  std::shared_lock rr(recent_mu_);
+  if (auto f = recent_->Find(id)) return f->present;
+  return index_->Contains(id);
 }
 
 void DurableIndex::NoteOverlay(const wal::Op& op, uint64_t seq) {

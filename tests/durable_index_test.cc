@@ -577,9 +577,9 @@ struct BesideSearch {
   bool seen = false;        // and their writes were visible to Get and Search
 };
 
-// 16 writers upsert while a search of `nq` queries holds the index (a store
-// with search_hold_us 0); they are given up to a second.
-BesideSearch WriteBesideLongSearch(DurableIndex& d, std::mt19937_64& rng, size_t nq) {
+// 16 writers upsert (or insert) while a search of `nq` queries holds the
+// index (a store with search_hold_us 0); they are given up to a second.
+BesideSearch WriteBesideLongSearch(DurableIndex& d, std::mt19937_64& rng, size_t nq, bool insert = false) {
   std::vector<float> q;
   for (size_t i = 0; i < nq; ++i) {
     auto v = Vec(rng);
@@ -597,7 +597,8 @@ BesideSearch WriteBesideLongSearch(DurableIndex& d, std::mt19937_64& rng, size_t
   std::vector<std::thread> writers;
   for (uint64_t i = 0; i < 16; ++i)
     writers.emplace_back([&, i] {
-      if (d.Upsert(1'000'000 + i, vs[i]).ok()) ++returned;
+      const uint64_t id = 1'000'000 + i;
+      if ((insert ? d.Insert(id, vs[i]) : d.Upsert(id, vs[i])).ok()) ++returned;
     });
   BesideSearch out;
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
@@ -617,6 +618,30 @@ BesideSearch WriteBesideLongSearch(DurableIndex& d, std::mt19937_64& rng, size_t
   return out;
 }
 
+// A store of 20000 vectors, and how many queries make one search of it hold
+// the index for about 3 s: timed on a batch as big as it takes for half a
+// second, since per query big batches run faster than small ones.
+size_t FillAndTimeLongSearch(DurableIndex& d, std::mt19937_64& rng) {
+  for (uint64_t base = 0; base < 20000; base += 1000) {
+    WriteBatch b;
+    for (uint64_t id = base; id < base + 1000; ++id) b.Upsert(id, Vec(rng));
+    BOOST_REQUIRE(d.Apply(b).ok());
+  }
+  size_t nq = 200;
+  for (double took = 0; took < 0.5 && nq < 2'000'000; nq *= 4) {
+    std::vector<float> probe;
+    for (size_t i = 0; i < nq; ++i) {
+      auto v = Vec(rng);
+      probe.insert(probe.end(), v.begin(), v.end());
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    BOOST_REQUIRE(d.Search(probe, 10).ok());
+    took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (took >= 0.5) nq = static_cast<size_t>(static_cast<double>(nq) * 3.0 / took) / 4;  // ~3 s, after *= 4
+  }
+  return nq;
+}
+
 }  // namespace
 
 // Writers apply beside the index (its recent writes), so a search that holds
@@ -632,25 +657,7 @@ BOOST_AUTO_TEST_CASE(writes_return_and_are_seen_while_a_search_holds_the_index) 
       o.recent_writes_merge_at = merge_at;
       auto d = OpenOrDie(o);
       std::mt19937_64 rng(5);
-      for (uint64_t base = 0; base < 20000; base += 1000) {
-        WriteBatch b;
-        for (uint64_t id = base; id < base + 1000; ++id) b.Upsert(id, Vec(rng));
-        BOOST_REQUIRE(d->Apply(b).ok());
-      }
-      // Timed on a batch as big as it takes for half a second: per query, big
-      // batches run faster than small ones.
-      size_t nq = 200;
-      for (double took = 0; took < 0.5 && nq < 2'000'000; nq *= 4) {
-        std::vector<float> probe;
-        for (size_t i = 0; i < nq; ++i) {
-          auto v = Vec(rng);
-          probe.insert(probe.end(), v.begin(), v.end());
-        }
-        const auto t0 = std::chrono::steady_clock::now();
-        BOOST_REQUIRE(d->Search(probe, 10).ok());
-        took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (took >= 0.5) nq = static_cast<size_t>(static_cast<double>(nq) * 3.0 / took) / 4;  // ~3 s, after *= 4
-      }
+      size_t nq = FillAndTimeLongSearch(*d, rng);
       bool told = false;
       for (int attempt = 0; attempt < 3 && !told; ++attempt, nq *= 4) {
         // Each search begins with no recent writes (the search path differs
@@ -670,6 +677,33 @@ BOOST_AUTO_TEST_CASE(writes_return_and_are_seen_while_a_search_holds_the_index) 
       if (merge_at != 0) BOOST_TEST(d->Stats().recent_writes > 0u);
     }
   }
+}
+
+// An insert checks that its id is absent, which may mean asking the index.
+// It asked holding the lock searches share, and once a merge waited for a
+// search to end, that lock let no one in: the insert waited for the search,
+// with placement held, and every writer behind it. It now asks under the
+// recent writes' lock, which every change to the index's ids holds too.
+BOOST_AUTO_TEST_CASE(inserts_return_while_a_merge_waits_for_a_search) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  o.search_hold_us = 0;
+  o.recent_writes_merge_at = 8;  // half the writers' inserts call for a merge, which waits for the search
+  auto d = OpenOrDie(o);
+  std::mt19937_64 rng(6);
+  size_t nq = FillAndTimeLongSearch(*d, rng);
+  bool told = false;
+  for (int attempt = 0; attempt < 3 && !told; ++attempt, nq *= 4) {
+    BOOST_REQUIRE(d->Checkpoint().ok());
+    for (uint64_t i = 0; i < 16; ++i) (void)d->Remove(1'000'000 + i);  // the ids inserted last try
+    BOOST_REQUIRE(d->Checkpoint().ok());
+    const auto r = WriteBesideLongSearch(*d, rng, nq, /*insert=*/true);
+    if (!r.held) continue;
+    told = true;
+    BOOST_TEST(r.returned == 16);
+    BOOST_TEST(r.seen);
+  }
+  BOOST_TEST(told, "no search held the index long enough, even with " << nq / 4 << " queries");
 }
 
 // A thread's first blocking write asks for the store's writer slice, so a
