@@ -188,15 +188,29 @@ BOOST_AUTO_TEST_CASE(hnsw_tombstones_are_filtered_then_compacted) {
   BOOST_REQUIRE(idx->Remove(gone).ok());
   BOOST_TEST(idx->tombstones() == 150u);
   auto q = std::span(vecs).first(kDim);  // the first (removed) vector itself
+  // HNSW is approximate, and its graph is built in parallel (no two builds
+  // alike): before and after the rebuild, each search finds at least 8 of
+  // the 10 true nearest live vectors, and never a removed one.
+  const std::vector<uint64_t> live_ids(ids.begin() + 150, ids.end());
+  const std::vector<float> live_vecs(vecs.begin() + 150 * kDim, vecs.end());
+  const auto truth = BruteForce(live_ids, live_vecs, q.data(), 10, Metric::kL2);
+  auto found_of_truth = [&](const SearchResults& r) {
+    size_t n = 0;
+    for (uint64_t id : r.ids) {
+      BOOST_TEST((id == kNoId || !std::count(gone.begin(), gone.end(), id)));
+      n += std::count(truth.begin(), truth.end(), id);
+    }
+    return n;
+  };
   auto before = idx->Search(q, 10);
   BOOST_REQUIRE(before.ok());
-  for (uint64_t id : before->ids) BOOST_TEST((id == kNoId || !std::count(gone.begin(), gone.end(), id)));
+  BOOST_TEST(found_of_truth(*before) >= 8u);
   BOOST_REQUIRE(idx->Compact().ok());
   BOOST_TEST(idx->tombstones() == 0u);
   BOOST_TEST(idx->size() == 50u);
   auto after = idx->Search(q, 10);
   BOOST_REQUIRE(after.ok());
-  BOOST_TEST(after->ids == before->ids, boost::test_tools::per_element());
+  BOOST_TEST(found_of_truth(*after) >= 8u);
   // Regression: a compacted HNSW once lost its exact FAISS class and could
   // not be written (faiss::clone_index).
   BOOST_TEST(idx->Serialize([](std::span<const std::byte>) { return Status::OK(); }).ok());
