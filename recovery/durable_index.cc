@@ -196,13 +196,7 @@ bool DurableIndex::PresentLocked(uint64_t id) {
     if (it->second.second > applied_seq_.load()) return it->second.first;
     overlay_.erase(it);  // applied since: the index knows
   }
-  // Not under state_mu_: with a merge waiting for a search, a shared hold
-  // waits for the search too, and this one holds write_mu_, so every writer
-  // would. Every change to the ids the index holds (a merge) holds recent_mu_
-  // exclusively, so recent_mu_ shared is enough to read them.
-  std::shared_lock rr(recent_mu_);
-  if (auto f = recent_->Find(id)) return f->present;
-  return index_->Contains(id);
+  return Contains(id);  // which takes no state_mu_: this holds write_mu_
 }
 
 void DurableIndex::NoteOverlay(const wal::Op& op, uint64_t seq) {
@@ -626,12 +620,14 @@ Result<Entry> DurableIndex::Get(uint64_t id) const {
   return e;
 }
 
+// Not under state_mu_: with a merge waiting for a search, a shared hold
+// waits for the search too (and a write's presence check, which holds
+// write_mu_, would hold every writer back with it). Every change to the ids
+// the index holds is a merge, which holds recent_mu_ exclusively, so
+// recent_mu_ shared is enough to read them.
 bool DurableIndex::Contains(uint64_t id) const {
-  std::shared_lock r(state_mu_);
-  {
-    std::shared_lock rr(recent_mu_);
-    if (auto f = recent_->Find(id)) return f->present;
-  }
+  std::shared_lock rr(recent_mu_);
+  if (auto f = recent_->Find(id)) return f->present;
   return index_->Contains(id);
 }
 

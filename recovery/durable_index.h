@@ -230,7 +230,7 @@ class DurableIndex {
   // recent_: readers shared (after state_mu_), applies exclusive. A reader
   // sees the index and the recent writes at one point in log order: a merge
   // holds both. The ids the index holds change only in a merge, so a
-  // presence check reads them under recent_mu_ alone.
+  // presence check (Contains) reads them under recent_mu_ alone.
   mutable WriterPriorityMutex recent_mu_;
   std::unique_ptr<RecentWrites> recent_;
   // A compaction of the index built beside writes, which the checkpoint
