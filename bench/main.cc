@@ -110,6 +110,9 @@ int main(int argc, char** argv) {
     sub->add_option("--recent-writes-merge-at", xc.recent_writes_merge_at,
                     "writes applied beside the index before a merge into it; 0: straight into the index")
         ->capture_default_str();
+    sub->add_option("--merge-hold-us", xc.merge_hold_us,
+                    "how long each step of a merge into the index holds searches back; 0: a whole merge at once")
+        ->capture_default_str();
     sub->add_option("--writer-slice-us", xc.writer_slice_us,
                     "time slice writer threads ask the kernel for; 0: the default slice")
         ->capture_default_str();

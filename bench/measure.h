@@ -51,11 +51,11 @@ inline double RunFor(int threads, double seconds, const std::function<uint64_t(i
 }
 
 struct Latency {
-  double p50_us = 0, p99_us = 0, p999_us = 0;
+  double p50_us = 0, p99_us = 0, p999_us = 0, max_us = 0;
   uint64_t samples = 0;
 };
 
-// p50/p99/p999 of latency samples in microseconds.
+// p50/p99/p999 and the longest of latency samples in microseconds.
 inline Latency Percentiles(std::vector<double> us) {
   Latency l;
   l.samples = us.size();
@@ -65,6 +65,7 @@ inline Latency Percentiles(std::vector<double> us) {
   l.p50_us = pct(0.50);
   l.p99_us = pct(0.99);
   l.p999_us = pct(0.999);
+  l.max_us = us.back();
   return l;
 }
 

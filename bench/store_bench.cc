@@ -33,6 +33,7 @@ std::unique_ptr<recovery::DurableIndex> OpenStore(const StoreWorkloadConfig& c, 
   o.checkpoint_every_log_bytes = static_cast<uint64_t>(checkpoint_mib * (1 << 20));
   o.recent_writes_merge_at = c.recent_writes_merge_at;
   o.writer_slice_us = c.writer_slice_us;
+  o.merge_hold_us = c.merge_hold_us;
   o.wal.thread_slice_us = c.writer_slice_us;
   auto d = recovery::DurableIndex::Open(o);
   if (!d.ok()) throw std::runtime_error(d.status().ToString());
@@ -175,7 +176,8 @@ std::vector<Row> RunMixedBench(const StoreWorkloadConfig& c) {
   auto search = [&](int, uint64_t i) {
     return d->Search({queries.data() + (i % 16) * c.queries * c.dim, c.queries * c.dim}, c.k).ok();
   };
-  std::vector<double> w_alone, w_mixed, w99_alone, w99_mixed, s_alone, s_mixed, s99_alone, s99_mixed, ckpts;
+  std::vector<double> w_alone, w_mixed, w99_alone, w99_mixed, s_alone, s_mixed, s99_alone, s99_mixed, smax_alone,
+      smax_mixed, ckpts;
   for (int r = 0; r < c.repeat; ++r) {
     auto wa = TimeCalls(c.writers, c.seconds, write);
     auto sa = TimeCalls(c.searchers, c.seconds, search);
@@ -205,6 +207,8 @@ std::vector<Row> RunMixedBench(const StoreWorkloadConfig& c) {
     s_mixed.push_back(sm.per_sec * static_cast<double>(c.queries));
     s99_alone.push_back(sa.lat.p99_us);
     s99_mixed.push_back(sm.lat.p99_us);
+    smax_alone.push_back(sa.lat.max_us);
+    smax_mixed.push_back(sm.lat.max_us);
     ckpts.push_back(checkpoints);
   }
   const std::string w = fmt::format("mixed {}k x {}-d {}: {} writers + {} searchers + checkpoints", c.vectors / 1000,
@@ -213,6 +217,7 @@ std::vector<Row> RunMixedBench(const StoreWorkloadConfig& c) {
           {w, "upsert p99 us", Median(w99_mixed), "upsert p99, writers alone", Median(w99_alone), false, ""},
           {w, "queries/s", Median(s_mixed), "the same searchers alone", Median(s_alone), true, ""},
           {w, "search p99 us", Median(s99_mixed), "search p99, searchers alone", Median(s99_alone), false, ""},
+          {w, "search max us", Median(smax_mixed), "longest search, searchers alone", Median(smax_alone), false, ""},
           {w, "checkpoints", Median(ckpts), "", 0, true, ""}};
 }
 

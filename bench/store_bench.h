@@ -32,6 +32,7 @@ struct StoreWorkloadConfig {
   double checkpoint_mib = 64;   // automatic checkpoint interval in mixed
   size_t recent_writes_merge_at = recovery::DurableIndexOptions{}.recent_writes_merge_at;
   uint64_t writer_slice_us = recovery::DurableIndexOptions{}.writer_slice_us;
+  uint64_t merge_hold_us = recovery::DurableIndexOptions{}.merge_hold_us;
   bool rocksdb = true;
 };
 

@@ -1,5 +1,7 @@
 // The FAISS CPU backend of VectorIndex. Every FAISS call is wrapped: FAISS
 // throws, and an exception must not cross into the durable layer.
+#include <omp.h>
+
 #include <faiss/Index.h>
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexFlatCodes.h>
@@ -62,6 +64,28 @@ constexpr uint64_t kTableMagic = 0x3142415453574556ull;  // "VEWSTAB1": the slot
 // The id and slot tables are open-addressed: see index/id_table.h.
 using IdTable = IdMap<uint64_t>;
 using SlotSet = IdSet;
+
+// FAISS searches its queries in parallel, one OpenMP thread a query, and
+// opens a team of every thread for each call, however few the queries: the
+// others wake and find nothing to do. With one query a call from several
+// threads (a server's searchers beside the store's merges) those wakes can
+// cost more than the search: on our 2-core VM, two processes each running
+// single-query HNSW searches beside writes and merges did not get through
+// half their work in 90 s with every thread, and passed in under 30 s with
+// one. This caps the calling thread's team at one thread a query for one
+// FAISS call (BENCHMARKS.md, thirteenth session).
+class OmpThreadCap {
+ public:
+  explicit OmpThreadCap(size_t queries) : saved_(omp_get_max_threads()) {
+    if (queries < static_cast<size_t>(saved_)) omp_set_num_threads(static_cast<int>(std::max<size_t>(queries, 1)));
+  }
+  ~OmpThreadCap() { omp_set_num_threads(saved_); }
+  OmpThreadCap(const OmpThreadCap&) = delete;
+  OmpThreadCap& operator=(const OmpThreadCap&) = delete;
+
+ private:
+  int saved_;
+};
 
 template <typename F>
 Status Guard(const std::string& what, F&& f) {
@@ -511,6 +535,7 @@ class FaissIndex final : public VectorIndex {
       d.resize(rows.size() * kk);
       l.resize(rows.size() * kk);
       VECWAL_RETURN_IF_ERROR(Guard("searching '" + spec_.description + "'", [&] {
+        const OmpThreadCap cap(rows.size());
         index_->search(static_cast<faiss::Index::idx_t>(rows.size()), qs.data(),
                        static_cast<faiss::Index::idx_t>(kk), d.data(), l.data());
       }));

@@ -13,8 +13,11 @@
 // finds the next op ready applies it), and returns once its op is visible.
 // Applies go to the recent writes (RecentWrites), which searches scan beside
 // the index, so a writer never waits for a search; the store's applier
-// thread merges them into the index in one batch when they reach
-// recent_writes_merge_at, waiting for the searches in progress instead.
+// thread merges them into the index when they reach recent_writes_merge_at.
+// A merge sets them aside (new writes start a new set, which hides theirs)
+// and moves them into the index in steps of about merge_hold_us, each of
+// which waits for the searches in progress: searches and applies go on
+// between the steps, however long the index's adds take (HNSW's).
 // A checkpoint stops new writes only while it lets the placed ones apply and
 // begins an export of the index (FAISS's id map is copied, not the vectors)
 // and freezes the payloads (PayloadStore: nothing is copied); the file is
@@ -25,7 +28,7 @@
 // memory instead, the copy's pages faulted in before writes stop.
 //
 // Thread safety: all methods may be called from any thread; searches run
-// concurrently with each other and with writes, and wait only for a merge.
+// concurrently with each other and with writes, and wait only for a merge's step.
 #pragma once
 
 #include <cstdint>
@@ -70,6 +73,12 @@ struct DurableIndexOptions {
   // into the index, waiting for the searches in progress. Each search scans
   // them exactly and has the index leave out the ids they hide.
   size_t recent_writes_merge_at = 1024;
+  // A merge of the recent writes into the index holds searches and applies
+  // back for about this long at a time: it adds the vectors in steps sized
+  // from the time the last step took. 0: a whole merge at once. An add to
+  // HNSW takes milliseconds a vector here, so a merge of 1024 at once held
+  // every search for seconds.
+  uint64_t merge_hold_us = 5000;
   // Time slice (io/time_slice.h) asked for by the store's applier thread and
   // by each thread the first time it makes a blocking write here: a woken
   // writer then preempts CPU-bound threads (searches) rather than waiting out
@@ -121,9 +130,10 @@ class WriteBatch {
 struct DurableIndexStats {
   uint64_t size = 0, durable_lsn = 0, last_checkpoint_lsn = 0, log_bytes_since_checkpoint = 0;
   // Since Open: ops applied (visible), and the runs they were applied in; the
-  // merges of the recent writes into the index (each waits for the searches
-  // in progress), and the ids written since the last one.
-  uint64_t ops_applied = 0, apply_holds = 0, merges = 0, recent_writes = 0;
+  // merges of the recent writes into the index (each step waits for the
+  // searches in progress), the steps their adds took (see merge_hold_us),
+  // and the ids written and not yet merged.
+  uint64_t ops_applied = 0, apply_holds = 0, merges = 0, merge_steps = 0, recent_writes = 0;
   // Removed vectors a graph index (HNSW) still holds, and its rebuilds
   // without them since Open (see compact_tombstone_ratio).
   uint64_t tombstones = 0, compactions = 0;
@@ -193,8 +203,12 @@ class DurableIndex {
   void NoteOverlay(const wal::Op& op, uint64_t seq);
   void ApplyReady(std::unique_lock<std::mutex>& a);  // a holds apply_mu_; released while applying
   Status DrainLocked();  // under write_mu_: waits until every placed op is applied
-  // Moves the recent writes into the index; takes state_mu_, then recent_mu_.
+  // Moves the recent writes into the index, in steps; takes merge_mu_, then
+  // state_mu_ and recent_mu_ for each step.
   void MergeRecent();
+  // Under recent_mu_ (either way): whether the id is present below the
+  // newest recent writes, in the set a merge is moving or in the index.
+  bool PresentBelowRecentLocked(uint64_t id) const;
   size_t RecentHardBound() const { return 4 * opts_.recent_writes_merge_at; }
   Status failed() const;
   void SetFailed(const Status& s);
@@ -223,16 +237,27 @@ class DurableIndex {
   std::unique_ptr<wal::Wal> wal_;
   std::unique_ptr<index::VectorIndex> index_;
   PayloadStore payloads_;
-  // Lock order: ckpt_mu_, write_mu_, state_mu_, recent_mu_, apply_mu_.
+  // Lock order: ckpt_mu_, write_mu_, merge_mu_, state_mu_, recent_mu_, apply_mu_.
   std::mutex ckpt_mu_;                   // one checkpoint at a time; Close waits for it
   mutable std::mutex write_mu_;          // placement order; checkpoint snapshots, Train, Close
+  std::mutex merge_mu_;                  // one merge at a time
   mutable WriterPriorityMutex state_mu_;  // index_ and payloads_: readers shared, merges exclusive
   // recent_: readers shared (after state_mu_), applies exclusive. A reader
   // sees the index and the recent writes at one point in log order: a merge
-  // holds both. The ids the index holds change only in a merge, so a
-  // presence check (Contains) reads them under recent_mu_ alone.
+  // holds both for each of its steps. The ids the index holds change only in
+  // a merge's steps, so a presence check (Contains) reads them under
+  // recent_mu_ alone.
   mutable WriterPriorityMutex recent_mu_;
   std::unique_ptr<RecentWrites> recent_;
+  // The recent writes a merge is moving into the index, set aside from
+  // recent_ (whose entries hide theirs) and never changed while set: the
+  // merge reads them with no lock. Set and cleared under recent_mu_ (cleared
+  // with state_mu_ too); readers look here after recent_ and before the
+  // index, which hides every id here, whether the merge has added it yet or not.
+  std::unique_ptr<RecentWrites> merging_;
+  std::unique_ptr<RecentWrites> spare_recent_;  // a merged set's memory, for the next; under merge_mu_
+  uint64_t merge_ns_per_row_ = 0;               // the last merge step's; under merge_mu_
+  std::atomic<size_t> merging_size_{0};
   // A compaction of the index built beside writes, which the checkpoint
   // that built it puts in place; under ckpt_mu_, destroyed under state_mu_.
   std::unique_ptr<index::IndexCompaction> compaction_;
@@ -242,7 +267,7 @@ class DurableIndex {
   // process loaded or wrote it); under ckpt_mu_.
   bool checkpoint_on_disk_ = false;
   std::atomic<uint64_t> log_bytes_since_checkpoint_{0};
-  std::atomic<uint64_t> ops_applied_{0}, apply_holds_{0}, merges_{0}, compactions_{0};
+  std::atomic<uint64_t> ops_applied_{0}, apply_holds_{0}, merges_{0}, merge_steps_{0}, compactions_{0};
   RecoveryStats recovery_;
 
   // Placement and apply order. seq numbers follow LSN order because records

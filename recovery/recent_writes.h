@@ -7,8 +7,9 @@
 // query of a big Flat index here. Writers beside two searchers ran at 2% of
 // their speed alone. Writers now apply here instead, under a lock that a
 // search holds only to scan these few vectors exactly, and the store merges
-// them into the index in one batch (one Remove, one gather add) when they
-// reach a bound, off the writers' path.
+// them into the index (one Remove, then gather adds in short steps) when they
+// reach a bound, off the writers' path, reading them from a set it has set
+// aside while writers fill a new one.
 //
 // Thread safety: none of its own; the owner locks it (shared for the const
 // methods, exclusive for Apply and Clear).

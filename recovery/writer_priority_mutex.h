@@ -9,6 +9,7 @@
 // for the readers already inside.
 #pragma once
 
+#include <atomic>
 #include <mutex>
 #include <shared_mutex>
 
@@ -17,19 +18,31 @@ namespace vecwal::recovery {
 class WriterPriorityMutex {
  public:
   void lock() {
+    Waiting w(waiting_);
     std::lock_guard g(gate_);
     rw_.lock();
   }
   void unlock() { rw_.unlock(); }
   void lock_shared() {
+    Waiting w(waiting_);
     { std::lock_guard g(gate_); }
     rw_.lock_shared();
   }
   void unlock_shared() { rw_.unlock_shared(); }
 
+  // Whether a thread is waiting to lock it, either way: a holder that works
+  // in steps may take longer ones while nobody is.
+  bool has_waiters() const { return waiting_.load(std::memory_order_relaxed) != 0; }
+
  private:
+  struct Waiting {
+    explicit Waiting(std::atomic<int>& n) : n_(n) { n_.fetch_add(1, std::memory_order_relaxed); }
+    ~Waiting() { n_.fetch_sub(1, std::memory_order_relaxed); }
+    std::atomic<int>& n_;
+  };
   std::mutex gate_;
   std::shared_mutex rw_;
+  std::atomic<int> waiting_{0};
 };
 
 }  // namespace vecwal::recovery
