@@ -677,12 +677,9 @@ Result<Entry> DurableIndex::Get(uint64_t id) const {
   std::shared_lock r(state_mu_);
   {
     std::shared_lock rr(recent_mu_);
-    for (const RecentWrites* set : {recent_.get(), merging_.get()}) {
-      if (set == nullptr) continue;
-      if (auto f = set->Find(id)) {
-        if (!f->present) return Status::NotFound("id " + std::to_string(id) + " is not in the index");
-        return Entry{{f->vector.begin(), f->vector.end()}, {f->payload.begin(), f->payload.end()}};
-      }
+    if (auto f = FindRecentLocked(id)) {
+      if (!f->present) return Status::NotFound("id " + std::to_string(id) + " is not in the index");
+      return Entry{{f->vector.begin(), f->vector.end()}, {f->payload.begin(), f->payload.end()}};
     }
   }
   Entry e;
@@ -698,14 +695,14 @@ Result<Entry> DurableIndex::Get(uint64_t id) const {
 // recent_mu_ shared is enough to read them.
 bool DurableIndex::Contains(uint64_t id) const {
   std::shared_lock rr(recent_mu_);
-  if (auto f = recent_->Find(id)) return f->present;
-  return PresentBelowRecentLocked(id);
+  if (auto f = FindRecentLocked(id)) return f->present;
+  return index_->Contains(id);
 }
 
-bool DurableIndex::PresentBelowRecentLocked(uint64_t id) const {
-  if (merging_ != nullptr)
-    if (auto f = merging_->Find(id)) return f->present;
-  return index_->Contains(id);
+std::optional<RecentWrites::Found> DurableIndex::FindRecentLocked(uint64_t id) const {
+  if (auto f = recent_->Find(id)) return f;
+  if (merging_ != nullptr) return merging_->Find(id);
+  return std::nullopt;
 }
 
 // The index's count, corrected for each id written since it was merged by

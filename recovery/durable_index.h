@@ -77,7 +77,8 @@ struct DurableIndexOptions {
   // back for about this long at a time: it adds the vectors in steps sized
   // from the time the last step took. 0: a whole merge at once. An add to
   // HNSW takes milliseconds a vector here, so a merge of 1024 at once held
-  // every search for seconds.
+  // every search for seconds. Steps grow while nobody waits for them, and a
+  // step that someone waited for is followed by as long with nothing held.
   uint64_t merge_hold_us = 5000;
   // Time slice (io/time_slice.h) asked for by the store's applier thread and
   // by each thread the first time it makes a blocking write here: a woken
@@ -206,9 +207,9 @@ class DurableIndex {
   // Moves the recent writes into the index, in steps; takes merge_mu_, then
   // state_mu_ and recent_mu_ for each step.
   void MergeRecent();
-  // Under recent_mu_ (either way): whether the id is present below the
-  // newest recent writes, in the set a merge is moving or in the index.
-  bool PresentBelowRecentLocked(uint64_t id) const;
+  // Under recent_mu_ (either way): the id's entry in the newest recent
+  // writes, else in the set a merge is moving; nothing: the index answers.
+  std::optional<RecentWrites::Found> FindRecentLocked(uint64_t id) const;
   size_t RecentHardBound() const { return 4 * opts_.recent_writes_merge_at; }
   Status failed() const;
   void SetFailed(const Status& s);
