@@ -297,7 +297,6 @@ void DurableIndex::MergeRecent() {
     if (recent_->empty() || merging_ != nullptr) return;  // set: a failed merge left it
     if (spare_recent_ == nullptr) spare_recent_ = std::make_unique<RecentWrites>(opts_.spec);
     merging_ = std::exchange(recent_, std::move(spare_recent_));
-    merging_size_ = merging_->size();
     recent_size_ = 0;
   }
   const RecentWrites& set = *merging_;  // unchanged until cleared below
@@ -356,7 +355,6 @@ void DurableIndex::MergeRecent() {
   std::unique_lock r(recent_mu_);
   merging_->Clear(RecentHardBound());
   spare_recent_ = std::move(merging_);
-  merging_size_ = 0;
   ++merges_;
 }
 
@@ -959,7 +957,10 @@ DurableIndexStats DurableIndex::Stats() const {
   s.apply_holds = apply_holds_.load();
   s.merges = merges_.load();
   s.merge_steps = merge_steps_.load();
-  s.recent_writes = recent_size_.load() + merging_size_.load();
+  {
+    std::shared_lock rr(recent_mu_);
+    s.recent_writes = recent_->size() + (merging_ != nullptr ? merging_->size() : 0);
+  }
   s.compactions = compactions_.load();
   {
     std::shared_lock r(state_mu_);

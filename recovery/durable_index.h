@@ -258,7 +258,6 @@ class DurableIndex {
   std::unique_ptr<RecentWrites> merging_;
   std::unique_ptr<RecentWrites> spare_recent_;  // a merged set's memory, for the next; under merge_mu_
   uint64_t merge_ns_per_row_ = 0;               // the last merge step's; under merge_mu_
-  std::atomic<size_t> merging_size_{0};
   // A compaction of the index built beside writes, which the checkpoint
   // that built it puts in place; under ckpt_mu_, destroyed under state_mu_.
   std::unique_ptr<index::IndexCompaction> compaction_;
