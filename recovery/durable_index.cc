@@ -220,9 +220,9 @@ void DurableIndex::NoteOverlay(const wal::Op& op, uint64_t seq) {
 //
 // The hold waits only for searches scanning the recent writes, never for a
 // query of the index: the applier thread merges them into the index once
-// they reach recent_writes_merge_at. A run that leaves them at four times
-// that (a big batch, or merges held back by searches) is merged by its
-// applier at once, so they stay small.
+// they reach recent_writes_merge_at. A run that leaves four times that
+// unmerged (a big batch, or an index slower than the writers) has its
+// applier take merge steps until they are under it, so they stay small.
 void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
   if (applying_) return;  // the applier's next run takes ours
   applying_ = true;
@@ -255,13 +255,21 @@ void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
       for (const wal::Op* op : run) recent_->Apply(*op);
       recent_size_ = recent_->size();
     }
-    // Merged at once where they go straight into the index, or past the
-    // bound: a big batch, or merges kept behind by searches.
-    if (opts_.recent_writes_merge_at == 0 || recent_size_.load() >= RecentHardBound()) MergeRecent();
+    // Merged at once where they go straight into the index. Past the bound
+    // (a big batch, or an index slower than the writers), this writer helps.
+    bool helped = false;
+    if (opts_.recent_writes_merge_at == 0) {
+      MergeRecent();
+    } else if (recent_size_.load() + merge_left_.load() >= RecentHardBound()) {
+      MergeToBound();
+      helped = true;
+    }
     ops_applied_ += run.size();
     ++apply_holds_;
     a.lock();
-    if (opts_.recent_writes_merge_at != 0 && recent_size_.load() >= opts_.recent_writes_merge_at)
+    // The applier thread also ends a merge that this writer left part done.
+    if (opts_.recent_writes_merge_at != 0 &&
+        (recent_size_.load() >= opts_.recent_writes_merge_at || (helped && merge_left_.load() > 0)))
       merge_wanted_ = true;
     // Visible now. The applier thread runs the callbacks, in order: here a
     // checkpoint may hold write_mu_, which a callback's own write would need.
@@ -279,83 +287,139 @@ void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
 // gather adds sized to hold for about merge_hold_us, from the time the last
 // step took per row. Searches and applies go on between the steps; until the
 // last, the set aside hides every id it has, so what the index holds of them
-// so far is never seen.
+// so far is never seen. Returns once what was applied before the call is in
+// the index (or the store failed).
 //
-// A step twice as long follows one that nobody waited for. FAISS adds to
-// HNSW in parallel only over many vectors (here 2.2 ms a 128-d vector in
-// batches of 1000, 4 ms in batches of 100 or fewer), so steps of a few
-// vectors each made a bulk load through batches about 1.7x slower; with no
-// search about, a merge's steps now grow to most of it. A search that comes
-// waits for the step in progress, which is at most about as long as the
-// merge has run unwatched. A failure leaves them set aside (reads stay right)
-// and fails the store, which then takes no more writes rather than diverge
-// from its log.
+// The steps are MergeStepLocked's, and whoever holds merge_mu_ takes the next
+// one: this loop, or a writer waiting at the bound (MergeToBound).
 void DurableIndex::MergeRecent() {
-  std::lock_guard m(merge_mu_);
+  uint64_t target = 0;  // the set that holds what is applied now
   {
-    std::unique_lock r(recent_mu_);
-    if (recent_->empty() || merging_ != nullptr) return;  // set: a failed merge left it
-    if (spare_recent_ == nullptr) spare_recent_ = std::make_unique<RecentWrites>(opts_.spec);
-    merging_ = std::exchange(recent_, std::move(spare_recent_));
-    recent_size_ = 0;
+    std::lock_guard m(merge_mu_);
+    std::shared_lock r(recent_mu_);
+    if (recent_->empty() && merging_ == nullptr) return;
+    target = recent_->empty() ? sets_frozen_ : sets_frozen_ + 1;
   }
-  const RecentWrites& set = *merging_;  // unchanged until cleared below
-  std::vector<uint64_t> added;
-  std::vector<const std::byte*> rows;
-  Status s;
-  {
-    std::unique_lock w(state_mu_);
-    std::unique_lock r(recent_mu_);
-    s = index_->Remove(set.ids());
-    set.ForEach([&](uint64_t id, const float* v, std::span<const std::byte> payload) {
-      if (v == nullptr) return payloads_.Erase(id);
-      added.push_back(id);
-      rows.push_back(reinterpret_cast<const std::byte*>(v));
-      payloads_.Set(id, payload);
-    });
-  }
-  const uint64_t hold_ns = opts_.merge_hold_us * 1000;
-  size_t unwatched = 0;  // steps in a row that nobody waited for
-  for (size_t at = 0; s.ok() && at < added.size();) {
-    const size_t timed = hold_ns == 0            ? added.size()
-                         : merge_ns_per_row_ == 0 ? 64
-                                                  : std::max<uint64_t>(1, hold_ns / merge_ns_per_row_);
-    const size_t planned = timed << std::min<size_t>(unwatched, 20);
-    const size_t n = std::min(planned, added.size() - at);
-    std::chrono::nanoseconds took{};
+  for (;;) {
+    std::chrono::nanoseconds pause{};
     {
-      std::unique_lock w(state_mu_);
-      std::unique_lock r(recent_mu_);
-      const auto t0 = Clock::now();
-      s = index_->AddRows(std::span(added).subspan(at, n), std::span(rows).subspan(at, n));
-      took = Clock::now() - t0;
-      // A merge's last, short step says little of the rate, nor does a grown
-      // one: many rows cost less each than a few (HNSW adds them in parallel).
-      // One quick step at most doubles the next (HNSW's rate here varies
-      // twofold from step to step, and sometimes fourfold).
-      if (n == timed)
-        merge_ns_per_row_ = std::max<uint64_t>({1, static_cast<uint64_t>(took.count()) / n, merge_ns_per_row_ / 2});
-      unwatched = state_mu_.has_waiters() || recent_mu_.has_waiters() ? 0 : unwatched + 1;
+      std::lock_guard m(merge_mu_);
+      if (sets_merged_ >= target || !MergeStepLocked(&pause)) return;
     }
-    ++merge_steps_;
-    at += n;
     // Where the index adds slower than writes come (HNSW here), merges run
     // back to back, and a search that waits for one step finds the next one
     // queued as soon as it is done: two searchers of 20k x 128-d HNSW beside
     // four writers ran 338 queries/s, against 5053 with merges at once. So a
     // step that someone waited for is followed by as long again without
     // one: reads and applies keep at least half the time.
-    if (unwatched == 0 && at < added.size()) std::this_thread::sleep_for(took);
+    if (pause.count() > 0) std::this_thread::sleep_for(pause);
   }
+}
+
+// A step twice as long follows one that nobody waited for. FAISS adds to
+// HNSW in parallel only over many vectors (here 2.2 ms a 128-d vector in
+// batches of 1000, 4 ms in batches of 100 or fewer), so steps of a few
+// vectors each made a bulk load through batches about 1.7x slower; with no
+// search about, a merge's steps now grow to most of it. A search that comes
+// waits for the step in progress, which is at most about as long as the
+// merge has run unwatched. A failure leaves the set aside (reads stay right)
+// and fails the store, which then takes no more writes rather than diverge
+// from its log. Returns false where there was nothing to do.
+bool DurableIndex::MergeStepLocked(std::chrono::nanoseconds* pause) {
+  *pause = {};
+  if (!failed().ok()) return false;
+  MergeCursor& c = cursor_;
+  if (merging_ == nullptr) {
+    {
+      std::unique_lock r(recent_mu_);
+      if (recent_->empty()) return false;
+      if (spare_recent_ == nullptr) spare_recent_ = std::make_unique<RecentWrites>(opts_.spec);
+      merging_ = std::exchange(recent_, std::move(spare_recent_));
+      merge_left_ = merging_->size();  // with recent_size_, what writers are held to
+      recent_size_ = 0;
+      ++sets_frozen_;
+    }
+    c = MergeCursor{};
+    Status s;
+    {
+      std::unique_lock w(state_mu_);
+      std::unique_lock r(recent_mu_);
+      s = index_->Remove(merging_->ids());
+      merging_->ForEach([&](uint64_t id, const float* v, std::span<const std::byte> payload) {
+        if (v == nullptr) return payloads_.Erase(id);
+        c.added.push_back(id);
+        c.rows.push_back(reinterpret_cast<const std::byte*>(v));
+        payloads_.Set(id, payload);
+      });
+    }
+    merge_left_ = c.added.size();
+    if (!s.ok()) {
+      SetFailed(s.WithContext("merging the recent writes into the index"));
+      return false;
+    }
+    if (c.added.empty()) FinishMergeLocked();
+    return true;
+  }
+  const uint64_t hold_ns = opts_.merge_hold_us * 1000;
+  const size_t timed = hold_ns == 0            ? c.added.size()
+                       : merge_ns_per_row_ == 0 ? 64
+                                                : std::max<uint64_t>(1, hold_ns / merge_ns_per_row_);
+  const size_t planned = timed << std::min<size_t>(c.unwatched, 20);
+  const size_t n = std::min(planned, c.added.size() - c.at);
+  std::chrono::nanoseconds took{};
+  Status s;
+  {
+    std::unique_lock w(state_mu_);
+    std::unique_lock r(recent_mu_);
+    const auto t0 = Clock::now();
+    s = index_->AddRows(std::span(c.added).subspan(c.at, n), std::span(c.rows).subspan(c.at, n));
+    took = Clock::now() - t0;
+    // A merge's last, short step says little of the rate, nor does a grown
+    // one: many rows cost less each than a few (HNSW adds them in parallel).
+    // Unless it held too long: then the rate was slower than thought (a set
+    // smaller than a step, its graph grown since the last timed step). One
+    // quick step at most doubles the next (HNSW's rate here varies twofold
+    // from step to step, and sometimes fourfold).
+    if (n == timed || static_cast<uint64_t>(took.count()) > hold_ns)
+      merge_ns_per_row_ = std::max<uint64_t>({1, static_cast<uint64_t>(took.count()) / n, merge_ns_per_row_ / 2});
+    const bool watched = state_mu_.has_waiters() || recent_mu_.has_waiters() || bound_waiters_.load() > 0;
+    c.unwatched = watched ? 0 : c.unwatched + 1;
+  }
+  ++merge_steps_;
   if (!s.ok()) {
     SetFailed(s.WithContext("merging the recent writes into the index"));
-    return;
+    return false;
   }
+  c.at += n;
+  merge_left_ = c.added.size() - c.at;
+  if (c.at == c.added.size()) FinishMergeLocked();
+  else if (c.unwatched == 0) *pause = took;
+  return true;
+}
+
+void DurableIndex::FinishMergeLocked() {
   std::unique_lock w(state_mu_);
   std::unique_lock r(recent_mu_);
   merging_->Clear(RecentHardBound());
   spare_recent_ = std::move(merging_);
+  merge_left_ = 0;
+  ++sets_merged_;
   ++merges_;
+}
+
+// A writer whose apply left the unmerged writes at the bound takes merge
+// steps itself until they are under it. Writers so go no faster than the
+// index takes vectors, and each waits about a step, not a whole merge: where
+// it merged every one at once, a writer behind an HNSW merge of 4096 waited
+// 7 s (20k x 128-d, 4 writers, this VM).
+void DurableIndex::MergeToBound() {
+  bound_waiters_.fetch_add(1);
+  while (recent_size_.load() + merge_left_.load() >= RecentHardBound()) {
+    std::chrono::nanoseconds pause{};
+    std::lock_guard m(merge_mu_);
+    if (!MergeStepLocked(&pause)) break;
+  }
+  bound_waiters_.fetch_sub(1);
 }
 
 Status DurableIndex::DrainLocked() {

@@ -33,6 +33,7 @@
 
 #include <cstdint>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <future>
@@ -207,6 +208,12 @@ class DurableIndex {
   // Moves the recent writes into the index, in steps; takes merge_mu_, then
   // state_mu_ and recent_mu_ for each step.
   void MergeRecent();
+  // Under merge_mu_: sets the recent writes aside, or adds the next rows of
+  // the set aside; `pause`: how long to hold nothing after it.
+  bool MergeStepLocked(std::chrono::nanoseconds* pause);
+  void FinishMergeLocked();
+  // Takes merge steps until fewer than RecentHardBound() writes are unmerged.
+  void MergeToBound();
   // Under recent_mu_ (either way): the id's entry in the newest recent
   // writes, else in the set a merge is moving; nothing: the index answers.
   std::optional<RecentWrites::Found> FindRecentLocked(uint64_t id) const;
@@ -258,6 +265,16 @@ class DurableIndex {
   std::unique_ptr<RecentWrites> merging_;
   std::unique_ptr<RecentWrites> spare_recent_;  // a merged set's memory, for the next; under merge_mu_
   uint64_t merge_ns_per_row_ = 0;               // the last merge step's; under merge_mu_
+  // Where the merge of merging_ stands; under merge_mu_.
+  struct MergeCursor {
+    std::vector<uint64_t> added;           // ids the set upserts, in its order
+    std::vector<const std::byte*> rows;    // their vectors, in the set
+    size_t at = 0;                         // added[0, at) are in the index
+    size_t unwatched = 0;                  // steps in a row that nobody waited for
+  } cursor_;
+  uint64_t sets_frozen_ = 0, sets_merged_ = 0;  // recent sets set aside, and merged; under merge_mu_
+  std::atomic<size_t> merge_left_{0};           // merging_'s rows not yet added
+  std::atomic<int> bound_waiters_{0};           // writers in MergeToBound
   // A compaction of the index built beside writes, which the checkpoint
   // that built it puts in place; under ckpt_mu_, destroyed under state_mu_.
   std::unique_ptr<index::IndexCompaction> compaction_;
