@@ -64,7 +64,7 @@ Status DurableIndex::Close() {
     std::lock_guard c(ckpt_mu_);
     std::lock_guard lk(write_mu_);
     if (!wal_) return Status::OK();
-    drained = DrainLocked();  // async ops placed before Close complete
+    drained = DrainTo(placed_seq_);  // async ops placed before Close complete
     s = wal_->Close();
     wal_.reset();
     std::lock_guard a(apply_mu_);
@@ -148,6 +148,8 @@ Status DurableIndex::Recover(RecoveryStats* st) {
   st->dropped = rep.dropped;
   const auto t2 = Clock::now();
   VECWAL_RETURN_IF_ERROR(window.Flush());
+  index_lsn_ = recent_last_lsn_ = std::max(last_checkpoint_lsn_.load(), wal_->durable_lsn());  // every record replayed
+  trained_ = index_->is_trained();
   st->apply_s = apply_s + Since(t2);
   st->apply_busy_s = window.apply_busy_s();
   st->decode_s = decode_s;
@@ -228,11 +230,12 @@ void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
   applying_ = true;
   std::vector<const wal::Op*> run;
   std::vector<std::shared_ptr<AsyncWrite>> finished;
-  uint64_t next = 0;
+  uint64_t next = 0, last_lsn = 0;
   // Under apply_mu_: moves the ready ops from `next` on into the run.
   auto take = [&] {
     for (auto it = ready_.begin(); it != ready_.end() && it->first == next && failed().ok(); ++next) {
-      run.push_back(it->second);
+      run.push_back(it->second.op);
+      last_lsn = it->second.lsn;
       if (auto as = async_.find(next); as != async_.end()) {
         finished.push_back(std::move(as->second));
         async_.erase(as);
@@ -254,6 +257,7 @@ void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
       a.unlock();
       for (const wal::Op* op : run) recent_->Apply(*op);
       recent_size_ = recent_->size();
+      recent_last_lsn_ = last_lsn;
     }
     // Merged at once where they go straight into the index. Past the bound
     // (a big batch, or an index slower than the writers), this writer helps.
@@ -335,6 +339,7 @@ bool DurableIndex::MergeStepLocked(std::chrono::nanoseconds* pause) {
       if (recent_->empty()) return false;
       if (spare_recent_ == nullptr) spare_recent_ = std::make_unique<RecentWrites>(opts_.spec);
       merging_ = std::exchange(recent_, std::move(spare_recent_));
+      merging_last_lsn_ = recent_last_lsn_;
       merge_left_ = merging_->size();  // with recent_size_, what writers are held to
       recent_size_ = 0;
       ++sets_frozen_;
@@ -403,6 +408,7 @@ void DurableIndex::FinishMergeLocked() {
   merging_->Clear(RecentHardBound());
   spare_recent_ = std::move(merging_);
   merge_left_ = 0;
+  index_lsn_ = merging_last_lsn_;
   ++sets_merged_;
   ++merges_;
 }
@@ -422,12 +428,12 @@ void DurableIndex::MergeToBound() {
   bound_waiters_.fetch_sub(1);
 }
 
-Status DurableIndex::DrainLocked() {
+Status DurableIndex::DrainTo(uint64_t seq) {
   std::unique_lock a(apply_mu_);
   // Applies what is ready itself: the applier thread may be the one waiting here.
   for (;;) {
     ApplyReady(a);
-    if (applied_seq_.load() == placed_seq_ || !failed().ok()) break;
+    if (applied_seq_.load() >= seq || !failed().ok()) break;
     applied_cv_.wait(a);
   }
   return failed();
@@ -454,7 +460,7 @@ Status DurableIndex::Write(const wal::Op& op, uint64_t id, Need need) {
     std::lock_guard lk(write_mu_);
     VECWAL_RETURN_IF_ERROR(failed());
     if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
-    if (!index_->is_trained())
+    if (!trained_.load())
       return Status::InvalidArgument("index '" + opts_.spec.description + "' needs training before writes");
     VECWAL_RETURN_IF_ERROR(CheckNeedLocked(id, need));
     wal_->AppendAsync(wal::TypeOf(op), bytes, on_durable);
@@ -476,7 +482,7 @@ Status DurableIndex::Write(const wal::Op& op, uint64_t id, Need need) {
   }
   {
     std::unique_lock a(apply_mu_);
-    ready_.emplace(seq, &op);
+    ready_.emplace(seq, ReadyOp{&op, lsn});
     ApplyReady(a);
     applied_cv_.wait(a, [&] { return applied_seq_.load() >= seq || !failed().ok(); });
     if (applied_seq_.load() < seq) return failed();
@@ -515,7 +521,7 @@ void DurableIndex::WriteAsync(wal::Op op, uint64_t id, Need need, WriteCallback 
     std::lock_guard lk(write_mu_);
     refused = failed();
     if (refused.ok() && !wal_) refused = Status::Unavailable(opts_.dir + " is closed");
-    if (refused.ok() && !index_->is_trained())
+    if (refused.ok() && !trained_.load())
       refused = Status::InvalidArgument("index '" + opts_.spec.description + "' needs training before writes");
     if (refused.ok()) refused = CheckNeedLocked(id, need);
     if (refused.ok()) {
@@ -546,7 +552,7 @@ void DurableIndex::OnAsyncDurable(const std::shared_ptr<AsyncWrite>& w, const St
   log_bytes_since_checkpoint_ += w->bytes.size() + wal::kRecordHeaderSize;
   {
     std::lock_guard a(apply_mu_);
-    ready_.emplace(w->seq, &w->op);
+    ready_.emplace(w->seq, ReadyOp{&w->op, lsn});
     async_.emplace(w->seq, w);
   }
   applied_cv_.notify_all();
@@ -786,25 +792,20 @@ size_t DurableIndex::Size() const {
 
 Status DurableIndex::Train(std::span<const float> sample) {
   std::lock_guard c(ckpt_mu_);
-  Snapshot snap;
   {
-    std::lock_guard lk(write_mu_);
+    std::lock_guard lk(write_mu_);  // writes are refused until it is trained
     if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
-    if (index_->is_trained())
+    if (trained_.load())
       return Status::InvalidArgument("index '" + opts_.spec.description + "' is already trained");
-    {
-      std::unique_lock w(state_mu_);
-      VECWAL_RETURN_IF_ERROR(index_->Train(sample));
-    }
-    VECWAL_ASSIGN_OR_RETURN(snap, SnapshotLocked({}));
+    std::unique_lock w(state_mu_);
+    VECWAL_RETURN_IF_ERROR(index_->Train(sample));
+    trained_ = true;
   }
+  VECWAL_ASSIGN_OR_RETURN(Snapshot snap, SnapshotIndex({}));
   return Persist(std::move(snap)).status();
 }
 
-bool DurableIndex::NeedsTraining() const {
-  std::shared_lock r(state_mu_);
-  return !index_->is_trained();
-}
+bool DurableIndex::NeedsTraining() const { return !trained_.load(); }
 
 Result<uint64_t> DurableIndex::Checkpoint() {
   std::lock_guard c(ckpt_mu_);
@@ -819,17 +820,16 @@ Result<uint64_t> DurableIndex::Checkpoint() {
     }
   } end_compaction{state_mu_, compaction_};
   VECWAL_RETURN_IF_ERROR(RebuildWithoutTombstones());
-  // Where the index can export itself, writers stop only while the placed
-  // ops apply and the id tables are copied; the vectors are then written
-  // from the live index while writes go on (copy on write for the rows they
-  // change). Elsewhere the index is copied in memory first.
+  // Where the index can export itself, merges stop only while the id tables
+  // are copied; the vectors are then written from the live index while
+  // merges go on (copy on write for the rows they change). Elsewhere the
+  // index is copied in memory first. Writers go on throughout.
   std::unique_ptr<index::IndexExport> ex;
   uint64_t lsn = 0, live = 0;
   const Payloads* payloads = nullptr;
   {
-    std::lock_guard lk(write_mu_);
-    if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
-    VECWAL_ASSIGN_OR_RETURN(lsn, QuiesceLocked());
+    std::unique_lock<std::mutex> m;
+    VECWAL_ASSIGN_OR_RETURN(lsn, QuiesceIndex(m));
     // Nothing logged since the newest checkpoint: writing it again would only
     // replace a file with its own bytes (and free the old file's blocks).
     if (checkpoint_on_disk_ && lsn == last_checkpoint_lsn_) return lsn;
@@ -854,7 +854,7 @@ Result<uint64_t> DurableIndex::Checkpoint() {
     }
   } end{state_mu_, ex, payloads_};
   // The export copies straight into the checkpoint's staging buffer, at most
-  // one stage (kCheckpointStageBytes) a call: applies wait for one such copy.
+  // one stage (kCheckpointStageBytes) a call: merges wait for one such copy.
   auto source = [&](std::span<std::byte> room) -> Result<size_t> {
     std::shared_lock r(state_mu_);
     return ex->Next(room);
@@ -865,18 +865,12 @@ Result<uint64_t> DurableIndex::Checkpoint() {
 }
 
 Result<uint64_t> DurableIndex::CheckpointByCopy() {
-  // Room for the copy, its pages faulted in before placement stops: faulting
-  // hundreds of megabytes of fresh pages took longer than the copy itself,
-  // and every writer waited for both.
+  // Room for the copy, its pages faulted in before merges stop: faulting
+  // hundreds of megabytes of fresh pages took longer than the copy itself.
   std::vector<std::byte> room;
   room.reserve(SnapshotBytesEstimate(Size()));
   (void)PrefaultForWrite(room.data(), room.capacity());
-  Snapshot snap;
-  {
-    std::lock_guard lk(write_mu_);
-    if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
-    VECWAL_ASSIGN_OR_RETURN(snap, SnapshotLocked(std::move(room)));
-  }
+  VECWAL_ASSIGN_OR_RETURN(Snapshot snap, SnapshotIndex(std::move(room)));
   return Persist(std::move(snap));
 }
 
@@ -884,10 +878,10 @@ Result<uint64_t> DurableIndex::CheckpointByCopy() {
 // rebuilt without them, which takes as long as building it did: at 50k x
 // 128-d HNSW32 on our 2-core VM, 100 s, for which a checkpoint that rebuilt
 // with the index held stopped every writer and every search. The rebuild
-// runs here instead, before the checkpoint stops writers: it copies the live
-// vectors a few MB at a time with the index held shared (merges wait for one
-// copy), and adds them to the new index holding nothing. QuiesceLocked puts
-// it in place, adding what changed meanwhile.
+// runs here instead, before the checkpoint holds the index: it copies the
+// live vectors a few MB at a time with the index held shared (merges wait
+// for one copy), and adds them to the new index holding nothing.
+// QuiesceIndex puts it in place, adding what changed meanwhile.
 Status DurableIndex::RebuildWithoutTombstones() {
   if (!wal_) return Status::OK();  // closed: the checkpoint says so
   MergeRecent();  // their removes are tombstones too
@@ -914,20 +908,44 @@ Status DurableIndex::RebuildWithoutTombstones() {
   }
 }
 
-// Under write_mu_: lets every placed op apply and puts a compaction built
-// for this checkpoint in place; the index then holds exactly the log up to
-// the LSN returned: a checkpoint's LSN.
-Result<uint64_t> DurableIndex::QuiesceLocked() {
-  VECWAL_RETURN_IF_ERROR(DrainLocked());  // never persist a state that may have left its log
-  MergeRecent();
+// Lets every op placed before the call apply and merge into the index, and
+// puts a compaction built for this checkpoint in place. Returns holding
+// merge_mu_ (in `m`) with no merge under way: the index then holds exactly
+// the log up to the LSN returned, a checkpoint's LSN, that of the last op it
+// merged. Writers are never held: ops placed meanwhile apply to the recent
+// writes, which the checkpoint leaves out, and recovery replays them.
+//
+// It merges under one hold of merge_mu_: the set a merge is moving, then
+// the recent writes, which hold the ops placed before the call. Releasing
+// it between steps let the applier thread set aside a newer set, up to the
+// bound, which the checkpoint then had to finish as well (16k HNSW vectors
+// in a test, while its writer outran the index).
+Result<uint64_t> DurableIndex::QuiesceIndex(std::unique_lock<std::mutex>& m) {
+  uint64_t placed = 0;
+  {
+    std::lock_guard lk(write_mu_);
+    if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
+    placed = placed_seq_;
+  }
+  VECWAL_RETURN_IF_ERROR(DrainTo(placed));  // never persist a state that may have left its log
+  m = std::unique_lock(merge_mu_);
+  uint64_t target = 0;  // the LSN of an op applied after those placed before the call
+  {
+    std::shared_lock r(recent_mu_);
+    target = recent_last_lsn_;
+  }
+  // A step returns false only on failure, or with nothing set aside or
+  // recent: the index then holds every op applied, target's too.
+  std::chrono::nanoseconds pause{};
+  while ((merging_ != nullptr || index_lsn_.load() < target) && MergeStepLocked(&pause))
+    if (pause.count() > 0) std::this_thread::sleep_for(pause);  // searches go on; merges wait
   VECWAL_RETURN_IF_ERROR(failed());
-  const uint64_t lsn = std::max(wal_->durable_lsn(), last_checkpoint_lsn_.load());
   if (compaction_ != nullptr) {
     std::unique_lock w(state_mu_);
     VECWAL_RETURN_IF_ERROR(index_->FinishCompaction(std::move(compaction_)));
     ++compactions_;
   }
-  return lsn;
+  return std::max(index_lsn_.load(), last_checkpoint_lsn_.load());
 }
 
 // The last snapshot's bytes per vector, or a float vector and its ids before
@@ -938,11 +956,12 @@ uint64_t DurableIndex::SnapshotBytesEstimate(uint64_t live) const {
   return per_vector * (live + 1024) + (64 << 10);
 }
 
-// With placement stopped and every placed op applied, the index is exactly
-// the log up to the durable LSN: copy it, in FAISS's serialized form.
-Result<DurableIndex::Snapshot> DurableIndex::SnapshotLocked(std::vector<std::byte> room) {
+// The index as QuiesceIndex leaves it, copied in FAISS's serialized form;
+// merges wait for the copy, writers do not.
+Result<DurableIndex::Snapshot> DurableIndex::SnapshotIndex(std::vector<std::byte> room) {
   Snapshot snap;
-  VECWAL_ASSIGN_OR_RETURN(snap.lsn, QuiesceLocked());
+  std::unique_lock<std::mutex> m;
+  VECWAL_ASSIGN_OR_RETURN(snap.lsn, QuiesceIndex(m));
   snap.index_bytes = std::move(room);
   snap.index_bytes.clear();
   {

@@ -92,7 +92,7 @@ struct DurableIndexOptions {
   // without them once they are at least this share of its vectors (0: at
   // every checkpoint that finds any). The rebuild takes as long as building
   // the index did and runs beside writes and searches; the checkpoint then
-  // stops writers only to add what changed meanwhile. Tombstones below the
+  // holds searches and merges only to add what changed meanwhile. Tombstones below the
   // share are checkpointed as they are.
   double compact_tombstone_ratio = 0.1;
   wal::WalOptions wal;  // wal.fs is shared with checkpoints
@@ -183,9 +183,10 @@ class DurableIndex {
   // True while the index still needs Train() before it takes writes.
   bool NeedsTraining() const;
 
-  // Writes a checkpoint of every op durable so far and returns its LSN; where
-  // nothing was logged since the newest checkpoint, that one already holds
-  // this state and its LSN is returned with nothing written.
+  // Writes a checkpoint of every op acknowledged before the call (and of
+  // some placed meanwhile) and returns its LSN; where nothing was logged
+  // since the newest checkpoint, that one already holds this state and its
+  // LSN is returned with nothing written. Writers are not held meanwhile.
   Result<uint64_t> Checkpoint();
   DurableIndexStats Stats() const;
   Status Close();
@@ -204,7 +205,7 @@ class DurableIndex {
   bool PresentLocked(uint64_t id);
   void NoteOverlay(const wal::Op& op, uint64_t seq);
   void ApplyReady(std::unique_lock<std::mutex>& a);  // a holds apply_mu_; released while applying
-  Status DrainLocked();  // under write_mu_: waits until every placed op is applied
+  Status DrainTo(uint64_t seq);  // waits until every op placed up to seq is applied
   // Moves the recent writes into the index, in steps; takes merge_mu_, then
   // state_mu_ and recent_mu_ for each step.
   void MergeRecent();
@@ -227,12 +228,13 @@ class DurableIndex {
     std::vector<std::byte> index_bytes;
     const Payloads* payloads = nullptr;  // payloads_ frozen: thawed once persisted
   };
-  // Under ckpt_mu_, before a checkpoint stops writers: builds compaction_
+  // Under ckpt_mu_, before a checkpoint holds the index: builds compaction_
   // where the tombstones call for it.
   Status RebuildWithoutTombstones();
-  Result<uint64_t> QuiesceLocked();  // under write_mu_; returns the checkpoint LSN
-  // Under write_mu_; `room`: a buffer for the index bytes, reserved ahead.
-  Result<Snapshot> SnapshotLocked(std::vector<std::byte> room);
+  // Under ckpt_mu_; returns the checkpoint LSN, holding merge_mu_ in `m`.
+  Result<uint64_t> QuiesceIndex(std::unique_lock<std::mutex>& m);
+  // Under ckpt_mu_; `room`: a buffer for the index bytes, reserved ahead.
+  Result<Snapshot> SnapshotIndex(std::vector<std::byte> room);
   uint64_t SnapshotBytesEstimate(uint64_t live) const;
   Result<uint64_t> Persist(Snapshot&& snap);    // under ckpt_mu_, not write_mu_
   Result<uint64_t> CheckpointByCopy();          // under ckpt_mu_
@@ -247,7 +249,7 @@ class DurableIndex {
   PayloadStore payloads_;
   // Lock order: ckpt_mu_, write_mu_, merge_mu_, state_mu_, recent_mu_, apply_mu_.
   std::mutex ckpt_mu_;                   // one checkpoint at a time; Close waits for it
-  mutable std::mutex write_mu_;          // placement order; checkpoint snapshots, Train, Close
+  mutable std::mutex write_mu_;          // placement order; Train, Close
   std::mutex merge_mu_;                  // one merge at a time
   mutable WriterPriorityMutex state_mu_;  // index_ and payloads_: readers shared, merges exclusive
   // recent_: readers shared (after state_mu_), applies exclusive. A reader
@@ -273,6 +275,14 @@ class DurableIndex {
     size_t unwatched = 0;                  // steps in a row that nobody waited for
   } cursor_;
   uint64_t sets_frozen_ = 0, sets_merged_ = 0;  // recent sets set aside, and merged; under merge_mu_
+  uint64_t recent_last_lsn_ = 0;   // the LSN of the last op applied to recent_; under recent_mu_
+  uint64_t merging_last_lsn_ = 0;  // merging_'s; under merge_mu_
+  // The index and payloads_ hold exactly the ops up to it whenever no merge
+  // is under way: a checkpoint's LSN.
+  std::atomic<uint64_t> index_lsn_{0};
+  // index_->is_trained(), for writers: they hold no lock that keeps a
+  // checkpoint from putting a rebuilt index in place.
+  std::atomic<bool> trained_{false};
   std::atomic<size_t> merge_left_{0};           // merging_'s rows not yet added
   std::atomic<int> bound_waiters_{0};           // writers in MergeToBound
   // A compaction of the index built beside writes, which the checkpoint
@@ -290,12 +300,16 @@ class DurableIndex {
   // Placement and apply order. seq numbers follow LSN order because records
   // are placed in the log under write_mu_.
   uint64_t placed_seq_ = 0;  // under write_mu_
-  uint64_t last_snapshot_bytes_ = 0, last_snapshot_live_ = 0;  // under write_mu_
+  uint64_t last_snapshot_bytes_ = 0, last_snapshot_live_ = 0;  // under ckpt_mu_
   // Presence of ids whose ops are placed but not yet applied: id -> (present, seq).
   std::unordered_map<uint64_t, std::pair<bool, uint64_t>> overlay_;  // under write_mu_
   std::mutex apply_mu_;
   std::condition_variable applied_cv_;
-  std::map<uint64_t, const wal::Op*> ready_;  // durable, not yet applied; owners wait
+  struct ReadyOp {
+    const wal::Op* op;
+    uint64_t lsn;
+  };
+  std::map<uint64_t, ReadyOp> ready_;  // durable, not yet applied; owners wait
   bool applying_ = false;                     // a writer is applying a run; under apply_mu_
   // Async ops durable and waiting to be applied, by seq: their owner is the
   // applier thread, which applies them when no blocking writer does.
