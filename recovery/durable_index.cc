@@ -297,19 +297,23 @@ void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
 // The steps are MergeStepLocked's, and whoever holds merge_mu_ takes the next
 // one: this loop, or a writer waiting at the bound (MergeToBound).
 void DurableIndex::MergeRecent() {
-  uint64_t target = 0;  // the set that holds what is applied now
+  uint64_t lsn = 0;
   {
-    std::lock_guard m(merge_mu_);
     std::shared_lock r(recent_mu_);
-    if (recent_->empty() && merging_ == nullptr) return;
-    target = recent_->empty() ? sets_frozen_ : sets_frozen_ + 1;
+    lsn = recent_last_lsn_;
   }
-  for (;;) {
-    std::chrono::nanoseconds pause{};
-    {
-      std::lock_guard m(merge_mu_);
-      if (sets_merged_ >= target || !MergeStepLocked(&pause)) return;
-    }
+  std::unique_lock m(merge_mu_);
+  MergeThrough(lsn, m, false);
+}
+
+// Until the index holds the op at `lsn`, and no set is part merged; with
+// `m` (merge_mu_) held, released between steps unless `hold`. A step returns
+// false only on failure, or with nothing set aside or recent: the index then
+// holds every op applied.
+void DurableIndex::MergeThrough(uint64_t lsn, std::unique_lock<std::mutex>& m, bool hold) {
+  std::chrono::nanoseconds pause{};
+  while ((merging_ != nullptr || index_lsn_.load() < lsn) && MergeStepLocked(&pause)) {
+    if (!hold) m.unlock();
     // Where the index adds slower than writes come (HNSW here), merges run
     // back to back, and a search that waits for one step finds the next one
     // queued as soon as it is done: two searchers of 20k x 128-d HNSW beside
@@ -317,6 +321,7 @@ void DurableIndex::MergeRecent() {
     // step that someone waited for is followed by as long again without
     // one: reads and applies keep at least half the time.
     if (pause.count() > 0) std::this_thread::sleep_for(pause);
+    if (!hold) m.lock();
   }
 }
 
@@ -342,7 +347,6 @@ bool DurableIndex::MergeStepLocked(std::chrono::nanoseconds* pause) {
       merging_last_lsn_ = recent_last_lsn_;
       merge_left_ = merging_->size();  // with recent_size_, what writers are held to
       recent_size_ = 0;
-      ++sets_frozen_;
     }
     c = MergeCursor{};
     Status s;
@@ -409,7 +413,6 @@ void DurableIndex::FinishMergeLocked() {
   spare_recent_ = std::move(merging_);
   merge_left_ = 0;
   index_lsn_ = merging_last_lsn_;
-  ++sets_merged_;
   ++merges_;
 }
 
@@ -928,17 +931,13 @@ Result<uint64_t> DurableIndex::QuiesceIndex(std::unique_lock<std::mutex>& m) {
     placed = placed_seq_;
   }
   VECWAL_RETURN_IF_ERROR(DrainTo(placed));  // never persist a state that may have left its log
-  m = std::unique_lock(merge_mu_);
-  uint64_t target = 0;  // the LSN of an op applied after those placed before the call
+  uint64_t lsn = 0;  // of an op applied after those placed before the call
   {
     std::shared_lock r(recent_mu_);
-    target = recent_last_lsn_;
+    lsn = recent_last_lsn_;
   }
-  // A step returns false only on failure, or with nothing set aside or
-  // recent: the index then holds every op applied, target's too.
-  std::chrono::nanoseconds pause{};
-  while ((merging_ != nullptr || index_lsn_.load() < target) && MergeStepLocked(&pause))
-    if (pause.count() > 0) std::this_thread::sleep_for(pause);  // searches go on; merges wait
+  m = std::unique_lock(merge_mu_);
+  MergeThrough(lsn, m, true);
   VECWAL_RETURN_IF_ERROR(failed());
   if (compaction_ != nullptr) {
     std::unique_lock w(state_mu_);

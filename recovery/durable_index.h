@@ -212,6 +212,7 @@ class DurableIndex {
   // Under merge_mu_: sets the recent writes aside, or adds the next rows of
   // the set aside; `pause`: how long to hold nothing after it.
   bool MergeStepLocked(std::chrono::nanoseconds* pause);
+  void MergeThrough(uint64_t lsn, std::unique_lock<std::mutex>& m, bool hold);
   void FinishMergeLocked();
   // Takes merge steps until fewer than RecentHardBound() writes are unmerged.
   void MergeToBound();
@@ -274,7 +275,6 @@ class DurableIndex {
     size_t at = 0;                         // added[0, at) are in the index
     size_t unwatched = 0;                  // steps in a row that nobody waited for
   } cursor_;
-  uint64_t sets_frozen_ = 0, sets_merged_ = 0;  // recent sets set aside, and merged; under merge_mu_
   uint64_t recent_last_lsn_ = 0;   // the LSN of the last op applied to recent_; under recent_mu_
   uint64_t merging_last_lsn_ = 0;  // merging_'s; under merge_mu_
   // The index and payloads_ hold exactly the ops up to it whenever no merge
