@@ -128,9 +128,16 @@ void FaultInjectionFileSystem::CrashAtWrite(uint64_t n, size_t keep_bytes) {
   crash_keep_ = AlignDown(keep_bytes, 512);
 }
 
+void FaultInjectionFileSystem::FailOpensOf(const std::string& part, int err) {
+  std::lock_guard lk(mu_);
+  fail_open_part_ = part;
+  fail_open_err_ = err;
+}
+
 void FaultInjectionFileSystem::ClearFaults() {
   std::lock_guard lk(mu_);
   fail_from_ = sync_fail_from_ = crash_at_ = kNever;
+  fail_open_part_.clear();
   fail_reserve_ = false;
   crashed_ = false;
 }
@@ -157,6 +164,11 @@ Result<std::unique_ptr<File>> FaultInjectionFileSystem::Open(const std::string& 
   VECWAL_RETURN_IF_ERROR(CheckAlive("open " + path));
   if (o.create && o.zero_fill_bytes > 0 && fail_reserve_)
     return ErrnoStatus(ENOSPC, "reserve " + std::to_string(o.zero_fill_bytes) + " bytes for " + path);
+  {
+    std::lock_guard lk(mu_);
+    if (!fail_open_part_.empty() && path.find(fail_open_part_) != std::string::npos)
+      return ErrnoStatus(fail_open_err_, "open " + path);
+  }
   VECWAL_ASSIGN_OR_RETURN(auto f, base_->Open(path, o));
   return std::unique_ptr<File>(std::make_unique<FaultFile>(std::move(f), this));
 }

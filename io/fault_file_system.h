@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 
 #include "io/file_system.h"
 
@@ -33,6 +34,9 @@ class FaultInjectionFileSystem final : public FileSystem {
   void FailSyncsFrom(uint64_t n, int err = EIO);
   // Creating a file with zero_fill_bytes fails with ENOSPC.
   void FailReservations(bool on) { fail_reserve_ = on; }
+  // Opening a path that contains `part` fails with `err`: one kind of file
+  // (".vwc": checkpoints) fails while the others (the log) work.
+  void FailOpensOf(const std::string& part, int err);
   // Write number n keeps only its first `keep_bytes` (rounded down to 512)
   // and every I/O after it fails with EIO: a power cut during that write.
   void CrashAtWrite(uint64_t n, size_t keep_bytes);
@@ -71,6 +75,8 @@ class FaultInjectionFileSystem final : public FileSystem {
   uint64_t fail_from_ = kNever, sync_fail_from_ = kNever, crash_at_ = kNever;
   int fail_err_ = EIO, sync_err_ = EIO;
   size_t crash_keep_ = 0;
+  std::string fail_open_part_;  // empty: none
+  int fail_open_err_ = 0;
   std::atomic<bool> fail_reserve_{false};
   std::atomic<bool> crashed_{false};
 };

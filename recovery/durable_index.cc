@@ -39,6 +39,7 @@ void WriteBatch::Remove(uint64_t id) { op_.ops.emplace_back(wal::DeleteOp{id}); 
 Result<std::unique_ptr<DurableIndex>> DurableIndex::Open(const DurableIndexOptions& opts) {
   std::unique_ptr<DurableIndex> d(new DurableIndex());
   d->opts_ = opts;
+  d->auto_due_at_ = opts.checkpoint_every_log_bytes;
   d->fs_ = opts.wal.fs ? opts.wal.fs : NewPosixFileSystem();
   d->opts_.wal.fs = d->fs_;
   d->opts_.wal.recovery_mode = opts.recovery_mode;
@@ -46,12 +47,19 @@ Result<std::unique_ptr<DurableIndex>> DurableIndex::Open(const DurableIndexOptio
   d->recent_ = std::make_unique<RecentWrites>(opts.spec);
   VECWAL_RETURN_IF_ERROR(d->Recover(&d->recovery_));
   d->applier_ = std::thread([p = d.get()] { p->ApplierLoop(); });
+  if (opts.checkpoint_every_log_bytes != 0) d->checkpointer_ = std::thread([p = d.get()] { p->CheckpointerLoop(); });
   return d;
 }
 
 DurableIndex::~DurableIndex() { (void)Close(); }
 
 Status DurableIndex::Close() {
+  {
+    std::lock_guard l(auto_mu_);
+    stop_checkpointer_ = true;
+  }
+  auto_cv_.notify_all();
+  if (checkpointer_.joinable()) checkpointer_.join();  // after the checkpoint it is writing, if any
   {
     std::lock_guard a(apply_mu_);
     stop_applier_ = true;
@@ -155,6 +163,9 @@ Status DurableIndex::Recover(RecoveryStats* st) {
   st->decode_s = decode_s;
   st->log_read_s = Since(t1) - st->apply_s - decode_s;
   st->total_s = Since(t0);
+  // The replayed tail counts toward the next automatic checkpoint: a store
+  // that crashes again replays at most a checkpoint interval more.
+  log_bytes_since_checkpoint_ = st->bytes_replayed + st->records_replayed * wal::kRecordHeaderSize;
 
   // A new store records its spec at once; salvage checkpoints past the holes,
   // even at the loaded checkpoint's LSN.
@@ -491,19 +502,43 @@ Status DurableIndex::Write(const wal::Op& op, uint64_t id, Need need) {
     if (applied_seq_.load() < seq) return failed();
   }
   VECWAL_RETURN_IF_ERROR(failed());
-  log_bytes_since_checkpoint_ += bytes.size() + wal::kRecordHeaderSize;
-  return MaybeCheckpoint();
+  NoteLogged(bytes.size() + wal::kRecordHeaderSize);
+  return Status::OK();
 }
 
-Status DurableIndex::MaybeCheckpoint() {
-  if (opts_.checkpoint_every_log_bytes == 0 || log_bytes_since_checkpoint_ < opts_.checkpoint_every_log_bytes ||
-      checkpointing_.exchange(true))
-    return Status::OK();
-  auto c = Checkpoint();
-  checkpointing_ = false;
-  if (!c.ok() && c.status().code() != Status::Code::kUnavailable)
-    return c.status().WithContext("the write is durable and applied, but the automatic checkpoint after it failed");
-  return Status::OK();
+void DurableIndex::NoteLogged(uint64_t n) {
+  const uint64_t after = log_bytes_since_checkpoint_.fetch_add(n) + n;
+  const uint64_t due = auto_due_at_.load();
+  if (opts_.checkpoint_every_log_bytes == 0 || after < due || after - n >= due) return;  // the crossing write only
+  { std::lock_guard l(auto_mu_); }  // the checkpointer is waiting, or sees the bytes before it waits
+  auto_cv_.notify_one();
+}
+
+// Takes the automatic checkpoints on a thread of its own. On the thread of
+// the write that crossed checkpoint_every_log_bytes, that write waited for
+// the whole checkpoint (seconds, for HNSW) and returned its error although
+// it was durable; on the applier thread, async ops' completions would wait.
+// A failed one fails nothing: the log holds every write. It is reported in
+// Stats and tried again after another interval of log, not at once: the
+// cause (a full disk, a failing device) seldom passes in a moment.
+void DurableIndex::CheckpointerLoop() {
+  std::unique_lock l(auto_mu_);
+  for (;;) {
+    // The wait's timeout covers a crossing missed while auto_due_at_ moved.
+    auto_cv_.wait_for(l, std::chrono::milliseconds(200), [&] {
+      return stop_checkpointer_ || (failed().ok() && log_bytes_since_checkpoint_.load() >= auto_due_at_.load());
+    });
+    if (stop_checkpointer_) return;
+    if (!failed().ok() || log_bytes_since_checkpoint_.load() < auto_due_at_.load()) continue;
+    l.unlock();
+    auto c = Checkpoint();
+    l.lock();
+    if (!c.ok() && c.status().code() != Status::Code::kUnavailable) {  // unavailable: closed meanwhile
+      ++auto_checkpoint_failures_;
+      last_auto_checkpoint_error_ = c.status().ToString();
+      auto_due_at_ = log_bytes_since_checkpoint_.load() + opts_.checkpoint_every_log_bytes;
+    }
+  }
 }
 
 Status DurableIndex::CheckNeedLocked(uint64_t id, Need need) {
@@ -552,7 +587,7 @@ void DurableIndex::OnAsyncDurable(const std::shared_ptr<AsyncWrite>& w, const St
     w->done(s);
     return;
   }
-  log_bytes_since_checkpoint_ += w->bytes.size() + wal::kRecordHeaderSize;
+  NoteLogged(w->bytes.size() + wal::kRecordHeaderSize);
   {
     std::lock_guard a(apply_mu_);
     ready_.emplace(w->seq, ReadyOp{&w->op, lsn});
@@ -562,7 +597,7 @@ void DurableIndex::OnAsyncDurable(const std::shared_ptr<AsyncWrite>& w, const St
 }
 
 // Applies async ops when no blocking writer is there to, fails them when the
-// store has failed, and takes the automatic checkpoints their log calls for.
+// store has failed, and merges the recent writes when they reach the bound.
 void DurableIndex::ApplierLoop() {
   // A hint: where the kernel refuses it, the default stays.
   if (opts_.writer_slice_us != 0) (void)RequestTimeSlice(opts_.writer_slice_us);
@@ -593,9 +628,6 @@ void DurableIndex::ApplierLoop() {
       continue;
     }
     ApplyReady(a);
-    a.unlock();
-    (void)MaybeCheckpoint();  // a failure fails nothing acknowledged; the next write retries it
-    a.lock();
   }
 }
 
@@ -795,6 +827,7 @@ size_t DurableIndex::Size() const {
 
 Status DurableIndex::Train(std::span<const float> sample) {
   std::lock_guard c(ckpt_mu_);
+  checkpoint_started_ = Clock::now();
   {
     std::lock_guard lk(write_mu_);  // writes are refused until it is trained
     if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
@@ -804,7 +837,12 @@ Status DurableIndex::Train(std::span<const float> sample) {
     VECWAL_RETURN_IF_ERROR(index_->Train(sample));
     trained_ = true;
   }
-  VECWAL_ASSIGN_OR_RETURN(Snapshot snap, SnapshotIndex({}));
+  Snapshot snap;
+  {
+    std::unique_lock<std::mutex> m;
+    VECWAL_ASSIGN_OR_RETURN(const uint64_t lsn, QuiesceIndex(m));
+    VECWAL_ASSIGN_OR_RETURN(snap, CopyIndex(lsn, {}));
+  }
   return Persist(std::move(snap)).status();
 }
 
@@ -812,6 +850,7 @@ bool DurableIndex::NeedsTraining() const { return !trained_.load(); }
 
 Result<uint64_t> DurableIndex::Checkpoint() {
   std::lock_guard c(ckpt_mu_);
+  checkpoint_started_ = Clock::now();
   // A compaction this checkpoint did not put in place ends with the index held.
   struct EndCompaction {
     WriterPriorityMutex& mu;
@@ -826,24 +865,45 @@ Result<uint64_t> DurableIndex::Checkpoint() {
   // Where the index can export itself, merges stop only while the id tables
   // are copied; the vectors are then written from the live index while
   // merges go on (copy on write for the rows they change). Elsewhere the
-  // index is copied in memory first. Writers go on throughout.
+  // index is copied in memory first, before merges go on. Writers go on
+  // throughout.
   std::unique_ptr<index::IndexExport> ex;
   uint64_t lsn = 0, live = 0;
   const Payloads* payloads = nullptr;
+  std::optional<Snapshot> copy;
   {
+    // Room for a copy, its pages faulted in before merges stop: faulting
+    // hundreds of megabytes of fresh pages took longer than the copy itself.
+    // Where the last checkpoint was a copy, this one will be too.
+    std::vector<std::byte> room;
+    if (last_snapshot_bytes_ != 0) {
+      room.reserve(SnapshotBytesEstimate(Size()));
+      (void)PrefaultForWrite(room.data(), room.capacity());
+    }
     std::unique_lock<std::mutex> m;
     VECWAL_ASSIGN_OR_RETURN(lsn, QuiesceIndex(m));
     // Nothing logged since the newest checkpoint: writing it again would only
     // replace a file with its own bytes (and free the old file's blocks).
-    if (checkpoint_on_disk_ && lsn == last_checkpoint_lsn_) return lsn;
-    std::unique_lock w(state_mu_);
-    VECWAL_ASSIGN_OR_RETURN(ex, index_->BeginExport());
-    if (ex) {
-      live = index_->size();
-      payloads = &payloads_.Freeze();
+    if (checkpoint_on_disk_ && lsn == last_checkpoint_lsn_) {
+      log_bytes_since_checkpoint_ -= checkpoint_counted_bytes_;  // none of them past it
+      return lsn;
+    }
+    {
+      std::unique_lock w(state_mu_);
+      VECWAL_ASSIGN_OR_RETURN(ex, index_->BeginExport());
+      if (ex) {
+        live = index_->size();
+        payloads = &payloads_.Freeze();
+      }
+    }
+    // Copied at the same LSN, merge_mu_ still held. Quiescing again (as a
+    // copy once did) merged what writers sent meanwhile, which beside an
+    // index slower than the writers (HNSW) never ended.
+    if (!ex) {
+      VECWAL_ASSIGN_OR_RETURN(copy, CopyIndex(lsn, std::move(room)));
     }
   }
-  if (!ex) return CheckpointByCopy();
+  if (copy) return Persist(std::move(*copy));
   // Ends the export and thaws the payloads on every way out: with the index
   // held exclusively.
   struct EndExport {
@@ -867,16 +927,6 @@ Result<uint64_t> DurableIndex::Checkpoint() {
   return FinishCheckpoint(lsn);
 }
 
-Result<uint64_t> DurableIndex::CheckpointByCopy() {
-  // Room for the copy, its pages faulted in before merges stop: faulting
-  // hundreds of megabytes of fresh pages took longer than the copy itself.
-  std::vector<std::byte> room;
-  room.reserve(SnapshotBytesEstimate(Size()));
-  (void)PrefaultForWrite(room.data(), room.capacity());
-  VECWAL_ASSIGN_OR_RETURN(Snapshot snap, SnapshotIndex(std::move(room)));
-  return Persist(std::move(snap));
-}
-
 // A graph index (HNSW) keeps removed vectors as tombstones until it is
 // rebuilt without them, which takes as long as building it did: at 50k x
 // 128-d HNSW32 on our 2-core VM, 100 s, for which a checkpoint that rebuilt
@@ -887,12 +937,24 @@ Result<uint64_t> DurableIndex::CheckpointByCopy() {
 // QuiesceIndex puts it in place, adding what changed meanwhile.
 Status DurableIndex::RebuildWithoutTombstones() {
   if (!wal_) return Status::OK();  // closed: the checkpoint says so
-  MergeRecent();  // their removes are tombstones too
+  auto enough = [&](size_t dead, size_t live) {
+    return dead > 0 && static_cast<double>(dead) >= opts_.compact_tombstone_ratio * static_cast<double>(dead + live);
+  };
+  // The recent writes' removes and rewrites of ids the index holds are
+  // tombstones once merged. Where even with them there are too few, nothing
+  // is merged here: beside writers faster than the index (HNSW's), merging
+  // first took as long as the checkpoint's own merge.
   {
     std::shared_lock r(state_mu_);
-    const size_t dead = index_->tombstones();
-    if (dead == 0 || static_cast<double>(dead) < opts_.compact_tombstone_ratio * static_cast<double>(dead + index_->size()))
-      return Status::OK();
+    std::shared_lock rr(recent_mu_);
+    size_t dead = index_->tombstones();
+    for (uint64_t id : recent_->ids()) dead += index_->Contains(id);
+    if (!enough(dead, index_->size())) return Status::OK();
+  }
+  MergeRecent();  // then counted exactly: the rebuild copies the index as merged
+  {
+    std::shared_lock r(state_mu_);
+    if (!enough(index_->tombstones(), index_->size())) return Status::OK();
   }
   {
     std::unique_lock w(state_mu_);
@@ -931,6 +993,9 @@ Result<uint64_t> DurableIndex::QuiesceIndex(std::unique_lock<std::mutex>& m) {
     placed = placed_seq_;
   }
   VECWAL_RETURN_IF_ERROR(DrainTo(placed));  // never persist a state that may have left its log
+  // The log bytes of ops this checkpoint holds, about: those placed later
+  // and applied meanwhile count toward the next one as well.
+  checkpoint_counted_bytes_ = log_bytes_since_checkpoint_.load();
   uint64_t lsn = 0;  // of an op applied after those placed before the call
   {
     std::shared_lock r(recent_mu_);
@@ -957,10 +1022,9 @@ uint64_t DurableIndex::SnapshotBytesEstimate(uint64_t live) const {
 
 // The index as QuiesceIndex leaves it, copied in FAISS's serialized form;
 // merges wait for the copy, writers do not.
-Result<DurableIndex::Snapshot> DurableIndex::SnapshotIndex(std::vector<std::byte> room) {
+Result<DurableIndex::Snapshot> DurableIndex::CopyIndex(uint64_t lsn, std::vector<std::byte> room) {
   Snapshot snap;
-  std::unique_lock<std::mutex> m;
-  VECWAL_ASSIGN_OR_RETURN(snap.lsn, QuiesceIndex(m));
+  snap.lsn = lsn;
   snap.index_bytes = std::move(room);
   snap.index_bytes.clear();
   {
@@ -1016,7 +1080,14 @@ CheckpointPacing DurableIndex::LogPacing() const {
 Result<uint64_t> DurableIndex::FinishCheckpoint(uint64_t lsn) {
   last_checkpoint_lsn_ = lsn;
   checkpoint_on_disk_ = true;
-  log_bytes_since_checkpoint_ = 0;
+  // Only this checkpoint takes bytes off (under ckpt_mu_), and only those it
+  // counted: the log written meanwhile is still after it.
+  log_bytes_since_checkpoint_ -= checkpoint_counted_bytes_;
+  checkpoint_counted_bytes_ = 0;
+  auto_due_at_ = opts_.checkpoint_every_log_bytes;
+  ++checkpoints_;
+  last_checkpoint_ns_ = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - checkpoint_started_).count());
   // Keep the newest generations; the log is needed from the oldest kept one.
   VECWAL_ASSIGN_OR_RETURN(auto lsns, ListCheckpoints(*fs_, opts_.dir));
   for (size_t i = std::max<size_t>(opts_.keep_checkpoints, 1); i < lsns.size(); ++i)
@@ -1044,6 +1115,13 @@ DurableIndexStats DurableIndex::Stats() const {
     s.recent_writes = recent_->size() + (merging_ != nullptr ? merging_->size() : 0);
   }
   s.compactions = compactions_.load();
+  s.checkpoints = checkpoints_.load();
+  s.last_checkpoint_s = static_cast<double>(last_checkpoint_ns_.load()) / 1e9;
+  {
+    std::lock_guard l(auto_mu_);
+    s.auto_checkpoint_failures = auto_checkpoint_failures_;
+    s.last_auto_checkpoint_error = last_auto_checkpoint_error_;
+  }
   {
     std::shared_lock r(state_mu_);
     s.tombstones = index_->tombstones();

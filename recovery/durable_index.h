@@ -18,14 +18,17 @@
 // and moves them into the index in steps of about merge_hold_us, each of
 // which waits for the searches in progress: searches and applies go on
 // between the steps, however long the index's adds take (HNSW's).
-// A checkpoint stops new writes only while it lets the placed ones apply and
-// begins an export of the index (FAISS's id map is copied, not the vectors)
-// and freezes the payloads (PayloadStore: nothing is copied); the file is
-// then written from the live index, in pieces, while writes go on: the
-// vectors a write changes before the export reached them are kept as they
+// A checkpoint holds no writer back: it lets the ops placed before it apply
+// and merge, then takes the index as merged, at the LSN of its last op (ops
+// placed meanwhile wait in the recent writes, and in the log). With merges
+// held, it begins an export of the index (FAISS's id map is copied, not the
+// vectors) and freezes the payloads (PayloadStore: nothing is copied); the
+// file is then written from the live index, in pieces, while merges go on:
+// the vectors a merge changes before the export reached them are kept as they
 // were (copy on write), and payload writes wait in an overlay until the file
 // is written. Index types without an export (all but flat ones) are copied in
-// memory instead, the copy's pages faulted in before writes stop.
+// memory instead, which merges wait for. Automatic checkpoints run on a
+// thread of the store's.
 //
 // Thread safety: all methods may be called from any thread; searches run
 // concurrently with each other and with writes, and wait only for a merge's step.
@@ -62,7 +65,10 @@ struct DurableIndexOptions {
   index::IndexSpec spec;
   wal::RecoveryMode recovery_mode = wal::RecoveryMode::kTolerateTail;
   size_t max_payload_bytes = 64 << 10;
-  uint64_t checkpoint_every_log_bytes = 256ull << 20;  // 0: only explicit Checkpoint()
+  // Log bytes (records and their headers) after which the store's
+  // checkpointer thread takes a checkpoint; a reopened store counts the tail
+  // it replayed. 0: only explicit Checkpoint().
+  uint64_t checkpoint_every_log_bytes = 256ull << 20;
   size_t keep_checkpoints = 2;
   // A search call holds the index (and so holds back applies) for about this
   // long at a time, taking its queries in chunks; 0: a whole call at once,
@@ -139,6 +145,14 @@ struct DurableIndexStats {
   // Removed vectors a graph index (HNSW) still holds, and its rebuilds
   // without them since Open (see compact_tombstone_ratio).
   uint64_t tombstones = 0, compactions = 0;
+  // Since Open: checkpoints written (by Checkpoint(), Train() or
+  // automatically), and how long the latest took. Automatic ones are taken
+  // on a thread of the store's (no write waits for one); one that fails
+  // fails no write (the log holds them all) and is counted here, with its
+  // error, and tried again after another checkpoint_every_log_bytes of log.
+  uint64_t checkpoints = 0, auto_checkpoint_failures = 0;
+  double last_checkpoint_s = 0;
+  std::string last_auto_checkpoint_error;
   RecoveryStats recovery;
 };
 
@@ -199,7 +213,8 @@ class DurableIndex {
   void WriteAsync(wal::Op op, uint64_t id, Need need, WriteCallback done);
   void OnAsyncDurable(const std::shared_ptr<AsyncWrite>& w, const Status& s, uint64_t lsn);
   void ApplierLoop();
-  Status MaybeCheckpoint();
+  void CheckpointerLoop();
+  void NoteLogged(uint64_t bytes);  // a durable op's log bytes; wakes the checkpointer when due
   // Checks presence for an op that needs it; under write_mu_.
   Status CheckNeedLocked(uint64_t id, Need need);
   bool PresentLocked(uint64_t id);
@@ -234,11 +249,11 @@ class DurableIndex {
   Status RebuildWithoutTombstones();
   // Under ckpt_mu_; returns the checkpoint LSN, holding merge_mu_ in `m`.
   Result<uint64_t> QuiesceIndex(std::unique_lock<std::mutex>& m);
-  // Under ckpt_mu_; `room`: a buffer for the index bytes, reserved ahead.
-  Result<Snapshot> SnapshotIndex(std::vector<std::byte> room);
+  // Under ckpt_mu_, with the index quiesced at `lsn` (merge_mu_ held):
+  // copies it; `room`: a buffer for the index bytes, reserved ahead.
+  Result<Snapshot> CopyIndex(uint64_t lsn, std::vector<std::byte> room);
   uint64_t SnapshotBytesEstimate(uint64_t live) const;
   Result<uint64_t> Persist(Snapshot&& snap);    // under ckpt_mu_, not write_mu_
-  Result<uint64_t> CheckpointByCopy();          // under ckpt_mu_
   Result<uint64_t> FinishCheckpoint(uint64_t lsn);
   CheckpointPacing LogPacing() const;  // under ckpt_mu_: wal_ stays
   Status Recover(RecoveryStats* stats);
@@ -294,6 +309,9 @@ class DurableIndex {
   // process loaded or wrote it); under ckpt_mu_.
   bool checkpoint_on_disk_ = false;
   std::atomic<uint64_t> log_bytes_since_checkpoint_{0};
+  uint64_t checkpoint_counted_bytes_ = 0;  // of them, those the checkpoint under way holds; under ckpt_mu_
+  std::chrono::steady_clock::time_point checkpoint_started_;  // under ckpt_mu_
+  std::atomic<uint64_t> checkpoints_{0}, last_checkpoint_ns_{0};
   std::atomic<uint64_t> ops_applied_{0}, apply_holds_{0}, merges_{0}, merge_steps_{0}, compactions_{0};
   RecoveryStats recovery_;
 
@@ -320,7 +338,16 @@ class DurableIndex {
   bool stop_applier_ = false;  // under apply_mu_
   bool merge_wanted_ = false;  // the recent writes reached the merge bound; under apply_mu_
   std::atomic<uint64_t> applied_seq_{0};
-  std::atomic<bool> checkpointing_{false};
+  // Automatic checkpoints: checkpointer_ takes one once the log bytes since
+  // the last reach auto_due_at_ (checkpoint_every_log_bytes, or more after a
+  // failure).
+  std::thread checkpointer_;
+  mutable std::mutex auto_mu_;  // a leaf: taken with no other lock held, or after write_mu_ (Stats)
+  std::condition_variable auto_cv_;
+  bool stop_checkpointer_ = false;                // under auto_mu_
+  uint64_t auto_checkpoint_failures_ = 0;         // under auto_mu_
+  std::string last_auto_checkpoint_error_;        // under auto_mu_
+  std::atomic<uint64_t> auto_due_at_{0};
   mutable std::atomic<uint64_t> search_ns_per_query_{0};  // the latest search's time per query
 
   mutable std::mutex fail_mu_;
