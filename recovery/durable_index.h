@@ -229,8 +229,10 @@ class DurableIndex {
   bool MergeStepLocked(std::chrono::nanoseconds* pause);
   void MergeThrough(uint64_t lsn, std::unique_lock<std::mutex>& m, bool hold);
   void FinishMergeLocked();
-  // Takes merge steps until fewer than RecentHardBound() writes are unmerged.
+  // Takes merge steps, or waits for another merge's, until fewer than
+  // RecentHardBound() writes are unmerged.
   void MergeToBound();
+  void NoteMergeStep();  // counts a step and wakes the writers waiting for one
   // Under recent_mu_ (either way): the id's entry in the newest recent
   // writes, else in the set a merge is moving; nothing: the index answers.
   std::optional<RecentWrites::Found> FindRecentLocked(uint64_t id) const;
@@ -300,6 +302,8 @@ class DurableIndex {
   std::atomic<bool> trained_{false};
   std::atomic<size_t> merge_left_{0};           // merging_'s rows not yet added
   std::atomic<int> bound_waiters_{0};           // writers in MergeToBound
+  std::mutex step_mu_;                          // a leaf: for step_cv_, merge_steps_ changes under it
+  std::condition_variable step_cv_;             // a merge step was taken
   // A compaction of the index built beside writes, which the checkpoint
   // that built it puts in place; under ckpt_mu_, destroyed under state_mu_.
   std::unique_ptr<index::IndexCompaction> compaction_;
