@@ -547,11 +547,11 @@ void DurableIndex::CheckpointerLoop() {
   std::unique_lock l(auto_mu_);
   for (;;) {
     // The wait's timeout covers a crossing missed while auto_due_at_ moved.
-    auto_cv_.wait_for(l, std::chrono::milliseconds(200), [&] {
+    const bool woken = auto_cv_.wait_for(l, std::chrono::milliseconds(200), [&] {
       return stop_checkpointer_ || (failed().ok() && log_bytes_since_checkpoint_.load() >= auto_due_at_.load());
     });
+    if (!woken) continue;
     if (stop_checkpointer_) return;
-    if (!failed().ok() || log_bytes_since_checkpoint_.load() < auto_due_at_.load()) continue;
     l.unlock();
     auto c = Checkpoint();
     l.lock();
