@@ -107,6 +107,9 @@ int main(int argc, char** argv) {
     sub->add_option("--seconds", xc.seconds, "duration of each measurement")->capture_default_str();
     sub->add_option("--repeat", xc.repeat, "runs per measurement; medians are reported")->capture_default_str();
     sub->add_option("--checkpoint-mib", xc.checkpoint_mib, "automatic checkpoint interval")->capture_default_str();
+    sub->add_option("--stall-intervals", xc.stall_writes_at_intervals,
+                    "writers wait once the log since the last checkpoint reaches this many intervals; 0: never")
+        ->capture_default_str();
     sub->add_option("--recent-writes-merge-at", xc.recent_writes_merge_at,
                     "writes applied beside the index before a merge into it; 0: straight into the index")
         ->capture_default_str();

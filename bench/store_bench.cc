@@ -1,5 +1,6 @@
 #include "bench/store_bench.h"
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <mutex>
@@ -34,6 +35,7 @@ std::unique_ptr<recovery::DurableIndex> OpenStore(const StoreWorkloadConfig& c, 
   o.recent_writes_merge_at = c.recent_writes_merge_at;
   o.writer_slice_us = c.writer_slice_us;
   o.merge_hold_us = c.merge_hold_us;
+  o.stall_writes_at_intervals = c.stall_writes_at_intervals;
   o.wal.thread_slice_us = c.writer_slice_us;
   auto d = recovery::DurableIndex::Open(o);
   if (!d.ok()) throw std::runtime_error(d.status().ToString());
@@ -188,8 +190,9 @@ std::vector<Row> RunMixedBench(const StoreWorkloadConfig& c) {
     settle();
     auto sa = TimeCalls(c.searchers, c.seconds, search);
     settle();
-    const uint64_t ck0 = d->Stats().last_checkpoint_lsn;
+    const auto st0 = d->Stats();
     int checkpoints = 0;
+    uint64_t peak_log = 0;
     Timed wm, sm;
     {
       std::atomic<bool> stop{false};
@@ -199,13 +202,26 @@ std::vector<Row> RunMixedBench(const StoreWorkloadConfig& c) {
         std::this_thread::sleep_for(std::chrono::duration<double>(c.seconds / 3));
         if (!stop && d->Checkpoint().ok()) ++checkpoints;
       });
+      // The log a crash now would replay, sampled.
+      std::thread sampler([&] {
+        for (; !stop; std::this_thread::sleep_for(std::chrono::milliseconds(50)))
+          peak_log = std::max(peak_log, d->Stats().log_bytes_since_checkpoint);
+      });
       std::thread searchers([&] { sm = TimeCalls(c.searchers, c.seconds, search); });
       wm = TimeCalls(c.writers, c.seconds, write);
       searchers.join();
       stop = true;
       ck.join();
+      sampler.join();
     }
-    if (d->Stats().last_checkpoint_lsn != ck0 && checkpoints == 0) checkpoints = 1;
+    const auto st1 = d->Stats();
+    fmt::print(stderr,
+               "    log since the last checkpoint: peak {:.2f} MiB (writers wait at {:.2f} MiB); {} checkpoints, {} writes "
+               "stalled for {:.2f} s\n",
+               static_cast<double>(peak_log) / (1 << 20),
+               c.checkpoint_mib * static_cast<double>(c.stall_writes_at_intervals), st1.checkpoints - st0.checkpoints,
+               st1.stalled_writes - st0.stalled_writes, st1.write_stall_s - st0.write_stall_s);
+    if (st1.last_checkpoint_lsn != st0.last_checkpoint_lsn && checkpoints == 0) checkpoints = 1;
     w_alone.push_back(wa.per_sec);
     w_mixed.push_back(wm.per_sec);
     w99_alone.push_back(wa.lat.p99_us);

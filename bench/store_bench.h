@@ -30,6 +30,7 @@ struct StoreWorkloadConfig {
   double seconds = 3;           // per measurement
   int repeat = 1;               // medians over this many runs
   double checkpoint_mib = 64;   // automatic checkpoint interval in mixed
+  uint64_t stall_writes_at_intervals = recovery::DurableIndexOptions{}.stall_writes_at_intervals;
   size_t recent_writes_merge_at = recovery::DurableIndexOptions{}.recent_writes_merge_at;
   uint64_t writer_slice_us = recovery::DurableIndexOptions{}.writer_slice_us;
   uint64_t merge_hold_us = recovery::DurableIndexOptions{}.merge_hold_us;

@@ -134,12 +134,29 @@ void FaultInjectionFileSystem::FailOpensOf(const std::string& part, int err) {
   fail_open_err_ = err;
 }
 
-void FaultInjectionFileSystem::ClearFaults() {
+void FaultInjectionFileSystem::HoldOpensOf(const std::string& part) {
   std::lock_guard lk(mu_);
-  fail_from_ = sync_fail_from_ = crash_at_ = kNever;
-  fail_open_part_.clear();
-  fail_reserve_ = false;
-  crashed_ = false;
+  hold_open_part_ = part;
+}
+
+void FaultInjectionFileSystem::ReleaseOpens() {
+  {
+    std::lock_guard lk(mu_);
+    hold_open_part_.clear();
+  }
+  released_.notify_all();
+}
+
+void FaultInjectionFileSystem::ClearFaults() {
+  {
+    std::lock_guard lk(mu_);
+    fail_from_ = sync_fail_from_ = crash_at_ = kNever;
+    fail_open_part_.clear();
+    hold_open_part_.clear();
+    fail_reserve_ = false;
+    crashed_ = false;
+  }
+  released_.notify_all();
 }
 
 FaultInjectionFileSystem::Verdict FaultInjectionFileSystem::NextWrite() {
@@ -165,7 +182,13 @@ Result<std::unique_ptr<File>> FaultInjectionFileSystem::Open(const std::string& 
   if (o.create && o.zero_fill_bytes > 0 && fail_reserve_)
     return ErrnoStatus(ENOSPC, "reserve " + std::to_string(o.zero_fill_bytes) + " bytes for " + path);
   {
-    std::lock_guard lk(mu_);
+    std::unique_lock lk(mu_);
+    auto held = [&] { return !hold_open_part_.empty() && path.find(hold_open_part_) != std::string::npos; };
+    if (held()) {
+      ++opens_held_;
+      released_.wait(lk, [&] { return !held(); });
+      --opens_held_;
+    }
     if (!fail_open_part_.empty() && path.find(fail_open_part_) != std::string::npos)
       return ErrnoStatus(fail_open_err_, "open " + path);
   }

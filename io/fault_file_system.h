@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -37,6 +38,12 @@ class FaultInjectionFileSystem final : public FileSystem {
   // Opening a path that contains `part` fails with `err`: one kind of file
   // (".vwc": checkpoints) fails while the others (the log) work.
   void FailOpensOf(const std::string& part, int err);
+  // Opening a path that contains `part` waits until ReleaseOpens() (or
+  // ClearFaults()): a checkpoint that takes as long as a test needs.
+  void HoldOpensOf(const std::string& part);
+  void ReleaseOpens();
+  // Opens waiting in HoldOpensOf now.
+  unsigned opens_held() const { return opens_held_; }
   // Write number n keeps only its first `keep_bytes` (rounded down to 512)
   // and every I/O after it fails with EIO: a power cut during that write.
   void CrashAtWrite(uint64_t n, size_t keep_bytes);
@@ -76,6 +83,9 @@ class FaultInjectionFileSystem final : public FileSystem {
   int fail_err_ = EIO, sync_err_ = EIO;
   size_t crash_keep_ = 0;
   std::string fail_open_part_;  // empty: none
+  std::string hold_open_part_;  // empty: none
+  std::condition_variable released_;
+  std::atomic<unsigned> opens_held_{0};
   int fail_open_err_ = 0;
   std::atomic<bool> fail_reserve_{false};
   std::atomic<bool> crashed_{false};

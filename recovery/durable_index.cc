@@ -59,6 +59,7 @@ Status DurableIndex::Close() {
     stop_checkpointer_ = true;
   }
   auto_cv_.notify_all();
+  room_cv_.notify_all();  // writers at the log limit are refused
   if (checkpointer_.joinable()) checkpointer_.join();  // after the checkpoint it is writing, if any
   {
     std::lock_guard a(apply_mu_);
@@ -482,6 +483,7 @@ Status DurableIndex::Write(const wal::Op& op, uint64_t id, Need need) {
     (void)RequestTimeSlice(opts_.writer_slice_us);
     slice_asked = true;
   }
+  VECWAL_RETURN_IF_ERROR(WaitForLogRoom());
   std::vector<std::byte> bytes;
   wal::EncodeOp(op, bytes);
   std::binary_semaphore done{0};
@@ -536,19 +538,74 @@ void DurableIndex::NoteLogged(uint64_t n) {
   auto_cv_.notify_one();
 }
 
+uint64_t DurableIndex::LogLimit() const {
+  uint64_t limit = 0;
+  if (__builtin_mul_overflow(opts_.checkpoint_every_log_bytes, opts_.stall_writes_at_intervals, &limit))
+    return ~0ull;
+  return limit;
+}
+
+// Past the log limit, waits until a checkpoint takes the log below it. A
+// writer that finds the automatic checkpoints failing is refused instead:
+// with the writers held, the log would never reach the next try's due, and
+// a writer waiting out a full disk would look hung.
+Status DurableIndex::WaitForLogRoom() {
+  const uint64_t limit = LogLimit();
+  if (limit == 0 || log_bytes_since_checkpoint_.load() < limit) return Status::OK();
+  const auto t0 = Clock::now();
+  bool waited = false;
+  Status s;
+  {
+    std::unique_lock l(auto_mu_);
+    for (;;) {
+      const uint64_t bytes = log_bytes_since_checkpoint_.load();
+      if (bytes < limit) break;
+      if (stop_checkpointer_) {
+        s = Status::Unavailable(opts_.dir + " was closed");
+        break;
+      }
+      if (s = failed(); !s.ok()) break;
+      if (auto_checkpoints_failing_) {
+        s = last_auto_checkpoint_error_.WithContext(
+            "write refused: " + opts_.dir + " holds " + std::to_string(bytes) +
+            " log bytes since its last checkpoint, at the limit of " + std::to_string(limit) +
+            " (stall_writes_at_intervals x checkpoint_every_log_bytes), and its automatic checkpoints fail");
+        break;
+      }
+      waited = true;
+      // The timeout covers a store that failed meanwhile, which wakes nobody here.
+      room_cv_.wait_for(l, std::chrono::milliseconds(100));
+    }
+  }
+  if (waited) {
+    ++stalled_writes_;
+    write_stall_ns_ += static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
+  }
+  return s;
+}
+
 // Takes the automatic checkpoints on a thread of its own. On the thread of
 // the write that crossed checkpoint_every_log_bytes, that write waited for
 // the whole checkpoint (seconds, for HNSW) and returned its error although
 // it was durable; on the applier thread, async ops' completions would wait.
 // A failed one fails nothing: the log holds every write. It is reported in
 // Stats and tried again after another interval of log, not at once: the
-// cause (a full disk, a failing device) seldom passes in a moment.
+// cause (a full disk, a failing device) seldom passes in a moment. Once the
+// log reaches the limit where writers wait (LogLimit), it is tried every
+// second instead: the writers are refused until one succeeds.
 void DurableIndex::CheckpointerLoop() {
+  static constexpr auto kRetryAtLimit = std::chrono::seconds(1);
+  const uint64_t limit = LogLimit();
   std::unique_lock l(auto_mu_);
   for (;;) {
-    // The wait's timeout covers a crossing missed while auto_due_at_ moved.
+    // The wait's timeout covers a crossing missed while auto_due_at_ moved,
+    // and the retry at the limit, which no write announces.
     const bool woken = auto_cv_.wait_for(l, std::chrono::milliseconds(200), [&] {
-      return stop_checkpointer_ || (failed().ok() && log_bytes_since_checkpoint_.load() >= auto_due_at_.load());
+      if (stop_checkpointer_) return true;
+      if (!failed().ok()) return false;
+      const uint64_t bytes = log_bytes_since_checkpoint_.load();
+      return bytes >= auto_due_at_.load() || (limit != 0 && bytes >= limit && Clock::now() >= auto_retry_at_);
     });
     if (!woken) continue;
     if (stop_checkpointer_) return;
@@ -559,7 +616,10 @@ void DurableIndex::CheckpointerLoop() {
     auto_due_at_ = log_bytes_since_checkpoint_.load() + opts_.checkpoint_every_log_bytes;
     if (c.status().code() == Status::Code::kUnavailable) continue;  // closed meanwhile: no failure
     ++auto_checkpoint_failures_;
-    last_auto_checkpoint_error_ = c.status().ToString();
+    last_auto_checkpoint_error_ = c.status();
+    auto_checkpoints_failing_ = true;
+    auto_retry_at_ = Clock::now() + kRetryAtLimit;
+    room_cv_.notify_all();  // writers at the limit are refused now
   }
 }
 
@@ -572,6 +632,7 @@ Status DurableIndex::CheckNeedLocked(uint64_t id, Need need) {
 }
 
 void DurableIndex::WriteAsync(wal::Op op, uint64_t id, Need need, WriteCallback done) {
+  if (Status room = WaitForLogRoom(); !room.ok()) return done(room);
   auto w = std::make_shared<AsyncWrite>();
   w->op = std::move(op);
   w->done = std::move(done);
@@ -907,7 +968,7 @@ Result<uint64_t> DurableIndex::Checkpoint() {
     // Nothing logged since the newest checkpoint: writing it again would only
     // replace a file with its own bytes (and free the old file's blocks).
     if (checkpoint_on_disk_ && lsn == last_checkpoint_lsn_) {
-      log_bytes_since_checkpoint_ -= checkpoint_counted_bytes_;  // none of them past it
+      ForgetCheckpointedBytes();  // none of them past it
       return lsn;
     }
     {
@@ -1098,14 +1159,24 @@ CheckpointPacing DurableIndex::LogPacing() const {
   }};
 }
 
+// Only a checkpoint takes bytes off (under ckpt_mu_), and only those it
+// counted: the log written meanwhile is still after it. A checkpoint on disk,
+// whoever took it, ends a run of failed automatic ones.
+void DurableIndex::ForgetCheckpointedBytes() {
+  log_bytes_since_checkpoint_ -= checkpoint_counted_bytes_;
+  checkpoint_counted_bytes_ = 0;
+  {
+    std::lock_guard l(auto_mu_);  // a writer at the limit waits, or sees the bytes before it waits
+    auto_checkpoints_failing_ = false;
+  }
+  room_cv_.notify_all();
+}
+
 // The checkpoint at `lsn` is durable under its final name.
 Result<uint64_t> DurableIndex::FinishCheckpoint(uint64_t lsn) {
   last_checkpoint_lsn_ = lsn;
   checkpoint_on_disk_ = true;
-  // Only this checkpoint takes bytes off (under ckpt_mu_), and only those it
-  // counted: the log written meanwhile is still after it.
-  log_bytes_since_checkpoint_ -= checkpoint_counted_bytes_;
-  checkpoint_counted_bytes_ = 0;
+  ForgetCheckpointedBytes();
   auto_due_at_ = opts_.checkpoint_every_log_bytes;
   ++checkpoints_;
   last_checkpoint_ns_ = static_cast<uint64_t>(
@@ -1139,10 +1210,12 @@ DurableIndexStats DurableIndex::Stats() const {
   s.compactions = compactions_.load();
   s.checkpoints = checkpoints_.load();
   s.last_checkpoint_s = static_cast<double>(last_checkpoint_ns_.load()) / 1e9;
+  s.stalled_writes = stalled_writes_.load();
+  s.write_stall_s = static_cast<double>(write_stall_ns_.load()) / 1e9;
   {
     std::lock_guard l(auto_mu_);
     s.auto_checkpoint_failures = auto_checkpoint_failures_;
-    s.last_auto_checkpoint_error = last_auto_checkpoint_error_;
+    if (!last_auto_checkpoint_error_.ok()) s.last_auto_checkpoint_error = last_auto_checkpoint_error_.ToString();
   }
   {
     std::shared_lock r(state_mu_);

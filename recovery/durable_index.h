@@ -28,7 +28,9 @@
 // were (copy on write), and payload writes wait in an overlay until the file
 // is written. Index types without an export (all but flat ones) are copied in
 // memory instead, which merges wait for. Automatic checkpoints run on a
-// thread of the store's.
+// thread of the store's; writers wait for one only where the log since the
+// last reaches a limit (stall_writes_at_intervals), which bounds the log a
+// reopen replays.
 //
 // Thread safety: all methods may be called from any thread; searches run
 // concurrently with each other and with writes, and wait only for a merge's step.
@@ -69,6 +71,16 @@ struct DurableIndexOptions {
   // checkpointer thread takes a checkpoint; a reopened store counts the tail
   // it replayed. 0: only explicit Checkpoint().
   uint64_t checkpoint_every_log_bytes = 256ull << 20;
+  // Writers wait once the log since the last checkpoint reaches this many
+  // checkpoint_every_log_bytes, until a checkpoint takes it below. Reopening
+  // replays that log, so this bounds the time to reopen: where checkpoints
+  // take longer than writers take to fill an interval (HNSW's take seconds),
+  // they run back to back and the log grew for as long as the writers kept
+  // their pace. While automatic checkpoints fail, a write past it fails with
+  // the checkpoint's error and logs nothing, and the checkpointer tries again
+  // every second. Async writes wait in the call. 0, or no automatic
+  // checkpoints: no limit.
+  uint64_t stall_writes_at_intervals = 4;
   size_t keep_checkpoints = 2;
   // A search call holds the index (and so holds back applies) for about this
   // long at a time, taking its queries in chunks; 0: a whole call at once,
@@ -149,9 +161,14 @@ struct DurableIndexStats {
   // automatically), and how long the latest took. Automatic ones are taken
   // on a thread of the store's (no write waits for one); one that fails
   // fails no write (the log holds them all) and is counted here, with its
-  // error, and tried again after another checkpoint_every_log_bytes of log.
+  // error, and tried again after another checkpoint_every_log_bytes of log
+  // (until the log limit: see stall_writes_at_intervals).
   uint64_t checkpoints = 0, auto_checkpoint_failures = 0;
   double last_checkpoint_s = 0;
+  // Writes that waited at the log limit (stall_writes_at_intervals), and
+  // their time waiting, since Open.
+  uint64_t stalled_writes = 0;
+  double write_stall_s = 0;
   std::string last_auto_checkpoint_error;
   RecoveryStats recovery;
 };
@@ -173,7 +190,9 @@ class DurableIndex {
   // stopped it. A refused op calls `done` at once, on the caller's thread;
   // otherwise it runs on the store's applier thread, in the order the ops
   // were placed, so it must be short and must not make blocking writes on
-  // this store (async ones are fine). Close() waits for every op placed
+  // this store (async ones are fine). Where the log is at its limit
+  // (stall_writes_at_intervals), the call waits for room before it places
+  // the op, as a blocking write does. Close() waits for every op placed
   // before it.
   using WriteCallback = std::function<void(const Status&)>;
   void InsertAsync(uint64_t id, std::span<const float> v, std::span<const std::byte> payload, WriteCallback done);
@@ -215,6 +234,9 @@ class DurableIndex {
   void ApplierLoop();
   void CheckpointerLoop();
   void NoteLogged(uint64_t bytes);  // a durable op's log bytes; wakes the checkpointer when due
+  uint64_t LogLimit() const;        // log bytes at which writers wait; 0: none
+  Status WaitForLogRoom();          // a writer's wait at the log limit
+  void ForgetCheckpointedBytes();   // takes a written checkpoint's bytes off the log's count
   // Checks presence for an op that needs it; under write_mu_.
   Status CheckNeedLocked(uint64_t id, Need need);
   bool PresentLocked(uint64_t id);
@@ -344,14 +366,18 @@ class DurableIndex {
   std::atomic<uint64_t> applied_seq_{0};
   // Automatic checkpoints: checkpointer_ takes one once the log bytes since
   // the last reach auto_due_at_ (checkpoint_every_log_bytes, or more after a
-  // failure).
+  // failure), or a second after a failure where writers wait at LogLimit().
   std::thread checkpointer_;
-  mutable std::mutex auto_mu_;  // a leaf: taken with no other lock held, or after write_mu_ (Stats)
+  mutable std::mutex auto_mu_;  // taken last: under it, only failed()'s fail_mu_
   std::condition_variable auto_cv_;
+  std::condition_variable room_cv_;               // writers at the log limit wait here, with auto_mu_
   bool stop_checkpointer_ = false;                // under auto_mu_
   uint64_t auto_checkpoint_failures_ = 0;         // under auto_mu_
-  std::string last_auto_checkpoint_error_;        // under auto_mu_
+  Status last_auto_checkpoint_error_;             // under auto_mu_
+  bool auto_checkpoints_failing_ = false;         // since the last failure, until a checkpoint is written; under auto_mu_
+  std::chrono::steady_clock::time_point auto_retry_at_{};  // under auto_mu_
   std::atomic<uint64_t> auto_due_at_{0};
+  std::atomic<uint64_t> stalled_writes_{0}, write_stall_ns_{0};
   mutable std::atomic<uint64_t> search_ns_per_query_{0};  // the latest search's time per query
 
   mutable std::mutex fail_mu_;

@@ -1259,14 +1259,22 @@ BOOST_AUTO_TEST_CASE(failed_checkpoint_write_leaves_the_previous_checkpoint_usab
   }
 }
 
+namespace {
+// A store that checkpoints every kInterval bytes of log, on a file system
+// whose faults the test sets.
+struct AutoCheckpointed {
+  static constexpr uint64_t kInterval = 8 << 10;
+  test::TempDir t;
+  FaultyStore s{t / "db", 2, kInterval};
+  uint64_t limit() const { return kInterval * s.opts.stall_writes_at_intervals; }
+};
+}  // namespace
+
 // An automatic checkpoint that cannot be written fails no write: every write
 // is in the log. Stats says so, naming the file, and the next try waits for
 // another interval of log rather than following every write.
-BOOST_AUTO_TEST_CASE(a_failed_automatic_checkpoint_fails_no_write_and_is_reported) {
+BOOST_FIXTURE_TEST_CASE(a_failed_automatic_checkpoint_fails_no_write_and_is_reported, AutoCheckpointed) {
   using namespace std::chrono_literals;
-  constexpr uint64_t kInterval = 8 << 10;
-  test::TempDir t;
-  FaultyStore s(t / "db", 2, kInterval);
   auto want = s.Write(0, 10);
   s.faulty->FailOpensOf(".vwc", ENOSPC);
   uint64_t next = 10;
@@ -1291,6 +1299,90 @@ BOOST_AUTO_TEST_CASE(a_failed_automatic_checkpoint_fails_no_write_and_is_reporte
   st = s.store->Stats();
   BOOST_TEST(st.checkpoints >= 2u);
   BOOST_TEST(st.log_bytes_since_checkpoint < 2 * kInterval);
+  s.ReopenHolds(want);
+}
+
+// The log a reopen replays is bounded: once it holds stall_writes_at_intervals
+// intervals since the last checkpoint, writers wait for the checkpoint under
+// way, here held at its file's open.
+BOOST_FIXTURE_TEST_CASE(a_writer_at_the_log_limit_waits_for_the_checkpoint_under_way, AutoCheckpointed) {
+  using namespace std::chrono_literals;
+  const uint64_t limit = this->limit();
+  s.faulty->HoldOpensOf(".vwc");
+  std::atomic<uint64_t> written{0};
+  std::atomic<bool> stop{false};
+  std::map<uint64_t, std::vector<float>> want;  // the writer's until joined
+  Status refused;                               // the same
+  std::thread writer([&] {                      // Boost.Test's checks are for the main thread only
+    for (uint64_t i = 0; !stop; ++i) {
+      std::vector<float> v(kDim, static_cast<float>(i) + 0.5f);
+      if (refused = s.store->Upsert(i, v); !refused.ok()) return;
+      want[i] = v;
+      written = i + 1;
+    }
+  });
+  auto wait_until = [](auto done) {
+    for (int i = 0; i < 3000 && !done(); ++i) std::this_thread::sleep_for(10ms);
+    return done();
+  };
+  BOOST_REQUIRE(wait_until([&] { return s.store->Stats().log_bytes_since_checkpoint >= limit; }));
+  BOOST_TEST(s.faulty->opens_held() == 1u);  // the checkpoint, waiting to write its file
+  std::this_thread::sleep_for(200ms);         // a write in flight at the limit ends
+  const uint64_t at_limit = written;
+  std::this_thread::sleep_for(400ms);
+  BOOST_TEST(written == at_limit, written << " writes, " << at_limit << " at the limit");
+  auto st = s.store->Stats();
+  BOOST_TEST(st.log_bytes_since_checkpoint < limit + 1024, st.log_bytes_since_checkpoint << " bytes of log");
+  s.faulty->ReleaseOpens();  // the checkpoint ends, and takes the log below the limit
+  BOOST_TEST(wait_until([&] { return written > at_limit + 10; }));
+  stop = true;
+  writer.join();
+  BOOST_TEST(refused.ok(), refused.ToString());
+  st = s.store->Stats();
+  BOOST_TEST(st.checkpoints >= 2u);
+  BOOST_TEST(st.stalled_writes >= 1u);
+  BOOST_TEST(st.write_stall_s >= 0.4, st.write_stall_s << " s stalled");
+  s.ReopenHolds(want);
+}
+
+// With the checkpoints failing (a full disk) the writers would wait for good
+// at the log limit: they are refused with the checkpoint's error, nothing is
+// logged, and writes go on once a checkpoint succeeds.
+BOOST_FIXTURE_TEST_CASE(writes_at_the_log_limit_fail_while_checkpoints_fail_and_go_on_once_one_succeeds,
+                        AutoCheckpointed) {
+  using namespace std::chrono_literals;
+  const uint64_t limit = this->limit();
+  auto want = s.Write(0, 10);
+  s.faulty->FailOpensOf(".vwc", ENOSPC);
+  uint64_t next = 10;
+  Status refused;
+  for (; next < 100000; ++next) {
+    std::vector<float> v(kDim, static_cast<float>(next) + 0.5f);
+    refused = s.store->Upsert(next, v);
+    if (!refused.ok()) break;
+    want[next] = v;
+  }
+  BOOST_REQUIRE(!refused.ok());
+  BOOST_TEST(refused.IsNoSpace(), refused.ToString());
+  BOOST_TEST(refused.ToString().find("at the limit") != std::string::npos, refused.ToString());
+  BOOST_TEST(refused.ToString().find(".vwc") != std::string::npos, refused.ToString());
+  auto st = s.store->Stats();
+  BOOST_TEST(st.log_bytes_since_checkpoint >= limit);
+  BOOST_TEST(st.log_bytes_since_checkpoint < limit + 1024, st.log_bytes_since_checkpoint << " bytes of log");
+  std::vector<float> v(kDim, 7.f);
+  BOOST_TEST(!s.store->UpsertAsync(next, v).get().ok());
+  BOOST_TEST(!s.store->Upsert(next, v).ok());
+  BOOST_TEST(!s.store->Contains(next));
+  BOOST_TEST(s.store->Stats().durable_lsn == st.durable_lsn);  // nothing logged
+  s.faulty->ClearFaults();  // space freed: the checkpointer's next try (within a second) succeeds
+  Status st_after;
+  for (int i = 0; i < 400; ++i) {
+    if ((st_after = s.store->Upsert(next, v)).ok()) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  BOOST_TEST(st_after.ok(), st_after.ToString());
+  want[next] = v;
+  BOOST_TEST(s.store->Stats().checkpoints >= 2u);
   s.ReopenHolds(want);
 }
 
