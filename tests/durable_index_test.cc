@@ -1268,6 +1268,39 @@ struct AutoCheckpointed {
   FaultyStore s{t / "db", 2, kInterval};
   uint64_t limit() const { return kInterval * s.opts.stall_writes_at_intervals; }
 };
+
+// Upserts ids 0, 1, ... on a thread of its own until stopped or refused.
+// Boost.Test's checks are for the main thread only: the test reads `refused`
+// and `want` once it is stopped.
+struct BackgroundWriter {
+  explicit BackgroundWriter(DurableIndex& d)
+      : thread([this, &d] {
+          for (uint64_t i = 0; !stop; ++i) {
+            std::vector<float> v(kDim, static_cast<float>(i) + 0.5f);
+            if (refused = d.Upsert(i, v); !refused.ok()) break;
+            want[i] = v;
+            written = i + 1;
+          }
+          ended = true;
+        }) {}
+  ~BackgroundWriter() { Stop(); }
+  void Stop() {
+    stop = true;
+    if (thread.joinable()) thread.join();
+  }
+  std::atomic<uint64_t> written{0};
+  std::atomic<bool> stop{false}, ended{false};
+  std::map<uint64_t, std::vector<float>> want;
+  Status refused;
+  std::thread thread;  // last: it starts once the rest is there
+};
+
+// Polls `done` for up to 30 s.
+template <typename F>
+bool WaitUntil(F done) {
+  for (int i = 0; i < 3000 && !done(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  return done();
+}
 }  // namespace
 
 // An automatic checkpoint that cannot be written fails no write: every write
@@ -1309,40 +1342,39 @@ BOOST_FIXTURE_TEST_CASE(a_writer_at_the_log_limit_waits_for_the_checkpoint_under
   using namespace std::chrono_literals;
   const uint64_t limit = this->limit();
   s.faulty->HoldOpensOf(".vwc");
-  std::atomic<uint64_t> written{0};
-  std::atomic<bool> stop{false};
-  std::map<uint64_t, std::vector<float>> want;  // the writer's until joined
-  Status refused;                               // the same
-  std::thread writer([&] {                      // Boost.Test's checks are for the main thread only
-    for (uint64_t i = 0; !stop; ++i) {
-      std::vector<float> v(kDim, static_cast<float>(i) + 0.5f);
-      if (refused = s.store->Upsert(i, v); !refused.ok()) return;
-      want[i] = v;
-      written = i + 1;
-    }
-  });
-  auto wait_until = [](auto done) {
-    for (int i = 0; i < 3000 && !done(); ++i) std::this_thread::sleep_for(10ms);
-    return done();
-  };
-  BOOST_REQUIRE(wait_until([&] { return s.store->Stats().log_bytes_since_checkpoint >= limit; }));
+  BackgroundWriter w(*s.store);
+  BOOST_REQUIRE(WaitUntil([&] { return s.store->Stats().log_bytes_since_checkpoint >= limit; }));
   BOOST_TEST(s.faulty->opens_held() == 1u);  // the checkpoint, waiting to write its file
   std::this_thread::sleep_for(200ms);         // a write in flight at the limit ends
-  const uint64_t at_limit = written;
+  const uint64_t at_limit = w.written;
   std::this_thread::sleep_for(400ms);
-  BOOST_TEST(written == at_limit, written << " writes, " << at_limit << " at the limit");
+  BOOST_TEST(w.written == at_limit, w.written << " writes, " << at_limit << " at the limit");
   auto st = s.store->Stats();
   BOOST_TEST(st.log_bytes_since_checkpoint < limit + 1024, st.log_bytes_since_checkpoint << " bytes of log");
   s.faulty->ReleaseOpens();  // the checkpoint ends, and takes the log below the limit
-  BOOST_TEST(wait_until([&] { return written > at_limit + 10; }));
-  stop = true;
-  writer.join();
-  BOOST_TEST(refused.ok(), refused.ToString());
+  BOOST_TEST(WaitUntil([&] { return w.written > at_limit + 10; }));
+  w.Stop();
+  BOOST_TEST(w.refused.ok(), w.refused.ToString());
   st = s.store->Stats();
   BOOST_TEST(st.checkpoints >= 2u);
   BOOST_TEST(st.stalled_writes >= 1u);
   BOOST_TEST(st.write_stall_s >= 0.4, st.write_stall_s << " s stalled");
-  s.ReopenHolds(want);
+  s.ReopenHolds(w.want);
+}
+
+// Close() does not wait for the writers at the log limit: they are refused.
+BOOST_FIXTURE_TEST_CASE(a_writer_waiting_at_the_log_limit_is_refused_when_the_store_closes, AutoCheckpointed) {
+  s.faulty->HoldOpensOf(".vwc");
+  BackgroundWriter w(*s.store);
+  BOOST_REQUIRE(WaitUntil([&] { return s.store->Stats().log_bytes_since_checkpoint >= limit(); }));
+  std::thread closer([&] { (void)s.store->Close(); });  // which then waits for the held checkpoint
+  BOOST_TEST(WaitUntil([&] { return w.ended.load(); }));
+  BOOST_TEST(s.faulty->opens_held() == 1u);  // refused by the close, not let through by the checkpoint
+  s.faulty->ReleaseOpens();
+  closer.join();
+  w.Stop();
+  BOOST_TEST(w.refused.code() == Status::Code::kUnavailable, w.refused.ToString());
+  BOOST_TEST(w.refused.ToString().find("closed") != std::string::npos, w.refused.ToString());
 }
 
 // With the checkpoints failing (a full disk) the writers would wait for good
