@@ -215,12 +215,13 @@ std::vector<Row> RunMixedBench(const StoreWorkloadConfig& c) {
       sampler.join();
     }
     const auto st1 = d->Stats();
+    const double limit_mib = c.checkpoint_mib * static_cast<double>(c.stall_writes_at_intervals);
     fmt::print(stderr,
-               "    log since the last checkpoint: peak {:.2f} MiB (writers wait at {:.2f} MiB); {} checkpoints, {} writes "
-               "stalled for {:.2f} s\n",
+               "    log since the last checkpoint: peak {:.2f} MiB ({}); {} checkpoints, {} writes stalled for {:.2f} s\n",
                static_cast<double>(peak_log) / (1 << 20),
-               c.checkpoint_mib * static_cast<double>(c.stall_writes_at_intervals), st1.checkpoints - st0.checkpoints,
-               st1.stalled_writes - st0.stalled_writes, st1.write_stall_s - st0.write_stall_s);
+               limit_mib > 0 ? fmt::format("writers wait at {:.2f} MiB", limit_mib) : std::string("no limit"),
+               st1.checkpoints - st0.checkpoints, st1.stalled_writes - st0.stalled_writes,
+               st1.write_stall_s - st0.write_stall_s);
     if (st1.last_checkpoint_lsn != st0.last_checkpoint_lsn && checkpoints == 0) checkpoints = 1;
     w_alone.push_back(wa.per_sec);
     w_mixed.push_back(wm.per_sec);
