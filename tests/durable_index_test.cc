@@ -1362,6 +1362,35 @@ BOOST_FIXTURE_TEST_CASE(a_writer_at_the_log_limit_waits_for_the_checkpoint_under
   s.ReopenHolds(w.want);
 }
 
+// An async write at the log limit waits in the call, as a blocking one does,
+// and is placed once the checkpoint under way ends.
+BOOST_FIXTURE_TEST_CASE(an_async_write_at_the_log_limit_waits_in_the_call, AutoCheckpointed) {
+  using namespace std::chrono_literals;
+  s.faulty->HoldOpensOf(".vwc");
+  BackgroundWriter w(*s.store);
+  BOOST_REQUIRE(WaitUntil([&] { return s.store->Stats().log_bytes_since_checkpoint >= limit(); }));
+  const std::vector<float> v(kDim, -1.f);
+  constexpr uint64_t kId = 1ull << 40;  // none of the writer's
+  std::atomic<bool> returned{false};
+  std::future<Status> durable;
+  std::thread caller([&] {
+    durable = s.store->UpsertAsync(kId, v);
+    returned = true;
+  });
+  std::this_thread::sleep_for(400ms);
+  BOOST_TEST(!returned.load());
+  BOOST_TEST(!s.store->Contains(kId));
+  s.faulty->ReleaseOpens();
+  caller.join();
+  BOOST_TEST(durable.get().ok());
+  BOOST_TEST(s.store->Contains(kId));
+  w.Stop();
+  BOOST_TEST(w.refused.ok(), w.refused.ToString());
+  auto want = w.want;
+  want[kId] = v;
+  s.ReopenHolds(want);
+}
+
 // Close() does not wait for the writers at the log limit: they are refused.
 BOOST_FIXTURE_TEST_CASE(a_writer_waiting_at_the_log_limit_is_refused_when_the_store_closes, AutoCheckpointed) {
   s.faulty->HoldOpensOf(".vwc");
