@@ -44,6 +44,9 @@ DurableIndexOptions Options(const std::string& dir) {
   o.wal = test::SmallLogOptions();
   o.wal.lock_wait_ms = 5000;
   o.checkpoint_every_log_bytes = 8 << 10;
+  // Writers wait at every interval for the checkpoint it calls for, so that
+  // kill points fall in writes waiting at the log limit too.
+  o.stall_writes_at_intervals = 1;
   return o;
 }
 
