@@ -1391,6 +1391,46 @@ BOOST_FIXTURE_TEST_CASE(an_async_write_at_the_log_limit_waits_in_the_call, AutoC
   s.ReopenHolds(want);
 }
 
+// A completion callback runs on the store's applier thread, and an async
+// write it makes at the log limit waits there for the checkpoint under way.
+// The checkpoint needs nothing from that thread (it applies what it waits
+// for itself), so the chain goes on once the checkpoint ends.
+BOOST_FIXTURE_TEST_CASE(an_async_write_from_a_callback_at_the_log_limit_goes_on_once_the_checkpoint_ends,
+                        AutoCheckpointed) {
+  using namespace std::chrono_literals;
+  s.faulty->HoldOpensOf(".vwc");
+  std::atomic<uint64_t> acked{0};
+  std::atomic<bool> stop{false}, ended{false};
+  Status failure;  // the chain's, read once it ended
+  std::function<void(uint64_t)> chain = [&](uint64_t i) {
+    s.store->UpsertAsync(i, std::vector<float>(kDim, static_cast<float>(i)), {}, [&, i](const Status& st) {
+      if (!st.ok()) failure = st;
+      if (!st.ok() || stop) {
+        ended = true;
+        return;
+      }
+      acked = i + 1;
+      chain(i + 1);
+    });
+  };
+  chain(0);
+  BOOST_REQUIRE(WaitUntil([&] { return s.store->Stats().log_bytes_since_checkpoint >= limit(); }));
+  std::this_thread::sleep_for(200ms);
+  const uint64_t at_limit = acked;
+  std::this_thread::sleep_for(400ms);
+  BOOST_TEST(acked == at_limit, acked << " acknowledged, " << at_limit << " at the limit");
+  s.faulty->ReleaseOpens();
+  BOOST_TEST(WaitUntil([&] { return acked > at_limit + 10 || ended; }));
+  stop = true;
+  BOOST_REQUIRE(WaitUntil([&] { return ended.load(); }));
+  BOOST_TEST(failure.ok(), failure.ToString());
+  std::map<uint64_t, std::vector<float>> want;
+  for (uint64_t i = 0; i < acked; ++i) want[i] = std::vector<float>(kDim, static_cast<float>(i));
+  // The op whose callback saw `stop` is durable too.
+  want[acked] = std::vector<float>(kDim, static_cast<float>(acked.load()));
+  s.ReopenHolds(want);
+}
+
 // Close() does not wait for the writers at the log limit: they are refused.
 BOOST_FIXTURE_TEST_CASE(a_writer_waiting_at_the_log_limit_is_refused_when_the_store_closes, AutoCheckpointed) {
   s.faulty->HoldOpensOf(".vwc");
