@@ -572,12 +572,14 @@ Status DurableIndex::WaitForLogRoom() {
             " (stall_writes_at_intervals x checkpoint_every_log_bytes), and its automatic checkpoints fail");
         break;
       }
+      if (!waited) ++writes_waiting_;
       waited = true;
       // The timeout covers a store that failed meanwhile, which wakes nobody here.
       room_cv_.wait_for(l, std::chrono::milliseconds(100));
     }
   }
   if (waited) {
+    --writes_waiting_;
     ++stalled_writes_;
     write_stall_ns_ += static_cast<uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
@@ -1212,6 +1214,7 @@ DurableIndexStats DurableIndex::Stats() const {
   s.last_checkpoint_s = static_cast<double>(last_checkpoint_ns_.load()) / 1e9;
   s.stalled_writes = stalled_writes_.load();
   s.write_stall_s = static_cast<double>(write_stall_ns_.load()) / 1e9;
+  s.writes_waiting = writes_waiting_.load();
   {
     std::lock_guard l(auto_mu_);
     s.auto_checkpoint_failures = auto_checkpoint_failures_;

@@ -166,9 +166,10 @@ struct DurableIndexStats {
   uint64_t checkpoints = 0, auto_checkpoint_failures = 0;
   double last_checkpoint_s = 0;
   // Writes that waited at the log limit (stall_writes_at_intervals), and
-  // their time waiting, since Open.
+  // their time waiting, since Open; and those waiting there now.
   uint64_t stalled_writes = 0;
   double write_stall_s = 0;
+  uint64_t writes_waiting = 0;
   std::string last_auto_checkpoint_error;
   RecoveryStats recovery;
 };
@@ -377,7 +378,7 @@ class DurableIndex {
   bool auto_checkpoints_failing_ = false;         // since the last failure, until a checkpoint is written; under auto_mu_
   std::chrono::steady_clock::time_point auto_retry_at_{};  // under auto_mu_
   std::atomic<uint64_t> auto_due_at_{0};
-  std::atomic<uint64_t> stalled_writes_{0}, write_stall_ns_{0};
+  std::atomic<uint64_t> stalled_writes_{0}, write_stall_ns_{0}, writes_waiting_{0};
   mutable std::atomic<uint64_t> search_ns_per_query_{0};  // the latest search's time per query
 
   mutable std::mutex fail_mu_;

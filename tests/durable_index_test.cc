@@ -266,7 +266,8 @@ BOOST_AUTO_TEST_CASE(reads_during_merges_see_each_ids_latest_write) {
   auto d = OpenOrDie(o);
   constexpr int kWriters = 2, kIdsEach = 20, kRounds = 150;
   std::array<std::atomic<int>, kWriters * kIdsEach> returned{};  // the version each id's last returned write wrote
-  std::atomic<int> writing{kWriters}, errors{0};
+  std::atomic<int> writing{kWriters};
+  test::ThreadErrors errors;
   auto vec = [](int version, uint64_t id) {
     std::vector<float> v(kDim, 0.f);
     v[0] = static_cast<float>(version);
@@ -279,7 +280,7 @@ BOOST_AUTO_TEST_CASE(reads_during_merges_see_each_ids_latest_write) {
       for (int version = 1; version <= kRounds; ++version)
         for (int j = 0; j < kIdsEach; ++j) {
           const uint64_t id = w * kIdsEach + j;
-          if (!d->Upsert(id, vec(version, id)).ok()) ++errors;
+          if (const Status s = d->Upsert(id, vec(version, id)); !s.ok()) errors.Add("upsert of id " + std::to_string(id) + ": " + s.ToString());
           returned[id] = version;
         }
       --writing;
@@ -291,25 +292,20 @@ BOOST_AUTO_TEST_CASE(reads_during_merges_see_each_ids_latest_write) {
         const uint64_t id = rng() % returned.size();
         const int at_least = returned[id];
         auto e = d->Get(id);
-        if (at_least > 0 && (!e.ok() || e->vector[0] < static_cast<float>(at_least) || e->vector[1] != static_cast<float>(id))) {
-          ++errors;
-          BOOST_TEST_MESSAGE("id " << id << " read behind version " << at_least);
-        }
+        if (at_least > 0 && (!e.ok() || e->vector[0] < static_cast<float>(at_least) || e->vector[1] != static_cast<float>(id)))
+          errors.Add("id " + std::to_string(id) + " read behind version " + std::to_string(at_least));
         auto hits = d->Search(vec(at_least, id), returned.size());
         if (!hits.ok()) {
-          ++errors;
+          errors.Add("search: " + hits.status().ToString());
           continue;
         }
         std::set<uint64_t> seen;
         for (uint64_t h : hits->ids)
-          if (h != index::kNoId && !seen.insert(h).second) {
-            ++errors;
-            BOOST_TEST_MESSAGE("a search listed id " << h << " twice");
-          }
+          if (h != index::kNoId && !seen.insert(h).second) errors.Add("a search listed id " + std::to_string(h) + " twice");
       }
     });
   for (auto& t : ts) t.join();
-  BOOST_TEST(errors.load() == 0);
+  BOOST_TEST(errors.count() == 0, errors.ToString());
   BOOST_TEST(d->Stats().merges > 100u);
   BOOST_TEST(d->Size() == returned.size());
 }
@@ -502,6 +498,7 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_rebuilds_a_graph_index_while_writes_go_on) {
   std::atomic<bool> began{false}, ended{false};
   int written_meanwhile = 0;
   Clock::duration longest{};
+  Status write_failed;  // the writer's, read once it joined
   std::thread writer([&] {
     std::mt19937_64 wrng(32);
     while (!ended) {
@@ -509,7 +506,7 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_rebuilds_a_graph_index_while_writes_go_on) {
       const auto t = Clock::now();
       const uint64_t id = kIds / 4 + wrng() % (kIds / 2);  // rewrites: tombstones during the rebuild
       auto v = Vec(wrng);
-      BOOST_REQUIRE(d->Upsert(id, v).ok());
+      if (write_failed = d->Upsert(id, v); !write_failed.ok()) return;
       m.rows[id] = {v, {}};
       if (inside) longest = std::max(longest, Clock::now() - t);
       if (inside && !ended) ++written_meanwhile;
@@ -522,6 +519,7 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_rebuilds_a_graph_index_while_writes_go_on) {
   ended = true;
   const auto took = Clock::now() - t0;
   writer.join();
+  BOOST_REQUIRE_MESSAGE(write_failed.ok(), write_failed.ToString());
   BOOST_REQUIRE_MESSAGE(lsn.ok(), lsn.status().ToString());
   auto st = d->Stats();
   BOOST_TEST(st.compactions == 1u);
@@ -593,15 +591,13 @@ BOOST_AUTO_TEST_CASE(searches_wait_for_a_merges_step_not_the_whole_merge) {
       BOOST_TEST(filled.merges == 2u);
       if (stepped) BOOST_TEST(filled.merge_steps <= 16u);
       std::atomic<uint64_t> done{0};
-      std::atomic<int> errors{0};
+      int errors = 0;  // the reader's, on this thread
+      test::ThreadErrors write_errors;
       std::thread writer([&] {
         for (uint64_t i = 0; i < kOps; ++i) {
           const auto [id, version] = op_of(i);
           const Status s = version == 0 ? d->Remove(id) : version == 1 ? d->Insert(id, vec(id, 1)) : d->Update(id, vec(id, 2));
-          if (!s.ok()) {
-            ++errors;
-            BOOST_TEST_MESSAGE("op " << i << ": " << s.ToString());
-          }
+          if (!s.ok()) write_errors.Add("op " + std::to_string(i) + ": " + s.ToString());
           done = i + 1;
         }
       });
@@ -662,7 +658,8 @@ BOOST_AUTO_TEST_CASE(searches_wait_for_a_merges_step_not_the_whole_merge) {
       BOOST_TEST_MESSAGE((stepped ? "in steps: " : "at once: ") << st.merges << " merges in " << st.merge_steps
                                                                 << " steps, " << searches
                                                                 << " searches, the longest " << longest_ms[stepped] << " ms");
-      BOOST_TEST(errors.load() == 0);
+      BOOST_TEST(errors == 0);
+      BOOST_TEST(write_errors.count() == 0, write_errors.ToString());
       BOOST_TEST(st.merges >= 3u);
       if (stepped) BOOST_TEST(st.merge_steps - filled.merge_steps > 8 * (st.merges - filled.merges));
       BOOST_TEST(d->Size() == kFill + kIds - (kRemovedTo - kUpdated));
@@ -1153,11 +1150,13 @@ BOOST_AUTO_TEST_CASE(a_blocking_write_asks_for_the_writer_slice) {
     o.writer_slice_us = slice_us;
     auto d = OpenOrDie(o);
     uint64_t before = 0, after = 0;
+    Status written;
     std::thread([&] {
       before = test::ReportedSlice();
-      BOOST_CHECK(d->Upsert(1, std::vector<float>(kDim, 1.f)).ok());
+      written = d->Upsert(1, std::vector<float>(kDim, 1.f));
       after = test::ReportedSlice();
     }).join();
+    BOOST_TEST(written.ok(), written.ToString());
     BOOST_TEST(before != 300'000u);
     BOOST_TEST(after == (slice_us == 0 ? before : 300'000u));
   }
@@ -1353,7 +1352,8 @@ BOOST_FIXTURE_TEST_CASE(a_writer_at_the_log_limit_waits_for_the_checkpoint_under
   BackgroundWriter w(*s.store);
   BOOST_REQUIRE(WaitUntil([&] { return s.store->Stats().log_bytes_since_checkpoint >= limit; }));
   BOOST_TEST(s.faulty->opens_held() == 1u);  // the checkpoint, waiting to write its file
-  std::this_thread::sleep_for(200ms);         // a write in flight at the limit ends
+  // The writer's write in flight at the limit has ended once it waits for room.
+  BOOST_REQUIRE(WaitUntil([&] { return s.store->Stats().writes_waiting == 1; }));
   const uint64_t at_limit = w.written;
   std::this_thread::sleep_for(400ms);
   BOOST_TEST(w.written == at_limit, w.written << " writes, " << at_limit << " at the limit");
@@ -1365,6 +1365,7 @@ BOOST_FIXTURE_TEST_CASE(a_writer_at_the_log_limit_waits_for_the_checkpoint_under
   BOOST_TEST(w.refused.ok(), w.refused.ToString());
   st = s.store->Stats();
   BOOST_TEST(st.checkpoints >= 2u);
+  BOOST_TEST(st.writes_waiting == 0u);
   BOOST_TEST(st.stalled_writes >= 1u);
   BOOST_TEST(st.write_stall_s >= 0.4, st.write_stall_s << " s stalled");
   s.ReopenHolds(w.want);
@@ -1388,6 +1389,7 @@ BOOST_FIXTURE_TEST_CASE(an_async_write_at_the_log_limit_waits_in_the_call, AutoC
   std::this_thread::sleep_for(400ms);
   BOOST_TEST(!returned.load());
   BOOST_TEST(!s.store->Contains(kId));
+  BOOST_TEST(s.store->Stats().writes_waiting == 2u);  // the caller, beside the writer
   s.faulty->ReleaseOpens();
   caller.join();
   BOOST_TEST(durable.get().ok());
@@ -1422,8 +1424,7 @@ BOOST_FIXTURE_TEST_CASE(an_async_write_from_a_callback_at_the_log_limit_goes_on_
     });
   };
   chain(0);
-  BOOST_REQUIRE(WaitUntil([&] { return s.store->Stats().log_bytes_since_checkpoint >= limit(); }));
-  std::this_thread::sleep_for(200ms);
+  BOOST_REQUIRE(WaitUntil([&] { return s.store->Stats().writes_waiting == 1; }));  // the callback's write
   const uint64_t at_limit = acked;
   std::this_thread::sleep_for(400ms);
   BOOST_TEST(acked == at_limit, acked << " acknowledged, " << at_limit << " at the limit");

@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <functional>
+#include <mutex>
 #include <thread>
 
 #include <cstdio>
@@ -60,6 +61,30 @@ inline IoBackend BackendUnderTest() {
   if (b && std::string(b) == "uring") return IoBackend::kIoUring;
   return IoBackend::kAuto;
 }
+
+// What helper threads found wrong, for the main thread to check: Boost.Test's
+// macros are not thread-safe. Keeps the first few messages and counts all.
+class ThreadErrors {
+ public:
+  void Add(std::string what) {
+    std::lock_guard l(mu_);
+    if (++count_ <= kKept) text_ += (text_.empty() ? "" : "; ") + what;
+  }
+  int count() const {
+    std::lock_guard l(mu_);
+    return count_;
+  }
+  std::string ToString() const {
+    std::lock_guard l(mu_);
+    return std::to_string(count_) + " errors" + (count_ == 0 ? "" : ": " + text_) + (count_ > kKept ? "; ..." : "");
+  }
+
+ private:
+  static constexpr int kKept = 5;
+  mutable std::mutex mu_;
+  int count_ = 0;
+  std::string text_;
+};
 
 // A directory removed at scope exit, under VECWAL_TEST_DIR (default /tmp):
 // point it at tmpfs to test the buffered fallback.
