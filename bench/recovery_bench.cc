@@ -18,6 +18,7 @@
 #include "bench/baselines.h"
 #include "bench/scratch.h"
 #include "io/aligned_buffer.h"
+#include "recovery/checkpoint_file.h"
 #include "recovery/durable_index.h"
 
 namespace vecwal::bench {

@@ -1,4 +1,4 @@
-#include "recovery/durable_index.h"
+#include "recovery/durable_index_impl.h"
 
 #include <algorithm>
 #include <chrono>
@@ -23,7 +23,7 @@ std::string Describe(const index::IndexSpec& s) {
 
 }  // namespace
 
-struct DurableIndex::AsyncWrite {
+struct DurableIndexImpl::AsyncWrite {
   wal::Op op;
   std::vector<std::byte> bytes;
   uint64_t seq = 0;
@@ -37,7 +37,13 @@ void WriteBatch::Upsert(uint64_t id, std::span<const float> v, std::span<const s
 void WriteBatch::Remove(uint64_t id) { op_.ops.emplace_back(wal::DeleteOp{id}); }
 
 Result<std::unique_ptr<DurableIndex>> DurableIndex::Open(const DurableIndexOptions& opts) {
-  std::unique_ptr<DurableIndex> d(new DurableIndex());
+  auto d = DurableIndexImpl::Open(opts);
+  if (!d.ok()) return d.status();
+  return std::unique_ptr<DurableIndex>(std::move(*d));
+}
+
+Result<std::unique_ptr<DurableIndexImpl>> DurableIndexImpl::Open(const DurableIndexOptions& opts) {
+  std::unique_ptr<DurableIndexImpl> d(new DurableIndexImpl());
   d->opts_ = opts;
   d->auto_due_at_ = opts.checkpoint_every_log_bytes;
   d->fs_ = opts.wal.fs ? opts.wal.fs : NewPosixFileSystem();
@@ -51,9 +57,9 @@ Result<std::unique_ptr<DurableIndex>> DurableIndex::Open(const DurableIndexOptio
   return d;
 }
 
-DurableIndex::~DurableIndex() { (void)Close(); }
+DurableIndexImpl::~DurableIndexImpl() { (void)Close(); }
 
-Status DurableIndex::Close() {
+Status DurableIndexImpl::Close() {
   {
     std::lock_guard l(auto_mu_);
     stop_checkpointer_ = true;
@@ -88,7 +94,7 @@ Status DurableIndex::Close() {
   return s.ok() ? drained : s;
 }
 
-Status DurableIndex::Recover(RecoveryStats* st) {
+Status DurableIndexImpl::Recover(RecoveryStats* st) {
   const auto t0 = Clock::now();
   // Newest checkpoint that verifies; an older one if it does not.
   VECWAL_ASSIGN_OR_RETURN(auto lsns, ListCheckpoints(*fs_, opts_.dir));
@@ -175,7 +181,7 @@ Status DurableIndex::Recover(RecoveryStats* st) {
   return Status::OK();
 }
 
-Status DurableIndex::Validate(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) const {
+Status DurableIndexImpl::Validate(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) const {
   if (v.size() != opts_.spec.dim)
     return Status::InvalidArgument("id " + std::to_string(id) + ": vector of dimension " + std::to_string(v.size()) +
                                    ", the index has " + std::to_string(opts_.spec.dim));
@@ -190,23 +196,23 @@ Status DurableIndex::Validate(uint64_t id, std::span<const float> v, std::span<c
   return Status::OK();
 }
 
-Status DurableIndex::failed() const {
+Status DurableIndexImpl::failed() const {
   std::lock_guard lk(fail_mu_);
   return failed_;
 }
 
-void DurableIndex::SetFailedNoNotify(const Status& s) {
+void DurableIndexImpl::SetFailedNoNotify(const Status& s) {
   std::lock_guard lk(fail_mu_);
   if (failed_.ok()) failed_ = s;
 }
 
-void DurableIndex::SetFailed(const Status& s) {
+void DurableIndexImpl::SetFailed(const Status& s) {
   SetFailedNoNotify(s);
   std::lock_guard a(apply_mu_);
   applied_cv_.notify_all();
 }
 
-bool DurableIndex::PresentLocked(uint64_t id) {
+bool DurableIndexImpl::PresentLocked(uint64_t id) {
   if (auto it = overlay_.find(id); it != overlay_.end()) {
     if (it->second.second > applied_seq_.load()) return it->second.first;
     overlay_.erase(it);  // applied since: the index knows
@@ -214,7 +220,7 @@ bool DurableIndex::PresentLocked(uint64_t id) {
   return Contains(id);  // which takes no state_mu_: this holds write_mu_
 }
 
-void DurableIndex::NoteOverlay(const wal::Op& op, uint64_t seq) {
+void DurableIndexImpl::NoteOverlay(const wal::Op& op, uint64_t seq) {
   if (auto* u = std::get_if<wal::UpsertOp>(&op)) overlay_[u->id] = {true, seq};
   else if (auto* d = std::get_if<wal::DeleteOp>(&op)) overlay_[d->id] = {false, seq};
   else if (auto* b = std::get_if<wal::BatchOp>(&op))
@@ -237,7 +243,7 @@ void DurableIndex::NoteOverlay(const wal::Op& op, uint64_t seq) {
 // they reach recent_writes_merge_at. A run that leaves four times that
 // unmerged (a big batch, or an index slower than the writers) has its
 // applier take merge steps until they are under it, so they stay small.
-void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
+void DurableIndexImpl::ApplyReady(std::unique_lock<std::mutex>& a) {
   if (applying_) return;  // the applier's next run takes ours
   applying_ = true;
   std::vector<const wal::Op*> run;
@@ -308,7 +314,7 @@ void DurableIndex::ApplyReady(std::unique_lock<std::mutex>& a) {
 //
 // The steps are MergeStepLocked's, and whoever holds merge_mu_ takes the next
 // one: this loop, or a writer waiting at the bound (MergeToBound).
-void DurableIndex::MergeRecent() {
+void DurableIndexImpl::MergeRecent() {
   uint64_t lsn = 0;
   {
     std::shared_lock r(recent_mu_);
@@ -322,7 +328,7 @@ void DurableIndex::MergeRecent() {
 // `m` (merge_mu_) held, released between steps unless `hold`. A step returns
 // false only on failure, or with nothing set aside or recent: the index then
 // holds every op applied.
-void DurableIndex::MergeThrough(uint64_t lsn, std::unique_lock<std::mutex>& m, bool hold) {
+void DurableIndexImpl::MergeThrough(uint64_t lsn, std::unique_lock<std::mutex>& m, bool hold) {
   std::chrono::nanoseconds pause{};
   while ((merging_ != nullptr || index_lsn_.load() < lsn) && MergeStepLocked(&pause)) {
     if (!hold) m.unlock();
@@ -346,7 +352,7 @@ void DurableIndex::MergeThrough(uint64_t lsn, std::unique_lock<std::mutex>& m, b
 // merge has run unwatched. A failure leaves the set aside (reads stay right)
 // and fails the store, which then takes no more writes rather than diverge
 // from its log. Returns false where there was nothing to do.
-bool DurableIndex::MergeStepLocked(std::chrono::nanoseconds* pause) {
+bool DurableIndexImpl::MergeStepLocked(std::chrono::nanoseconds* pause) {
   *pause = {};
   if (!failed().ok()) return false;
   MergeCursor& c = cursor_;
@@ -420,7 +426,7 @@ bool DurableIndex::MergeStepLocked(std::chrono::nanoseconds* pause) {
   return true;
 }
 
-void DurableIndex::FinishMergeLocked() {
+void DurableIndexImpl::FinishMergeLocked() {
   std::unique_lock w(state_mu_);
   std::unique_lock r(recent_mu_);
   merging_->Clear(RecentHardBound());
@@ -439,7 +445,7 @@ void DurableIndex::FinishMergeLocked() {
 // Where another merge holds merge_mu_, the writer waits for one of its steps
 // instead: a checkpoint holds it for the whole of its merge, which beside
 // four writers on HNSW (20k x 128-d) kept them waiting 19 s.
-void DurableIndex::MergeToBound() {
+void DurableIndexImpl::MergeToBound() {
   auto at_bound = [&] { return recent_size_.load() + merge_left_.load() >= RecentHardBound() && failed().ok(); };
   bound_waiters_.fetch_add(1);
   while (at_bound()) {
@@ -457,7 +463,7 @@ void DurableIndex::MergeToBound() {
   bound_waiters_.fetch_sub(1);
 }
 
-void DurableIndex::NoteMergeStep() {
+void DurableIndexImpl::NoteMergeStep() {
   {
     std::lock_guard l(step_mu_);
     ++merge_steps_;
@@ -465,7 +471,7 @@ void DurableIndex::NoteMergeStep() {
   step_cv_.notify_all();
 }
 
-Status DurableIndex::DrainTo(uint64_t seq) {
+Status DurableIndexImpl::DrainTo(uint64_t seq) {
   std::unique_lock a(apply_mu_);
   // Applies what is ready itself: the applier thread may be the one waiting here.
   for (;;) {
@@ -476,7 +482,7 @@ Status DurableIndex::DrainTo(uint64_t seq) {
   return failed();
 }
 
-Status DurableIndex::Write(const wal::Op& op, uint64_t id, Need need) {
+Status DurableIndexImpl::Write(const wal::Op& op, uint64_t id, Need need) {
   // Once per thread. A hint: where the kernel refuses it, the default stays.
   thread_local bool slice_asked = false;
   if (!slice_asked && opts_.writer_slice_us != 0) {
@@ -530,7 +536,7 @@ Status DurableIndex::Write(const wal::Op& op, uint64_t id, Need need) {
   return Status::OK();
 }
 
-void DurableIndex::NoteLogged(uint64_t n) {
+void DurableIndexImpl::NoteLogged(uint64_t n) {
   const uint64_t after = log_bytes_since_checkpoint_.fetch_add(n) + n;
   const uint64_t due = auto_due_at_.load();
   if (opts_.checkpoint_every_log_bytes == 0 || after < due || after - n >= due) return;  // the crossing write only
@@ -538,7 +544,7 @@ void DurableIndex::NoteLogged(uint64_t n) {
   auto_cv_.notify_one();
 }
 
-uint64_t DurableIndex::LogLimit() const {
+uint64_t DurableIndexImpl::LogLimit() const {
   uint64_t limit = 0;
   if (__builtin_mul_overflow(opts_.checkpoint_every_log_bytes, opts_.stall_writes_at_intervals, &limit))
     return ~0ull;
@@ -549,7 +555,7 @@ uint64_t DurableIndex::LogLimit() const {
 // writer that finds the automatic checkpoints failing is refused instead:
 // with the writers held, the log would never reach the next try's due, and
 // a writer waiting out a full disk would look hung.
-Status DurableIndex::WaitForLogRoom() {
+Status DurableIndexImpl::WaitForLogRoom() {
   const uint64_t limit = LogLimit();
   if (limit == 0 || log_bytes_since_checkpoint_.load() < limit) return Status::OK();
   const auto t0 = Clock::now();
@@ -596,7 +602,7 @@ Status DurableIndex::WaitForLogRoom() {
 // cause (a full disk, a failing device) seldom passes in a moment. Once the
 // log reaches the limit where writers wait (LogLimit), it is tried every
 // second instead: the writers are refused until one succeeds.
-void DurableIndex::CheckpointerLoop() {
+void DurableIndexImpl::CheckpointerLoop() {
   static constexpr auto kRetryAtLimit = std::chrono::seconds(1);
   const uint64_t limit = LogLimit();
   std::unique_lock l(auto_mu_);
@@ -625,7 +631,7 @@ void DurableIndex::CheckpointerLoop() {
   }
 }
 
-Status DurableIndex::CheckNeedLocked(uint64_t id, Need need) {
+Status DurableIndexImpl::CheckNeedLocked(uint64_t id, Need need) {
   if (need == Need::kAny) return Status::OK();
   const bool present = PresentLocked(id);
   if (need == Need::kAbsent && present) return Status::InvalidArgument("id " + std::to_string(id) + " already exists");
@@ -633,7 +639,7 @@ Status DurableIndex::CheckNeedLocked(uint64_t id, Need need) {
   return Status::OK();
 }
 
-void DurableIndex::WriteAsync(wal::Op op, uint64_t id, Need need, WriteCallback done) {
+void DurableIndexImpl::WriteAsync(wal::Op op, uint64_t id, Need need, WriteCallback done) {
   if (Status room = WaitForLogRoom(); !room.ok()) return done(room);
   auto w = std::make_shared<AsyncWrite>();
   w->op = std::move(op);
@@ -663,7 +669,7 @@ void DurableIndex::WriteAsync(wal::Op op, uint64_t id, Need need, WriteCallback 
 }
 
 // On the log's thread: queue the durable op for the applier.
-void DurableIndex::OnAsyncDurable(const std::shared_ptr<AsyncWrite>& w, const Status& s, uint64_t lsn) {
+void DurableIndexImpl::OnAsyncDurable(const std::shared_ptr<AsyncWrite>& w, const Status& s, uint64_t lsn) {
   if (!s.ok()) {
     if (lsn == 0) w->refused = true;  // never placed
     // A record the log refuses for its size leaves the log healthy; any
@@ -683,7 +689,7 @@ void DurableIndex::OnAsyncDurable(const std::shared_ptr<AsyncWrite>& w, const St
 
 // Applies async ops when no blocking writer is there to, fails them when the
 // store has failed, and merges the recent writes when they reach the bound.
-void DurableIndex::ApplierLoop() {
+void DurableIndexImpl::ApplierLoop() {
   // A hint: where the kernel refuses it, the default stays.
   if (opts_.writer_slice_us != 0) (void)RequestTimeSlice(opts_.writer_slice_us);
   std::unique_lock a(apply_mu_);
@@ -716,42 +722,42 @@ void DurableIndex::ApplierLoop() {
   }
 }
 
-Status DurableIndex::Insert(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) {
+Status DurableIndexImpl::Insert(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) {
   VECWAL_RETURN_IF_ERROR(Validate(id, v, payload));
   return Write(wal::UpsertOp{id, {v.begin(), v.end()}, {payload.begin(), payload.end()}}, id, Need::kAbsent);
 }
-Status DurableIndex::Update(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) {
+Status DurableIndexImpl::Update(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) {
   VECWAL_RETURN_IF_ERROR(Validate(id, v, payload));
   return Write(wal::UpsertOp{id, {v.begin(), v.end()}, {payload.begin(), payload.end()}}, id, Need::kPresent);
 }
-Status DurableIndex::Upsert(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) {
+Status DurableIndexImpl::Upsert(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) {
   VECWAL_RETURN_IF_ERROR(Validate(id, v, payload));
   return Write(wal::UpsertOp{id, {v.begin(), v.end()}, {payload.begin(), payload.end()}}, id, Need::kAny);
 }
-Status DurableIndex::Remove(uint64_t id) { return Write(wal::DeleteOp{id}, id, Need::kPresent); }
+Status DurableIndexImpl::Remove(uint64_t id) { return Write(wal::DeleteOp{id}, id, Need::kPresent); }
 
-void DurableIndex::InsertAsync(uint64_t id, std::span<const float> v, std::span<const std::byte> payload,
-                               WriteCallback done) {
+void DurableIndexImpl::InsertAsync(uint64_t id, std::span<const float> v, std::span<const std::byte> payload,
+                                   WriteCallback done) {
   if (Status s = Validate(id, v, payload); !s.ok()) return done(s);
   WriteAsync(wal::UpsertOp{id, {v.begin(), v.end()}, {payload.begin(), payload.end()}}, id, Need::kAbsent,
              std::move(done));
 }
-void DurableIndex::UpdateAsync(uint64_t id, std::span<const float> v, std::span<const std::byte> payload,
-                               WriteCallback done) {
+void DurableIndexImpl::UpdateAsync(uint64_t id, std::span<const float> v, std::span<const std::byte> payload,
+                                   WriteCallback done) {
   if (Status s = Validate(id, v, payload); !s.ok()) return done(s);
   WriteAsync(wal::UpsertOp{id, {v.begin(), v.end()}, {payload.begin(), payload.end()}}, id, Need::kPresent,
              std::move(done));
 }
-void DurableIndex::UpsertAsync(uint64_t id, std::span<const float> v, std::span<const std::byte> payload,
-                               WriteCallback done) {
+void DurableIndexImpl::UpsertAsync(uint64_t id, std::span<const float> v, std::span<const std::byte> payload,
+                                   WriteCallback done) {
   if (Status s = Validate(id, v, payload); !s.ok()) return done(s);
   WriteAsync(wal::UpsertOp{id, {v.begin(), v.end()}, {payload.begin(), payload.end()}}, id, Need::kAny,
              std::move(done));
 }
-void DurableIndex::RemoveAsync(uint64_t id, WriteCallback done) {
+void DurableIndexImpl::RemoveAsync(uint64_t id, WriteCallback done) {
   WriteAsync(wal::DeleteOp{id}, id, Need::kPresent, std::move(done));
 }
-void DurableIndex::ApplyAsync(const WriteBatch& batch, WriteCallback done) {
+void DurableIndexImpl::ApplyAsync(const WriteBatch& batch, WriteCallback done) {
   for (const auto& sub : batch.op().ops)
     if (auto* u = std::get_if<wal::UpsertOp>(&sub))
       if (Status s = Validate(u->id, u->vector, u->payload); !s.ok()) return done(s);
@@ -761,7 +767,7 @@ void DurableIndex::ApplyAsync(const WriteBatch& batch, WriteCallback done) {
 
 namespace {
 // A callback that fulfils a promise, and the future it gives.
-std::pair<DurableIndex::WriteCallback, std::future<Status>> Promised() {
+std::pair<DurableIndexImpl::WriteCallback, std::future<Status>> Promised() {
   auto p = std::make_shared<std::promise<Status>>();
   auto f = p->get_future();
   return {[p](const Status& s) { p->set_value(s); }, std::move(f)};
@@ -785,7 +791,7 @@ std::future<Status> DurableIndex::ApplyAsync(const WriteBatch& batch) {
   return std::move(f);
 }
 
-Status DurableIndex::Apply(const WriteBatch& batch) {
+Status DurableIndexImpl::Apply(const WriteBatch& batch) {
   for (const auto& sub : batch.op().ops)
     if (auto* u = std::get_if<wal::UpsertOp>(&sub)) VECWAL_RETURN_IF_ERROR(Validate(u->id, u->vector, u->payload));
   if (batch.size() == 0) return Status::OK();
@@ -800,7 +806,7 @@ Status DurableIndex::Apply(const WriteBatch& batch) {
 // the queries of one call may see successive ones. vecwal-bench mixed, 20k x
 // 768-d Flat, 16 writers beside 2 searchers: 15 -> 107 upserts/s, for 35
 // instead of 56 queries/s (single queries lose FAISS's batching).
-Result<index::SearchResults> DurableIndex::Search(std::span<const float> queries, size_t k) const {
+Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> queries, size_t k) const {
   const uint64_t hold_ns = opts_.search_hold_us * 1000;
   const size_t dim = opts_.spec.dim;
   if (queries.empty() || queries.size() % dim != 0 || k == 0) {
@@ -861,7 +867,7 @@ Result<index::SearchResults> DurableIndex::Search(std::span<const float> queries
   return out;
 }
 
-Result<Entry> DurableIndex::Get(uint64_t id) const {
+Result<Entry> DurableIndexImpl::Get(uint64_t id) const {
   std::shared_lock r(state_mu_);
   {
     std::shared_lock rr(recent_mu_);
@@ -881,13 +887,13 @@ Result<Entry> DurableIndex::Get(uint64_t id) const {
 // write_mu_, would hold every writer back with it). Every change to the ids
 // the index holds is a merge's step, which holds recent_mu_ exclusively, so
 // recent_mu_ shared is enough to read them.
-bool DurableIndex::Contains(uint64_t id) const {
+bool DurableIndexImpl::Contains(uint64_t id) const {
   std::shared_lock rr(recent_mu_);
   if (auto f = FindRecentLocked(id)) return f->present;
   return index_->Contains(id);
 }
 
-std::optional<RecentWrites::Found> DurableIndex::FindRecentLocked(uint64_t id) const {
+std::optional<RecentWrites::Found> DurableIndexImpl::FindRecentLocked(uint64_t id) const {
   if (auto f = recent_->Find(id)) return f;
   if (merging_ != nullptr) return merging_->Find(id);
   return std::nullopt;
@@ -896,7 +902,7 @@ std::optional<RecentWrites::Found> DurableIndex::FindRecentLocked(uint64_t id) c
 // The index's count, corrected for each id written since it was merged by
 // the top entry of that id: the newest recent writes, else the set a merge
 // is moving.
-size_t DurableIndex::Size() const {
+size_t DurableIndexImpl::Size() const {
   std::shared_lock r(state_mu_);
   std::shared_lock rr(recent_mu_);
   size_t n = index_->size();
@@ -910,7 +916,7 @@ size_t DurableIndex::Size() const {
   return n;
 }
 
-Status DurableIndex::Train(std::span<const float> sample) {
+Status DurableIndexImpl::Train(std::span<const float> sample) {
   std::lock_guard c(ckpt_mu_);
   checkpoint_started_ = Clock::now();
   {
@@ -931,9 +937,9 @@ Status DurableIndex::Train(std::span<const float> sample) {
   return Persist(std::move(snap)).status();
 }
 
-bool DurableIndex::NeedsTraining() const { return !trained_.load(); }
+bool DurableIndexImpl::NeedsTraining() const { return !trained_.load(); }
 
-Result<uint64_t> DurableIndex::Checkpoint() {
+Result<uint64_t> DurableIndexImpl::Checkpoint() {
   std::lock_guard c(ckpt_mu_);
   checkpoint_started_ = Clock::now();
   // A compaction this checkpoint did not put in place ends with the index held.
@@ -1020,7 +1026,7 @@ Result<uint64_t> DurableIndex::Checkpoint() {
 // live vectors a few MB at a time with the index held shared (merges wait
 // for one copy), and adds them to the new index holding nothing.
 // QuiesceIndex puts it in place, adding what changed meanwhile.
-Status DurableIndex::RebuildWithoutTombstones() {
+Status DurableIndexImpl::RebuildWithoutTombstones() {
   if (!wal_) return Status::OK();  // closed: the checkpoint says so
   auto enough = [&](size_t dead, size_t live) {
     return dead > 0 && static_cast<double>(dead) >= opts_.compact_tombstone_ratio * static_cast<double>(dead + live);
@@ -1070,7 +1076,7 @@ Status DurableIndex::RebuildWithoutTombstones() {
 // it between steps let the applier thread set aside a newer set, up to the
 // bound, which the checkpoint then had to finish as well (16k HNSW vectors
 // in a test, while its writer outran the index).
-Result<uint64_t> DurableIndex::QuiesceIndex(std::unique_lock<std::mutex>& m) {
+Result<uint64_t> DurableIndexImpl::QuiesceIndex(std::unique_lock<std::mutex>& m) {
   uint64_t placed = 0;
   {
     std::lock_guard lk(write_mu_);
@@ -1099,7 +1105,7 @@ Result<uint64_t> DurableIndex::QuiesceIndex(std::unique_lock<std::mutex>& m) {
 
 // The last snapshot's bytes per vector, or a float vector and its ids before
 // there is one; under ckpt_mu_.
-uint64_t DurableIndex::SnapshotBytesEstimate(uint64_t live) const {
+uint64_t DurableIndexImpl::SnapshotBytesEstimate(uint64_t live) const {
   const uint64_t per_vector = last_snapshot_live_ ? last_snapshot_bytes_ / last_snapshot_live_ + 1
                                                   : uint64_t{opts_.spec.dim} * sizeof(float) + 32;
   return per_vector * (live + 1024) + (64 << 10);
@@ -1107,7 +1113,7 @@ uint64_t DurableIndex::SnapshotBytesEstimate(uint64_t live) const {
 
 // The index as QuiesceIndex leaves it, copied in FAISS's serialized form;
 // merges wait for the copy, writers do not.
-Result<DurableIndex::Snapshot> DurableIndex::CopyIndex(uint64_t lsn, std::vector<std::byte> room) {
+Result<DurableIndexImpl::Snapshot> DurableIndexImpl::CopyIndex(uint64_t lsn, std::vector<std::byte> room) {
   Snapshot snap;
   snap.lsn = lsn;
   snap.index_bytes = std::move(room);
@@ -1132,7 +1138,7 @@ Result<DurableIndex::Snapshot> DurableIndex::CopyIndex(uint64_t lsn, std::vector
   return snap;
 }
 
-Result<uint64_t> DurableIndex::Persist(Snapshot&& snap) {
+Result<uint64_t> DurableIndexImpl::Persist(Snapshot&& snap) {
   Status written =
       WriteCheckpoint(*fs_, opts_.dir, snap.lsn, opts_.spec, snap.live, snap.index_bytes, *snap.payloads, LogPacing())
           .status();
@@ -1148,7 +1154,7 @@ Result<uint64_t> DurableIndex::Persist(Snapshot&& snap) {
 // since the last question" was too twitchy: one writer's appends leave gaps of
 // a few hundred microseconds, and an answer that fell in one let a whole stage
 // out at once.
-CheckpointPacing DurableIndex::LogPacing() const {
+CheckpointPacing DurableIndexImpl::LogPacing() const {
   static constexpr auto kQuietAfter = std::chrono::milliseconds(5);
   return {[this, last = wal_->durable_lsn(), moved = Clock::now()]() mutable {
     const uint64_t lsn = wal_->durable_lsn();
@@ -1164,7 +1170,7 @@ CheckpointPacing DurableIndex::LogPacing() const {
 // Only a checkpoint takes bytes off (under ckpt_mu_), and only those it
 // counted: the log written meanwhile is still after it. A checkpoint on disk,
 // whoever took it, ends a run of failed automatic ones.
-void DurableIndex::ForgetCheckpointedBytes() {
+void DurableIndexImpl::ForgetCheckpointedBytes() {
   log_bytes_since_checkpoint_ -= checkpoint_counted_bytes_;
   checkpoint_counted_bytes_ = 0;
   {
@@ -1175,7 +1181,7 @@ void DurableIndex::ForgetCheckpointedBytes() {
 }
 
 // The checkpoint at `lsn` is durable under its final name.
-Result<uint64_t> DurableIndex::FinishCheckpoint(uint64_t lsn) {
+Result<uint64_t> DurableIndexImpl::FinishCheckpoint(uint64_t lsn) {
   last_checkpoint_lsn_ = lsn;
   checkpoint_on_disk_ = true;
   ForgetCheckpointedBytes();
@@ -1193,7 +1199,7 @@ Result<uint64_t> DurableIndex::FinishCheckpoint(uint64_t lsn) {
   return lsn;
 }
 
-DurableIndexStats DurableIndex::Stats() const {
+DurableIndexStats DurableIndexImpl::Stats() const {
   std::lock_guard lk(write_mu_);
   DurableIndexStats s;
   s.size = Size();

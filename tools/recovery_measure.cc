@@ -14,6 +14,7 @@
 
 #include <fmt/core.h>
 
+#include "recovery/checkpoint_file.h"
 #include "tools/crash_process.h"
 #include "tools/crash_workload.h"
 #include "tools/progress.h"

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <iostream>
 
+#include "recovery/checkpoint_file.h"
 #include "recovery/durable_index.h"
 #include "wal/record_ops.h"
 #include "wal/wal.h"
