@@ -52,6 +52,13 @@ fuzz() {
   done
 }
 
+# Prints how long the step since the last call took, so a slow CI run says where.
+stage_t0=$SECONDS
+stage() {
+  echo "vecwal: $1 took $((SECONDS - stage_t0)) s"
+  stage_t0=$SECONDS
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
@@ -64,16 +71,24 @@ case "$cmd" in
     ;;
   test)
     install_deps
+    stage "installing dependencies"
     build build
+    stage "the build"
     (cd build && ctest --output-on-failure -j 2)
+    stage "the tests"
     # Memory errors and undefined behaviour, then data races, on the same suites.
     build build-asan -DVECWAL_SANITIZE=address -DVECWAL_BUILD_BENCH=OFF
+    stage "the ASan+UBSan build"
     (cd build-asan && VECWAL_CRASH_POINTS=60 VECWAL_POWER_POINTS=150 ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j 2)
+    stage "the ASan+UBSan tests"
     build build-tsan -DVECWAL_SANITIZE=thread -DVECWAL_BUILD_BENCH=OFF
+    stage "the TSan build"
     # libgomp is not instrumented: FAISS's OpenMP regions would read as races.
     (cd build-tsan && VECWAL_CRASH_POINTS=30 VECWAL_POWER_POINTS=60 OMP_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1 \
        ctest --output-on-failure -j 2)
+    stage "the TSan tests"
     fuzz
+    stage "the fuzz build and runs"
     ;;
   *)
     echo "usage: $0 bench [vecwal-bench options] | test" >&2
