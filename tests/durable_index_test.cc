@@ -382,7 +382,7 @@ BOOST_FIXTURE_TEST_CASE(a_writer_at_the_log_limit_waits_for_the_checkpoint_under
   s.faulty->HoldOpensOf(".vwc");
   BackgroundWriter w(*s.store);
   BOOST_REQUIRE(WaitUntil([&] { return s.store->Stats().log_bytes_since_checkpoint >= limit; }));
-  BOOST_TEST(s.faulty->opens_held() == 1u);  // the checkpoint, waiting to write its file
+  BOOST_TEST(WaitUntil([&] { return s.faulty->opens_held() == 1; }));  // the checkpoint, waiting to write its file
   // The writer's write in flight at the limit has ended once it waits for room.
   BOOST_REQUIRE(WaitUntil([&] { return s.store->Stats().writes_waiting == 1; }));
   const uint64_t at_limit = w.written;
@@ -420,7 +420,7 @@ BOOST_FIXTURE_TEST_CASE(an_async_write_at_the_log_limit_waits_in_the_call, AutoC
   std::this_thread::sleep_for(400ms);
   BOOST_TEST(!returned.load());
   BOOST_TEST(!s.store->Contains(kId));
-  BOOST_TEST(s.store->Stats().writes_waiting == 2u);  // the caller, beside the writer
+  BOOST_TEST(WaitUntil([&] { return s.store->Stats().writes_waiting == 2; }));  // the caller, beside the writer
   s.faulty->ReleaseOpens();
   caller.join();
   BOOST_TEST(durable.get().ok());
@@ -478,7 +478,9 @@ BOOST_FIXTURE_TEST_CASE(a_writer_waiting_at_the_log_limit_is_refused_when_the_st
   BOOST_REQUIRE(WaitUntil([&] { return s.store->Stats().log_bytes_since_checkpoint >= limit(); }));
   std::thread closer([&] { (void)s.store->Close(); });  // which then waits for the held checkpoint
   BOOST_TEST(WaitUntil([&] { return w.ended.load(); }));
-  BOOST_TEST(s.faulty->opens_held() == 1u);  // refused by the close, not let through by the checkpoint
+  // Refused by the close, not let through by the checkpoint: it has not
+  // reached its file, or waits there.
+  BOOST_TEST(WaitUntil([&] { return s.faulty->opens_held() == 1; }));
   s.faulty->ReleaseOpens();
   closer.join();
   w.Stop();
