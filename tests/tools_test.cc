@@ -232,6 +232,25 @@ BOOST_AUTO_TEST_CASE(recovery_estimate_predicts_from_an_existing_store) {
   BOOST_TEST(e["log_tail"]["records"].get<uint64_t>() > 0);
   BOOST_TEST(e["predicted"]["total_s"].get<double>() > 0.0);
   BOOST_TEST(e["predicted"]["total_s"].get<double>() < 60.0);
+  // The worst case replays a whole log limit at the rates measured, beside
+  // the same checkpoint load: the library's defaults (256 MiB x 4), or the
+  // store's options where they are given.
+  auto expect_worst = [&](const json& est, uint64_t limit) {
+    const json& w = est["worst_case"];
+    BOOST_REQUIRE(w.is_object());
+    BOOST_TEST(w["log_limit_bytes"].get<uint64_t>() == limit);
+    const double at = static_cast<double>(limit);
+    const json& r = est["rates"];
+    BOOST_TEST(w["log_read_s"].get<double>() == at / r["log_read_bytes_per_s"].get<double>(), boost::test_tools::tolerance(1e-9));
+    BOOST_TEST(w["replay_s"].get<double>() == at / r["replay_bytes_per_s"].get<double>(), boost::test_tools::tolerance(1e-9));
+    BOOST_TEST(w["checkpoint_load_s"].get<double>() == est["predicted"]["checkpoint_load_s"].get<double>());
+    BOOST_TEST(w["total_s"].get<double>() > w["log_read_s"].get<double>() + w["replay_s"].get<double>());
+  };
+  expect_worst(e, uint64_t{1} << 30);
+  const std::string again = kRecovery + " --json - estimate " + store + " --scratch " + t.path() +
+                            " --calibration-vectors 1000 --checkpoint-mib 2";
+  expect_worst(RunJson(again + " --stall-intervals 3"), uint64_t{6} << 20);
+  BOOST_TEST(RunJson(again + " --stall-intervals 0")["worst_case"].is_null());
   // Read-only: the store is unchanged and still opens with the same last LSN.
   BOOST_TEST(RunJson(kInspect + " --json verify " + store)["ok"].get<bool>());
 }

@@ -127,6 +127,14 @@ int main(int argc, char** argv) {
   estimate->add_option("--scratch", ec.scratch, "where the calibration store goes (default: $TMPDIR)");
   estimate->add_option("--calibration-vectors", ec.calibration_vectors, "vectors in the calibration store")
       ->capture_default_str();
+  estimate->add_option("--checkpoint-mib", ec.checkpoint_every_mib,
+                       "the store's checkpoint_every_log_bytes, in MiB, for the worst case (0: none)")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{0}, uint64_t{1} << 24));
+  estimate->add_option("--stall-intervals", ec.stall_intervals,
+                       "the store's stall_writes_at_intervals, for the worst case (0: no log limit)")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{0}, uint64_t{1} << 16));
   CLI11_PARSE(app, argc, argv);
 
   // With --json - the tables go to stderr, so stdout is JSON alone.
@@ -185,6 +193,12 @@ int main(int argc, char** argv) {
                  "decode+apply {:.2f} s)\n",
                  p["total_s"].get<double>(), p["checkpoint_load_s"].get<double>(), p["log_read_s"].get<double>(),
                  p["replay_s"].get<double>());
+      if (const auto& w = out["worst_case"]; w.is_null())
+        fmt::print(human, "worst case: no bound (no log limit: --checkpoint-mib or --stall-intervals is 0)\n");
+      else
+        fmt::print(human, "worst case, the log at its limit of {:.0f} MiB: {:.2f} s (log read {:.2f} s, decode+apply {:.2f} s)\n",
+                   w["log_limit_bytes"].get<double>() / (1 << 20), w["total_s"].get<double>(),
+                   w["log_read_s"].get<double>(), w["replay_s"].get<double>());
     }
   } catch (const std::exception& e) {
     fmt::print(stderr, "vecwal-recovery: {}\n", e.what());

@@ -14,6 +14,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "recovery/durable_index.h"
+
 namespace vecwal::tools {
 
 struct MeasureConfig {
@@ -76,6 +78,12 @@ struct EstimateConfig {
   std::string scratch;
   uint64_t calibration_vectors = 20000;
   double calibration_wal_mib = 16;
+  // The options the store runs with, which a directory does not record: its
+  // log since the last checkpoint stops at their product (the log limit),
+  // so a restart replays at most that. 0 in either: no limit. Defaults: the
+  // library's (DurableIndexOptions).
+  uint64_t checkpoint_every_mib = recovery::DurableIndexOptions{}.checkpoint_every_log_bytes >> 20;
+  uint64_t stall_intervals = recovery::DurableIndexOptions{}.stall_writes_at_intervals;
 };
 nlohmann::json RunEstimate(const EstimateConfig& c);
 
