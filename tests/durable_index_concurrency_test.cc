@@ -10,6 +10,7 @@
 #include <cmath>
 #include <thread>
 #include <map>
+#include <optional>
 #include <set>
 #include <functional>
 #include <random>
@@ -746,6 +747,20 @@ size_t FillAndTimeLongSearch(DurableIndex& d, std::mt19937_64& rng) {
   return nq;
 }
 
+// WriteBesideLongSearch until a search held the index through it: up to 3
+// tries, each search 4 times longer, `ready` run before each. Nothing where
+// no search did; `nq` is then the longest tried.
+std::optional<BesideSearch> WriteBesideAHeldSearch(DurableIndex& d, std::mt19937_64& rng, size_t& nq, bool insert,
+                                                   const std::function<void()>& ready) {
+  for (int attempt = 0; attempt < 3; ++attempt, nq *= 4) {
+    ready();
+    const auto r = WriteBesideLongSearch(d, rng, nq, insert);
+    if (r.held) return r;  // else the search ended too soon to tell: a longer one
+  }
+  nq /= 4;
+  return std::nullopt;
+}
+
 }  // namespace
 
 // Writers apply beside the index (its recent writes), so a search that holds
@@ -762,23 +777,18 @@ BOOST_AUTO_TEST_CASE(writes_return_and_are_seen_while_a_search_holds_the_index) 
       auto d = OpenOrDie(o);
       std::mt19937_64 rng(5);
       size_t nq = FillAndTimeLongSearch(*d, rng);
-      bool told = false;
-      for (int attempt = 0; attempt < 3 && !told; ++attempt, nq *= 4) {
-        // Each search begins with no recent writes (the search path differs
-        // with and without them): 16 writes a try stay below the merge bound.
-        BOOST_REQUIRE(d->Checkpoint().ok());
-        const auto r = WriteBesideLongSearch(*d, rng, nq);
-        if (!r.held) continue;  // the search ended too soon to tell: a longer one
-        told = true;
-        if (merge_at != 0) {
-          BOOST_TEST(r.returned == 16);
-          BOOST_TEST(r.seen);
-        } else {
-          BOOST_TEST(r.returned == 0);
-        }
+      // Each search begins with no recent writes (the search path differs
+      // with and without them): 16 writes a try stay below the merge bound.
+      const auto r =
+          WriteBesideAHeldSearch(*d, rng, nq, /*insert=*/false, [&] { BOOST_REQUIRE(d->Checkpoint().ok()); });
+      BOOST_REQUIRE_MESSAGE(r, "no search held the index long enough, even with " << nq << " queries");
+      if (merge_at != 0) {
+        BOOST_TEST(r->returned == 16);
+        BOOST_TEST(r->seen);
+        BOOST_TEST(d->Stats().recent_writes > 0u);
+      } else {
+        BOOST_TEST(r->returned == 0);
       }
-      BOOST_TEST(told, "no search held the index long enough, even with " << nq / 4 << " queries");
-      if (merge_at != 0) BOOST_TEST(d->Stats().recent_writes > 0u);
     }
   }
 }
@@ -796,18 +806,14 @@ BOOST_AUTO_TEST_CASE(inserts_return_while_a_merge_waits_for_a_search) {
   auto d = OpenOrDie(o);
   std::mt19937_64 rng(6);
   size_t nq = FillAndTimeLongSearch(*d, rng);
-  bool told = false;
-  for (int attempt = 0; attempt < 3 && !told; ++attempt, nq *= 4) {
+  const auto r = WriteBesideAHeldSearch(*d, rng, nq, /*insert=*/true, [&] {
     BOOST_REQUIRE(d->Checkpoint().ok());
     for (uint64_t i = 0; i < 16; ++i) (void)d->Remove(1'000'000 + i);  // the ids inserted last try
     BOOST_REQUIRE(d->Checkpoint().ok());
-    const auto r = WriteBesideLongSearch(*d, rng, nq, /*insert=*/true);
-    if (!r.held) continue;
-    told = true;
-    BOOST_TEST(r.returned == 16);
-    BOOST_TEST(r.seen);
-  }
-  BOOST_TEST(told, "no search held the index long enough, even with " << nq / 4 << " queries");
+  });
+  BOOST_REQUIRE_MESSAGE(r, "no search held the index long enough, even with " << nq << " queries");
+  BOOST_TEST(r->returned == 16);
+  BOOST_TEST(r->seen);
 }
 
 // A thread's first blocking write asks for the store's writer slice, so a
