@@ -116,6 +116,9 @@ int main(int argc, char** argv) {
     sub->add_option("--merge-hold-us", xc.merge_hold_us,
                     "how long each step of a merge into the index holds searches back; 0: a whole merge at once")
         ->capture_default_str();
+    sub->add_option("--search-hold-us", xc.search_hold_us,
+                    "how long a search holds the index at a time, taking its queries in chunks; 0: a whole call at once")
+        ->capture_default_str();
     sub->add_option("--writer-slice-us", xc.writer_slice_us,
                     "time slice writer threads ask the kernel for; 0: the default slice")
         ->capture_default_str();

@@ -35,6 +35,7 @@ std::unique_ptr<recovery::DurableIndex> OpenStore(const StoreWorkloadConfig& c, 
   o.recent_writes_merge_at = c.recent_writes_merge_at;
   o.writer_slice_us = c.writer_slice_us;
   o.merge_hold_us = c.merge_hold_us;
+  o.search_hold_us = c.search_hold_us;
   o.stall_writes_at_intervals = c.stall_writes_at_intervals;
   o.wal.thread_slice_us = c.writer_slice_us;
   auto d = recovery::DurableIndex::Open(o);

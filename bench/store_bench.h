@@ -34,6 +34,7 @@ struct StoreWorkloadConfig {
   size_t recent_writes_merge_at = recovery::DurableIndexOptions{}.recent_writes_merge_at;
   uint64_t writer_slice_us = recovery::DurableIndexOptions{}.writer_slice_us;
   uint64_t merge_hold_us = recovery::DurableIndexOptions{}.merge_hold_us;
+  uint64_t search_hold_us = recovery::DurableIndexOptions{}.search_hold_us;
   bool rocksdb = true;
 };
 
