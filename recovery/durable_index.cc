@@ -37,12 +37,10 @@ void WriteBatch::Upsert(uint64_t id, std::span<const float> v, std::span<const s
 void WriteBatch::Remove(uint64_t id) { op_.ops.emplace_back(wal::DeleteOp{id}); }
 
 Result<std::unique_ptr<DurableIndex>> DurableIndex::Open(const DurableIndexOptions& opts) {
-  auto d = DurableIndexImpl::Open(opts);
-  if (!d.ok()) return d.status();
-  return std::unique_ptr<DurableIndex>(std::move(*d));
+  return DurableIndexImpl::Open(opts);
 }
 
-Result<std::unique_ptr<DurableIndexImpl>> DurableIndexImpl::Open(const DurableIndexOptions& opts) {
+Result<std::unique_ptr<DurableIndex>> DurableIndexImpl::Open(const DurableIndexOptions& opts) {
   std::unique_ptr<DurableIndexImpl> d(new DurableIndexImpl());
   d->opts_ = opts;
   d->auto_due_at_ = opts.checkpoint_every_log_bytes;
@@ -54,7 +52,7 @@ Result<std::unique_ptr<DurableIndexImpl>> DurableIndexImpl::Open(const DurableIn
   VECWAL_RETURN_IF_ERROR(d->Recover(&d->recovery_));
   d->applier_ = std::thread([p = d.get()] { p->ApplierLoop(); });
   if (opts.checkpoint_every_log_bytes != 0) d->checkpointer_ = std::thread([p = d.get()] { p->CheckpointerLoop(); });
-  return d;
+  return std::unique_ptr<DurableIndex>(std::move(d));
 }
 
 DurableIndexImpl::~DurableIndexImpl() { (void)Close(); }
@@ -767,7 +765,7 @@ void DurableIndexImpl::ApplyAsync(const WriteBatch& batch, WriteCallback done) {
 
 namespace {
 // A callback that fulfils a promise, and the future it gives.
-std::pair<DurableIndexImpl::WriteCallback, std::future<Status>> Promised() {
+std::pair<DurableIndex::WriteCallback, std::future<Status>> Promised() {
   auto p = std::make_shared<std::promise<Status>>();
   auto f = p->get_future();
   return {[p](const Status& s) { p->set_value(s); }, std::move(f)};

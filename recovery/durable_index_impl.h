@@ -29,7 +29,7 @@ namespace vecwal::recovery {
 
 class DurableIndexImpl final : public DurableIndex {
  public:
-  static Result<std::unique_ptr<DurableIndexImpl>> Open(const DurableIndexOptions& opts);
+  static Result<std::unique_ptr<DurableIndex>> Open(const DurableIndexOptions& opts);
   ~DurableIndexImpl() override;
   Status Insert(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) override;
   Status Update(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) override;

@@ -241,8 +241,10 @@ BOOST_AUTO_TEST_CASE(recovery_estimate_predicts_from_an_existing_store) {
     BOOST_TEST(w["log_limit_bytes"].get<uint64_t>() == limit);
     const double at = static_cast<double>(limit);
     const json& r = est["rates"];
-    BOOST_TEST(w["log_read_s"].get<double>() == at / r["log_read_bytes_per_s"].get<double>(), boost::test_tools::tolerance(1e-9));
-    BOOST_TEST(w["replay_s"].get<double>() == at / r["replay_bytes_per_s"].get<double>(), boost::test_tools::tolerance(1e-9));
+    BOOST_TEST(w["log_read_s"].get<double>() == at / r["log_read_bytes_per_s"].get<double>(),
+               boost::test_tools::tolerance(1e-9));
+    BOOST_TEST(w["replay_s"].get<double>() == at / r["replay_bytes_per_s"].get<double>(),
+               boost::test_tools::tolerance(1e-9));
     BOOST_TEST(w["checkpoint_load_s"].get<double>() == est["predicted"]["checkpoint_load_s"].get<double>());
     BOOST_TEST(w["total_s"].get<double>() > w["log_read_s"].get<double>() + w["replay_s"].get<double>());
   };
