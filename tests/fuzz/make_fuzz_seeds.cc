@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
     (void)(*d)->Close();
     for (const auto& e : stdfs::directory_iterator(o.dir))
       if (recovery::ParseCheckpointFileName(e.path().filename().string()))
-        for (std::byte flag : {std::byte{0}, std::byte{1}})
+        for (std::byte flag : {std::byte{0}, std::byte{1}, std::byte{3}})  // checkpoint_fuzz's forging bits
           Put(out + "/checkpoint/seed-" + std::to_string(n++), std::span(&flag, 1), e.path().string());
   }
   stdfs::remove_all(work);
