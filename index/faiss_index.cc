@@ -1075,6 +1075,8 @@ Result<std::unique_ptr<VectorIndex>> FlatLoader::Finish() {
   return std::unique_ptr<VectorIndex>(std::move(fi));
 }
 
+size_t SearchThreads() { return static_cast<size_t>(std::max(omp_get_max_threads(), 1)); }
+
 Result<std::unique_ptr<VectorIndex>> LoadFaissIndex(const IndexSpec& spec, std::span<const std::byte> bytes) {
   SpanReader r(bytes);
   std::unique_ptr<faiss::Index> idx;

@@ -173,6 +173,9 @@ void ExactDistances(const IndexSpec& spec, std::span<const float> queries, std::
 // Whether distance `a` ranks before `b` under `m`: smaller L2, larger inner product.
 inline bool Closer(Metric m, float a, float b) { return m == Metric::kInnerProduct ? a > b : a < b; }
 
+// How many queries FAISS searches at once: its OpenMP threads (one a query).
+size_t SearchThreads();
+
 Result<std::unique_ptr<VectorIndex>> NewFaissIndex(const IndexSpec& spec);
 // Loads what Serialize wrote for an index of `spec`.
 Result<std::unique_ptr<VectorIndex>> LoadFaissIndex(const IndexSpec& spec, std::span<const std::byte> bytes);

@@ -804,7 +804,20 @@ Status DurableIndexImpl::Apply(const WriteBatch& batch) {
 // the queries of one call may see successive ones. vecwal-bench mixed, 20k x
 // 768-d Flat, 16 writers beside 2 searchers: 15 -> 107 upserts/s, for 35
 // instead of 56 queries/s (single queries lose FAISS's batching).
+//
+// FAISS gives each query of a call one thread, so a chunk of one query runs
+// on one core: a lone searcher of that Flat index got 0.49x FAISS's queries/s
+// on 2 cores. While no write is in flight nobody waits for the index, so a
+// chunk then takes at least this search's share of FAISS's threads: about
+// one query's time still, on every core. Wider chunks beside writes took
+// the cores the writers' applies need (vecwal-bench mixed: upserts -20 to
+// -37%; BENCHMARKS.md, seventeenth session).
 Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> queries, size_t k) const {
+  searches_.fetch_add(1);
+  const struct Leave {
+    std::atomic<size_t>& n;
+    ~Leave() { n.fetch_sub(1); }
+  } leave{searches_};
   const uint64_t hold_ns = opts_.search_hold_us * 1000;
   const size_t dim = opts_.spec.dim;
   if (queries.empty() || queries.size() % dim != 0 || k == 0) {
@@ -819,12 +832,16 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
   out.distances.reserve(nq * k);
   for (size_t done = 0; done < nq;) {
     const uint64_t per_query = search_ns_per_query_.load(std::memory_order_relaxed);
-    const size_t chunk =
+    size_t chunk =
         per_query == 0 || hold_ns == 0 ? nq - done : std::clamp<size_t>(hold_ns / per_query, 1, nq - done);
+    if (const size_t share = std::max<size_t>(1, index::SearchThreads() / searches_.load());
+        chunk < share && placed_seq_.load() == applied_seq_.load())
+      chunk = std::min(share, nq - done);
     const auto t0 = Clock::now();
     auto part = [&]() -> Result<index::SearchResults> {
       const auto q = queries.subspan(done * dim, chunk * dim);
       std::shared_lock r(state_mu_);
+      ++search_holds_;
       // The recent writes are scanned first (the newest set, then the one a
       // merge is moving, less the ids the newest hides), and the ids they
       // hide in the index noted, at one point in log order; a merge's step
@@ -1207,6 +1224,7 @@ DurableIndexStats DurableIndexImpl::Stats() const {
   s.durable_lsn = wal_ ? wal_->durable_lsn() : 0;
   s.ops_applied = ops_applied_.load();
   s.apply_holds = apply_holds_.load();
+  s.search_holds = search_holds_.load();
   s.merges = merges_.load();
   s.merge_steps = merge_steps_.load();
   {

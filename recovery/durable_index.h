@@ -72,6 +72,9 @@ struct DurableIndexOptions {
   // A search call holds the index (and so holds back applies) for about this
   // long at a time, taking its queries in chunks; 0: a whole call at once,
   // which batches queries best but makes writers wait for the longest search.
+  // While no write is in flight a chunk holds at least the call's share of
+  // FAISS's threads (index::SearchThreads()), so that a query longer than
+  // this still runs on every core.
   uint64_t search_hold_us = 5000;
   // Writes applied beside the index (see RecentWrites) before the applier
   // thread merges them into it. A write that leaves four times this many
@@ -139,8 +142,9 @@ struct DurableIndexStats {
   // Since Open: ops applied (visible), and the runs they were applied in; the
   // merges of the recent writes into the index (each step waits for the
   // searches in progress), the steps their adds took (see merge_hold_us),
-  // and the ids written and not yet merged.
-  uint64_t ops_applied = 0, apply_holds = 0, merges = 0, merge_steps = 0, recent_writes = 0;
+  // and the ids written and not yet merged; and the times searches held the
+  // index (a chunk of their queries each: see search_hold_us).
+  uint64_t ops_applied = 0, apply_holds = 0, merges = 0, merge_steps = 0, recent_writes = 0, search_holds = 0;
   // Removed vectors a graph index (HNSW) still holds, and its rebuilds
   // without them since Open (see compact_tombstone_ratio).
   uint64_t tombstones = 0, compactions = 0;

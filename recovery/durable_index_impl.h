@@ -176,7 +176,7 @@ class DurableIndexImpl final : public DurableIndex {
 
   // Placement and apply order. seq numbers follow LSN order because records
   // are placed in the log under write_mu_.
-  uint64_t placed_seq_ = 0;  // under write_mu_
+  std::atomic<uint64_t> placed_seq_{0};  // changes under write_mu_; a search reads it without (writes in flight?)
   uint64_t last_snapshot_bytes_ = 0, last_snapshot_live_ = 0;  // under ckpt_mu_
   // Presence of ids whose ops are placed but not yet applied: id -> (present, seq).
   std::unordered_map<uint64_t, std::pair<bool, uint64_t>> overlay_;  // under write_mu_
@@ -212,6 +212,8 @@ class DurableIndexImpl final : public DurableIndex {
   std::atomic<uint64_t> auto_due_at_{0};
   std::atomic<uint64_t> stalled_writes_{0}, write_stall_ns_{0}, writes_waiting_{0};
   mutable std::atomic<uint64_t> search_ns_per_query_{0};  // the latest search's time per query
+  mutable std::atomic<size_t> searches_{0};               // Search calls under way
+  mutable std::atomic<uint64_t> search_holds_{0};
 
   mutable std::mutex fail_mu_;
   Status failed_;

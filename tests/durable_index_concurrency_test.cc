@@ -841,6 +841,33 @@ BOOST_AUTO_TEST_CASE(a_blocking_write_asks_for_the_writer_slice) {
   }
 }
 
+// A query that outlasts the hold makes a chunk of one query, which FAISS runs
+// on one thread; with no write in flight a lone search takes a chunk of as
+// many queries as FAISS has threads.
+BOOST_AUTO_TEST_CASE(a_lone_search_beside_no_writes_takes_every_search_thread) {
+  test::TempDir t;
+  auto o = Options(t / "db");
+  o.search_hold_us = 1;  // every query outlasts it, once a search has been timed
+  auto d = OpenOrDie(o);
+  std::mt19937_64 rng(5);
+  std::vector<float> queries;
+  WriteBatch b;
+  for (uint64_t i = 0; i < 4000; ++i) {  // a query takes microseconds, however fast the machine
+    auto v = Vec(rng);
+    if (i < 12) queries.insert(queries.end(), v.begin(), v.end());
+    b.Upsert(i, v);
+  }
+  BOOST_REQUIRE(d->Apply(b).ok());  // returns once applied: nothing is in flight after
+  BOOST_REQUIRE(d->Search(queries, 3).ok());  // the first call is one chunk, and times a query
+  const size_t threads = index::SearchThreads();
+  if (threads == 1) BOOST_TEST_MESSAGE("FAISS has one thread here (OMP_NUM_THREADS=1): chunks of one query either way");
+  const uint64_t before = d->Stats().search_holds;
+  auto got = d->Search(queries, 3);
+  BOOST_REQUIRE(got.ok());
+  BOOST_TEST(got->nq == 12u);
+  BOOST_TEST(d->Stats().search_holds - before == (12 + threads - 1) / threads);
+}
+
 BOOST_AUTO_TEST_CASE(chunked_search_returns_what_one_whole_search_returns) {
   test::TempDir t;
   auto whole_opts = Options(t / "db");
