@@ -13,6 +13,7 @@
 #include <faiss/impl/io.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
+#include <faiss/utils/distances.h>
 
 #include <algorithm>
 #include <cmath>
@@ -23,6 +24,7 @@
 #include <unordered_set>
 
 #include "index/id_table.h"
+#include "index/omp_thread_cap.h"
 #include "index/page_prefaulter.h"
 #include "index/vector_index.h"
 
@@ -64,28 +66,6 @@ constexpr uint64_t kTableMagic = 0x3142415453574556ull;  // "VEWSTAB1": the slot
 // The id and slot tables are open-addressed: see index/id_table.h.
 using IdTable = IdMap<uint64_t>;
 using SlotSet = IdSet;
-
-// FAISS searches its queries in parallel, one OpenMP thread a query, and
-// opens a team of every thread for each call, however few the queries: the
-// others wake and find nothing to do. With one query a call from several
-// threads (a server's searchers beside the store's merges) those wakes can
-// cost more than the search: on our 2-core VM, two processes each running
-// single-query HNSW searches beside writes and merges did not get through
-// half their work in 90 s with every thread, and passed in under 30 s with
-// one. This caps the calling thread's team at one thread a query for one
-// FAISS call (BENCHMARKS.md, thirteenth session).
-class OmpThreadCap {
- public:
-  explicit OmpThreadCap(size_t queries) : saved_(omp_get_max_threads()) {
-    if (queries < static_cast<size_t>(saved_)) omp_set_num_threads(static_cast<int>(std::max<size_t>(queries, 1)));
-  }
-  ~OmpThreadCap() { omp_set_num_threads(saved_); }
-  OmpThreadCap(const OmpThreadCap&) = delete;
-  OmpThreadCap& operator=(const OmpThreadCap&) = delete;
-
- private:
-  int saved_;
-};
 
 template <typename F>
 Status Guard(const std::string& what, F&& f) {
@@ -561,6 +541,10 @@ class FaissIndex final : public VectorIndex {
       kk = std::min(most, 4 * kk);
     }
     return r;
+  }
+
+  size_t SearchBatchFloor() const override {
+    return RawFlat() != nullptr ? static_cast<size_t>(std::max(faiss::distance_compute_blas_threshold, 1)) : 1;
   }
 
   bool Contains(uint64_t id) const override { return slot_of_.count(id) != 0; }

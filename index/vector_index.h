@@ -111,6 +111,12 @@ class VectorIndex {
   // k more per id.
   virtual Result<SearchResults> Search(std::span<const float> queries, size_t k, const IdSet* skip) const = 0;
   Result<SearchResults> Search(std::span<const float> queries, size_t k) const { return Search(queries, k, nullptr); }
+  // The fewest queries a search should take at once, where fewer cost more
+  // each: FAISS's Flat computes distances query by query below
+  // faiss::distance_compute_blas_threshold (20) queries a call and by one BLAS
+  // product from there (20k x 768-d: 8.8 ms a query against about 1). 1 where
+  // a call's queries cost the same each, however many.
+  virtual size_t SearchBatchFloor() const { return 1; }
   virtual bool Contains(uint64_t id) const = 0;
   // The stored vector (exact for Flat and HNSW; decoded for PQ/SQ codes).
   virtual Result<std::vector<float>> Reconstruct(uint64_t id) const = 0;
@@ -164,12 +170,15 @@ inline constexpr size_t kLoaderHeadBytes = 4096;
 // places directly (then load through LoadFaissIndex).
 std::unique_ptr<IndexLoader> NewIndexLoader(const IndexSpec& spec, std::span<const std::byte> head, uint64_t total);
 
-// Exact distances, as `spec.metric` measures them and FAISS's exact kernels
-// compute them (squared L2; inner product): `out` receives nq x n values for
-// nq queries and n rows (both dim floats each, contiguous). For searching a
-// few vectors beside an index, with results that merge with its own.
-void ExactDistances(const IndexSpec& spec, std::span<const float> queries, std::span<const float> rows,
-                    std::span<float> out);
+// The k rows nearest each query, exactly, by the kernels FAISS's Flat
+// search uses (query by query below faiss::distance_compute_blas_threshold
+// queries, one BLAS product from there; queries in parallel), so that its
+// distances merge with a Flat index's own. `distances` and `found` receive
+// nq x k values, best first; a query's places past the n rows hold row -1.
+// For searching a few thousand vectors beside an index. Where distances tie
+// at the k-th place, which of the tied rows is kept is FAISS's choice.
+void ExactKnn(const IndexSpec& spec, std::span<const float> queries, std::span<const float> rows, size_t k,
+              std::span<float> distances, std::span<int64_t> found);
 // Whether distance `a` ranks before `b` under `m`: smaller L2, larger inner product.
 inline bool Closer(Metric m, float a, float b) { return m == Metric::kInnerProduct ? a > b : a < b; }
 

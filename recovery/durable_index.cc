@@ -50,6 +50,7 @@ Result<std::unique_ptr<DurableIndex>> DurableIndexImpl::Open(const DurableIndexO
   VECWAL_RETURN_IF_ERROR(d->fs_->CreateDir(opts.dir));
   d->recent_ = std::make_unique<RecentWrites>(opts.spec);
   VECWAL_RETURN_IF_ERROR(d->Recover(&d->recovery_));
+  d->search_floor_ = d->index_->SearchBatchFloor();
   d->applier_ = std::thread([p = d.get()] { p->ApplierLoop(); });
   if (opts.checkpoint_every_log_bytes != 0) d->checkpointer_ = std::thread([p = d.get()] { p->CheckpointerLoop(); });
   return std::unique_ptr<DurableIndex>(std::move(d));
@@ -796,14 +797,15 @@ Status DurableIndexImpl::Apply(const WriteBatch& batch) {
   return Write(batch.op(), 0, Need::kAny);
 }
 
-// A search holds the index shared, and every apply needs it exclusive, so a
-// long search holds back every writer's return. Queries are therefore taken
-// in chunks sized to hold the index for about search_hold_us, from the time
-// a query took last: one query at a time on a big Flat index (tens of ms
-// each here), dozens at a time on HNSW. Each query sees one durable state;
-// the queries of one call may see successive ones. vecwal-bench mixed, 20k x
-// 768-d Flat, 16 writers beside 2 searchers: 15 -> 107 upserts/s, for 35
-// instead of 56 queries/s (single queries lose FAISS's batching).
+// A search holds the index shared, and every merge into it (every apply,
+// where recent_writes_merge_at is 0) needs it exclusive, and readers queue
+// behind a waiting merge. Queries are therefore taken in chunks sized to
+// hold the index for about search_hold_us, from the time a query took last:
+// one query at a time on a big Flat index (tens of ms each here), dozens at
+// a time on HNSW. Each query sees one durable state; the queries of one call
+// may see successive ones. vecwal-bench mixed, 20k x 768-d Flat, 16 writers
+// beside 2 searchers: 15 -> 107 upserts/s, for 35 instead of 56 queries/s
+// (single queries lose FAISS's batching).
 //
 // FAISS gives each query of a call one thread, so a chunk of one query runs
 // on one core: a lone searcher of that Flat index got 0.49x FAISS's queries/s
@@ -812,6 +814,14 @@ Status DurableIndexImpl::Apply(const WriteBatch& batch) {
 // one query's time still, on every core. Wider chunks beside writes took
 // the cores the writers' applies need (vecwal-bench mixed: upserts -20 to
 // -37%; BENCHMARKS.md, seventeenth session).
+//
+// Where queries cost less each in bigger calls (the index's
+// SearchBatchFloor: Flat's BLAS product, whose every call also reads the
+// whole index once), a call with that many takes them at least that many a
+// chunk, and a short tail with the chunk before it: in chunks of one query,
+// 64 queries a call ran at 0.17x FAISS's queries/s on 20k x 768-d. Like a
+// merge's steps, those chunks then double while nobody waits for the index
+// and no write is in flight, and fall back at once when someone does.
 Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> queries, size_t k) const {
   searches_.fetch_add(1);
   const struct Leave {
@@ -831,12 +841,18 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
   out.ids.reserve(nq * k);
   out.distances.reserve(nq * k);
   for (size_t done = 0; done < nq;) {
-    const uint64_t per_query = search_ns_per_query_.load(std::memory_order_relaxed);
-    size_t chunk =
-        per_query == 0 || hold_ns == 0 ? nq - done : std::clamp<size_t>(hold_ns / per_query, 1, nq - done);
+    const size_t left = nq - done;
+    const bool batched = search_floor_ > 1 && left >= search_floor_;
+    const uint64_t per_query = search_ns_per_query_[batched].load(std::memory_order_relaxed);
+    size_t chunk = per_query == 0 || hold_ns == 0 ? left : std::clamp<size_t>(hold_ns / per_query, 1, left);
+    const size_t grown = batched ? std::min<size_t>(search_unwatched_.load(), 20) : 0;
+    if (batched) {
+      chunk = std::min(std::max(chunk, search_floor_) << grown, left);
+      if (left - chunk < search_floor_) chunk = left;  // a short tail would cost more than taking it now
+    }
     if (const size_t share = std::max<size_t>(1, index::SearchThreads() / searches_.load());
         chunk < share && placed_seq_.load() == applied_seq_.load())
-      chunk = std::min(share, nq - done);
+      chunk = std::min(share, left);
     const auto t0 = Clock::now();
     auto part = [&]() -> Result<index::SearchResults> {
       const auto q = queries.subspan(done * dim, chunk * dim);
@@ -868,13 +884,19 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
             if (index_->Contains(id)) hidden.insert(id);
         }
       }
-      if (!any_recent) return index_->Search(q, k);
-      VECWAL_ASSIGN_OR_RETURN(auto found, index_->Search(q, k, &hidden));
-      return MergeHits(found, hidden, recent, k, opts_.spec.metric);
+      auto found = any_recent ? index_->Search(q, k, &hidden) : index_->Search(q, k);
+      if (batched)
+        search_unwatched_ = state_mu_.has_exclusive_waiters() || placed_seq_.load() != applied_seq_.load() ||
+                                    bound_waiters_.load() > 0
+                                ? 0
+                                : search_unwatched_.load() + 1;
+      if (!any_recent || !found.ok()) return found;
+      return MergeHits(*found, hidden, recent, k, opts_.spec.metric);
     }();
     if (!part.ok()) return part.status();
     const auto ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
-    search_ns_per_query_.store(std::max<uint64_t>(1, ns / chunk), std::memory_order_relaxed);
+    // A grown chunk says little of the rate a chunk held to the time has.
+    if (grown == 0) search_ns_per_query_[batched].store(std::max<uint64_t>(1, ns / chunk), std::memory_order_relaxed);
     out.ids.insert(out.ids.end(), part->ids.begin(), part->ids.end());
     out.distances.insert(out.distances.end(), part->distances.begin(), part->distances.end());
     done += chunk;

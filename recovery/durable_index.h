@@ -74,7 +74,10 @@ struct DurableIndexOptions {
   // which batches queries best but makes writers wait for the longest search.
   // While no write is in flight a chunk holds at least the call's share of
   // FAISS's threads (index::SearchThreads()), so that a query longer than
-  // this still runs on every core.
+  // this still runs on every core. Where queries cost less each in bigger
+  // calls (Flat: FAISS's BLAS product from 20 queries a call on), a call of
+  // that many takes at least that many a chunk, and such chunks double while
+  // nobody waits for the index and no write is in flight.
   uint64_t search_hold_us = 5000;
   // Writes applied beside the index (see RecentWrites) before the applier
   // thread merges them into it. A write that leaves four times this many

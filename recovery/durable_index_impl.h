@@ -2,10 +2,11 @@
 // its locks, threads and the index's state. Only recovery/ includes this.
 #pragma once
 
-#include <cstdint>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <functional>
 #include <future>
 #include <map>
@@ -211,7 +212,11 @@ class DurableIndexImpl final : public DurableIndex {
   std::chrono::steady_clock::time_point auto_retry_at_{};  // under auto_mu_
   std::atomic<uint64_t> auto_due_at_{0};
   std::atomic<uint64_t> stalled_writes_{0}, write_stall_ns_{0}, writes_waiting_{0};
-  mutable std::atomic<uint64_t> search_ns_per_query_{0};  // the latest search's time per query
+  // The latest search's time per query, in chunks below the index's
+  // SearchBatchFloor ([0]) and from it on ([1]): they differ eightfold.
+  mutable std::array<std::atomic<uint64_t>, 2> search_ns_per_query_{};
+  size_t search_floor_ = 1;  // index_->SearchBatchFloor(), once recovered
+  mutable std::atomic<size_t> search_unwatched_{0};  // chunks from the floor on in a row that nobody waited for
   mutable std::atomic<size_t> searches_{0};               // Search calls under way
   mutable std::atomic<uint64_t> search_holds_{0};
 

@@ -51,7 +51,8 @@ class RecentWrites {
   std::span<const uint64_t> ids() const { return ids_; }
 
   // The k present entries closest to each query (nq x dim floats), best
-  // first, ties by id; rows short of k end in kNoId.
+  // first, ties by id (at the k-th place, FAISS's choice among the tied);
+  // rows short of k end in kNoId.
   index::SearchResults Search(std::span<const float> queries, size_t k) const;
 
   // Each entry once, for the merge: present ones with their vector (dim

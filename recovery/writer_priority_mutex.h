@@ -18,7 +18,7 @@ namespace vecwal::recovery {
 class WriterPriorityMutex {
  public:
   void lock() {
-    Waiting w(waiting_);
+    Waiting w(waiting_), x(exclusive_waiting_);
     std::lock_guard g(gate_);
     rw_.lock();
   }
@@ -33,6 +33,9 @@ class WriterPriorityMutex {
   // Whether a thread is waiting to lock it, either way: a holder that works
   // in steps may take longer ones while nobody is.
   bool has_waiters() const { return waiting_.load(std::memory_order_relaxed) != 0; }
+  // Whether a thread is waiting to lock it exclusively: a reader that works
+  // in steps holds back only those (and the readers behind them).
+  bool has_exclusive_waiters() const { return exclusive_waiting_.load(std::memory_order_relaxed) != 0; }
 
  private:
   struct Waiting {
@@ -43,6 +46,7 @@ class WriterPriorityMutex {
   std::mutex gate_;
   std::shared_mutex rw_;
   std::atomic<int> waiting_{0};
+  std::atomic<int> exclusive_waiting_{0};
 };
 
 }  // namespace vecwal::recovery

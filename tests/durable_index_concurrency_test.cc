@@ -14,8 +14,12 @@
 #include <semaphore>
 #include <set>
 #include <functional>
+#include <future>
 #include <random>
+#include <span>
+#include <utility>
 
+#include "index/vector_index.h"
 #include "recovery/durable_index.h"
 #include "tests/durable_index_util.h"
 #include "tests/test_util.h"
@@ -849,6 +853,35 @@ BOOST_AUTO_TEST_CASE(a_blocking_write_asks_for_the_writer_slice) {
   }
 }
 
+// Keeps a write in flight: the applier thread, which applies async writes,
+// is held inside the callback of an earlier one, so a later one stays placed
+// and unapplied until Release (or the end of the scope).
+class WriteInFlight {
+ public:
+  WriteInFlight(DurableIndex& d, uint64_t id, std::mt19937_64& rng) {
+    d.UpsertAsync(id, Vec(rng), {}, [this](const Status& st) {
+      first_ok_ = st.ok();
+      entered_.release();
+      release_.acquire();
+    });
+    entered_.acquire();
+    second_ = d.UpsertAsync(id + 1, Vec(rng));
+  }
+  ~WriteInFlight() { (void)Release(); }
+  // Lets both writes through; whether both were applied.
+  bool Release() {
+    if (std::exchange(released_, true)) return false;
+    release_.release();
+    return second_.get().ok() && first_ok_.load();
+  }
+
+ private:
+  std::binary_semaphore entered_{0}, release_{0};
+  std::atomic<bool> first_ok_{false};
+  bool released_ = false;
+  std::future<Status> second_;
+};
+
 // A query that outlasts the hold makes a chunk of one query, which FAISS runs
 // on one thread; with no write in flight a lone search takes a chunk of as
 // many queries as FAISS has threads, and beside one it keeps to one query.
@@ -879,23 +912,62 @@ BOOST_AUTO_TEST_CASE(a_lone_search_takes_every_search_thread_unless_a_write_is_i
   };
   BOOST_TEST(holds_of_a_search() == (12 + threads - 1) / threads);
 
-  // A write in flight: the applier thread, which applies async writes, is
-  // held inside the callback of an earlier one, so a later one stays placed
-  // and unapplied. The search takes one query a chunk beside it.
-  std::binary_semaphore entered(0), release(0);
-  std::atomic<bool> first_ok = false;
-  d->UpsertAsync(5000, Vec(rng), {}, [&](const Status& st) {
-    first_ok = st.ok();
-    entered.release();
-    release.acquire();
-  });
-  entered.acquire();
-  auto second = d->UpsertAsync(5001, Vec(rng));
+  // Beside a write in flight the search takes one query a chunk.
+  WriteInFlight w(*d, 5000, rng);
   BOOST_TEST(holds_of_a_search() == 12u);
-  release.release();
-  BOOST_REQUIRE(second.get().ok());
-  BOOST_TEST(first_ok.load());
+  BOOST_REQUIRE(w.Release());
   BOOST_TEST(holds_of_a_search() == (12 + threads - 1) / threads);
+}
+
+// Where a call's queries cost less each in bigger calls (Flat's BLAS
+// product, from index::VectorIndex::SearchBatchFloor queries on), a call
+// with that many takes at least that many a chunk, a short tail with the
+// chunk before it; and the chunks double while nobody waits for the index
+// and no write is in flight.
+BOOST_AUTO_TEST_CASE(a_call_of_many_queries_takes_them_in_chunks_of_the_batch_floor_that_grow_while_unwatched) {
+  test::TempDir t;
+  auto o = Options(t / "db");
+  o.search_hold_us = 1;          // every query outlasts it, once a search has been timed
+  o.recent_writes_merge_at = 0;  // no merge in the background to wait for the index
+  auto d = OpenOrDie(o);
+  const size_t floor = (*index::NewFaissIndex(o.spec))->SearchBatchFloor();
+  BOOST_REQUIRE_MESSAGE(floor > 1, "Flat has no batch floor here: " << floor);
+  std::mt19937_64 rng(6);
+  std::vector<float> queries;
+  for (uint64_t i = 0; i < 20000; i += 1000) {  // a query takes microseconds, however fast the machine
+    WriteBatch b;
+    for (uint64_t j = i; j < i + 1000; ++j) {
+      auto v = Vec(rng);
+      if (j < 10 * floor) queries.insert(queries.end(), v.begin(), v.end());
+      b.Upsert(j, v);
+    }
+    auto applied = d->Apply(b);  // returns once applied: nothing is in flight after
+    BOOST_REQUIRE_MESSAGE(applied.ok(), applied.ToString());
+  }
+  auto holds_of_a_search = [&](size_t nq) {
+    const uint64_t before = d->Stats().search_holds;
+    auto got = d->Search(std::span(queries).first(nq * kDim), 3);
+    BOOST_TEST(got.ok(), got.status().ToString());  // not REQUIRE: the applier may be held below
+    if (!got.ok()) return ~uint64_t{0};
+    BOOST_TEST(got->nq == nq);
+    return d->Stats().search_holds - before;
+  };
+  BOOST_TEST(holds_of_a_search(10 * floor) == 1u);  // the first call is one chunk, and times a query
+
+  // Beside a write in flight: chunks of the floor, which a search beside it
+  // sets back to.
+  WriteInFlight w(*d, 30000, rng);
+  (void)holds_of_a_search(floor);
+  BOOST_TEST(holds_of_a_search(floor + floor / 2) == 1u);  // a tail under the floor goes with the chunk before
+  BOOST_TEST(holds_of_a_search(2 * floor + floor / 2) == 2u);
+  (void)holds_of_a_search(floor - 1);  // times a query of a call under the floor
+  BOOST_TEST(holds_of_a_search(floor - 1) == floor - 1);  // a query a chunk, as before
+  BOOST_REQUIRE(w.Release());
+
+  // Nobody waiting and nothing in flight: 1, 2, 4, then the 3 floors left.
+  BOOST_TEST(holds_of_a_search(10 * floor) == 4u);
+  // Grown on: one chunk now takes a whole call of 10 floors.
+  BOOST_TEST(holds_of_a_search(10 * floor) == 1u);
 }
 
 BOOST_AUTO_TEST_CASE(chunked_search_returns_what_one_whole_search_returns) {
