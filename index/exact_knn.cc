@@ -13,11 +13,13 @@ void ExactKnn(const IndexSpec& spec, std::span<const float> queries, std::span<c
   const size_t dim = spec.dim;
   const size_t nq = queries.size() / dim, n = rows.size() / dim;
   if (nq == 0 || k == 0) return;
-  std::fill_n(found.begin(), nq * k, int64_t{-1});
-  std::fill_n(distances.begin(), nq * k, std::numeric_limits<float>::quiet_NaN());
-  if (n == 0) return;
+  if (n == 0) {
+    std::fill_n(found.begin(), nq * k, int64_t{-1});
+    std::fill_n(distances.begin(), nq * k, std::numeric_limits<float>::quiet_NaN());
+    return;
+  }
   const OmpThreadCap cap(nq);
-  // FAISS's heaps fill the places past n with -1 rows themselves.
+  // FAISS's heaps fill every place, those past n with row -1.
   if (spec.metric == Metric::kInnerProduct)
     faiss::knn_inner_product(queries.data(), rows.data(), dim, nq, n, k, distances.data(), found.data());
   else
