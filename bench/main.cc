@@ -119,6 +119,9 @@ int main(int argc, char** argv) {
     sub->add_option("--search-hold-us", xc.search_hold_us,
                     "how long a search holds the index at a time, taking its queries in chunks; 0: a whole call at once")
         ->capture_default_str();
+    sub->add_option("--search-batch-hold-us", xc.search_batch_hold_us,
+                    "how long a chunk of 20 queries or more (Flat) may grow to while nobody waits; 0: no growth")
+        ->capture_default_str();
     sub->add_option("--writer-slice-us", xc.writer_slice_us,
                     "time slice writer threads ask the kernel for; 0: the default slice")
         ->capture_default_str();
@@ -176,6 +179,9 @@ int main(int argc, char** argv) {
       add("wal", RunWalBench(wc));
       add("ingest", RunIngestBench(xc));
       add("search", RunSearchBench(xc));
+      auto batched = xc;
+      batched.queries = 64;  // past FAISS's BLAS threshold (20): searched in batches
+      add("search, 64 queries a call", RunSearchBench(batched));
       add("mixed", RunMixedBench(xc));
       add("recovery", RunRecoveryBench(sc));
       add("checkpoint", RunCheckpointBench(sc));

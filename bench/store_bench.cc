@@ -36,6 +36,7 @@ std::unique_ptr<recovery::DurableIndex> OpenStore(const StoreWorkloadConfig& c, 
   o.writer_slice_us = c.writer_slice_us;
   o.merge_hold_us = c.merge_hold_us;
   o.search_hold_us = c.search_hold_us;
+  o.search_batch_hold_us = c.search_batch_hold_us;
   o.stall_writes_at_intervals = c.stall_writes_at_intervals;
   o.wal.thread_slice_us = c.writer_slice_us;
   auto d = recovery::DurableIndex::Open(o);

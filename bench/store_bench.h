@@ -35,6 +35,7 @@ struct StoreWorkloadConfig {
   uint64_t writer_slice_us = recovery::DurableIndexOptions{}.writer_slice_us;
   uint64_t merge_hold_us = recovery::DurableIndexOptions{}.merge_hold_us;
   uint64_t search_hold_us = recovery::DurableIndexOptions{}.search_hold_us;
+  uint64_t search_batch_hold_us = recovery::DurableIndexOptions{}.search_batch_hold_us;
   bool rocksdb = true;
 };
 

@@ -821,14 +821,16 @@ Status DurableIndexImpl::Apply(const WriteBatch& batch) {
 // chunk, and a short tail with the chunk before it: in chunks of one query,
 // 64 queries a call ran at 0.17x FAISS's queries/s on 20k x 768-d. Like a
 // merge's steps, those chunks then double while nobody waits for the index
-// and no write is in flight, and fall back at once when someone does.
+// and no write is in flight, and fall back at once when someone does; but
+// only up to search_batch_hold_us each: BLAS gains little past a hundred
+// queries, and on a big index a merge that came would wait for seconds.
 Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> queries, size_t k) const {
   searches_.fetch_add(1);
   const struct Leave {
     std::atomic<size_t>& n;
     ~Leave() { n.fetch_sub(1); }
   } leave{searches_};
-  const uint64_t hold_ns = opts_.search_hold_us * 1000;
+  const uint64_t hold_ns = opts_.search_hold_us * 1000, batch_hold_ns = opts_.search_batch_hold_us * 1000;
   const size_t dim = opts_.spec.dim;
   if (queries.empty() || queries.size() % dim != 0 || k == 0) {
     std::shared_lock r(state_mu_);
@@ -845,9 +847,15 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
     const bool batched = search_floor_ > 1 && left >= search_floor_;
     const uint64_t per_query = search_ns_per_query_[batched].load(std::memory_order_relaxed);
     size_t chunk = per_query == 0 || hold_ns == 0 ? left : std::clamp<size_t>(hold_ns / per_query, 1, left);
-    const size_t grown = batched ? std::min<size_t>(search_unwatched_.load(), 20) : 0;
+    bool grew = false;
     if (batched) {
-      chunk = std::min(std::max(chunk, search_floor_) << grown, left);
+      chunk = std::max(chunk, search_floor_);
+      if (const size_t g = std::min<size_t>(search_unwatched_.load(), 20); g > 0 && per_query != 0) {
+        const size_t grown = std::min(chunk << g, batch_hold_ns / per_query);
+        grew = grown > chunk;
+        chunk = std::max(chunk, grown);
+      }
+      chunk = std::min(chunk, left);
       if (left - chunk < search_floor_) chunk = left;  // a short tail would cost more than taking it now
     }
     if (const size_t share = std::max<size_t>(1, index::SearchThreads() / searches_.load());
@@ -896,7 +904,7 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
     if (!part.ok()) return part.status();
     const auto ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
     // A grown chunk says little of the rate a chunk held to the time has.
-    if (grown == 0) search_ns_per_query_[batched].store(std::max<uint64_t>(1, ns / chunk), std::memory_order_relaxed);
+    if (!grew) search_ns_per_query_[batched].store(std::max<uint64_t>(1, ns / chunk), std::memory_order_relaxed);
     out.ids.insert(out.ids.end(), part->ids.begin(), part->ids.end());
     out.distances.insert(out.distances.end(), part->distances.begin(), part->distances.end());
     done += chunk;

@@ -923,51 +923,61 @@ BOOST_AUTO_TEST_CASE(a_lone_search_takes_every_search_thread_unless_a_write_is_i
 // product, from index::VectorIndex::SearchBatchFloor queries on), a call
 // with that many takes at least that many a chunk, a short tail with the
 // chunk before it; and the chunks double while nobody waits for the index
-// and no write is in flight.
+// and no write is in flight, up to search_batch_hold_us (0: not at all).
 BOOST_AUTO_TEST_CASE(a_call_of_many_queries_takes_them_in_chunks_of_the_batch_floor_that_grow_while_unwatched) {
-  test::TempDir t;
-  auto o = Options(t / "db");
-  o.search_hold_us = 1;          // every query outlasts it, once a search has been timed
-  o.recent_writes_merge_at = 0;  // no merge in the background to wait for the index
-  auto d = OpenOrDie(o);
-  const size_t floor = (*index::NewFaissIndex(o.spec))->SearchBatchFloor();
-  BOOST_REQUIRE_MESSAGE(floor > 1, "Flat has no batch floor here: " << floor);
-  std::mt19937_64 rng(6);
-  std::vector<float> queries;
-  for (uint64_t i = 0; i < 20000; i += 1000) {  // a query takes microseconds, however fast the machine
-    WriteBatch b;
-    for (uint64_t j = i; j < i + 1000; ++j) {
-      auto v = Vec(rng);
-      if (j < 10 * floor) queries.insert(queries.end(), v.begin(), v.end());
-      b.Upsert(j, v);
+  for (uint64_t batch_hold_us : {uint64_t{10'000'000}, uint64_t{0}}) {
+    BOOST_TEST_CONTEXT("search_batch_hold_us " << batch_hold_us) {
+      test::TempDir t;
+      auto o = Options(t / "db");
+      o.search_hold_us = 1;          // every query outlasts it, once a search has been timed
+      o.recent_writes_merge_at = 0;  // no merge in the background to wait for the index
+      o.search_batch_hold_us = batch_hold_us;
+      auto d = OpenOrDie(o);
+      const size_t floor = (*index::NewFaissIndex(o.spec))->SearchBatchFloor();
+      BOOST_REQUIRE_MESSAGE(floor > 1, "Flat has no batch floor here: " << floor);
+      std::mt19937_64 rng(6);
+      std::vector<float> queries;
+      for (uint64_t i = 0; i < 20000; i += 1000) {  // a query takes microseconds, however fast the machine
+        WriteBatch b;
+        for (uint64_t j = i; j < i + 1000; ++j) {
+          auto v = Vec(rng);
+          if (j < 10 * floor) queries.insert(queries.end(), v.begin(), v.end());
+          b.Upsert(j, v);
+        }
+        auto applied = d->Apply(b);  // returns once applied: nothing is in flight after
+        BOOST_REQUIRE_MESSAGE(applied.ok(), applied.ToString());
+      }
+      auto holds_of_a_search = [&](size_t nq) {
+        const uint64_t before = d->Stats().search_holds;
+        auto got = d->Search(std::span(queries).first(nq * kDim), 3);
+        BOOST_TEST(got.ok(), got.status().ToString());  // not REQUIRE: the applier may be held below
+        if (!got.ok()) return ~uint64_t{0};
+        BOOST_TEST(got->nq == nq);
+        return d->Stats().search_holds - before;
+      };
+      BOOST_TEST(holds_of_a_search(10 * floor) == 1u);  // the first call is one chunk, and times a query
+
+      // Beside a write in flight: chunks of the floor, which a search beside it
+      // sets back to.
+      WriteInFlight w(*d, 30000, rng);
+      (void)holds_of_a_search(floor);
+      BOOST_TEST(holds_of_a_search(floor + floor / 2) == 1u);  // a tail under the floor goes with the chunk before
+      BOOST_TEST(holds_of_a_search(2 * floor + floor / 2) == 2u);
+      (void)holds_of_a_search(floor - 1);  // times a query of a call under the floor
+      BOOST_TEST(holds_of_a_search(floor - 1) == floor - 1);  // a query a chunk, as before
+      BOOST_REQUIRE(w.Release());
+
+      if (batch_hold_us == 0) {  // chunks do not grow
+        BOOST_TEST(holds_of_a_search(10 * floor) == 10u);
+        BOOST_TEST(holds_of_a_search(10 * floor) == 10u);
+      } else {
+        // Nobody waiting and nothing in flight: 1, 2, 4, then the 3 floors left.
+        BOOST_TEST(holds_of_a_search(10 * floor) == 4u);
+        // Grown on: one chunk now takes a whole call of 10 floors.
+        BOOST_TEST(holds_of_a_search(10 * floor) == 1u);
+      }
     }
-    auto applied = d->Apply(b);  // returns once applied: nothing is in flight after
-    BOOST_REQUIRE_MESSAGE(applied.ok(), applied.ToString());
   }
-  auto holds_of_a_search = [&](size_t nq) {
-    const uint64_t before = d->Stats().search_holds;
-    auto got = d->Search(std::span(queries).first(nq * kDim), 3);
-    BOOST_TEST(got.ok(), got.status().ToString());  // not REQUIRE: the applier may be held below
-    if (!got.ok()) return ~uint64_t{0};
-    BOOST_TEST(got->nq == nq);
-    return d->Stats().search_holds - before;
-  };
-  BOOST_TEST(holds_of_a_search(10 * floor) == 1u);  // the first call is one chunk, and times a query
-
-  // Beside a write in flight: chunks of the floor, which a search beside it
-  // sets back to.
-  WriteInFlight w(*d, 30000, rng);
-  (void)holds_of_a_search(floor);
-  BOOST_TEST(holds_of_a_search(floor + floor / 2) == 1u);  // a tail under the floor goes with the chunk before
-  BOOST_TEST(holds_of_a_search(2 * floor + floor / 2) == 2u);
-  (void)holds_of_a_search(floor - 1);  // times a query of a call under the floor
-  BOOST_TEST(holds_of_a_search(floor - 1) == floor - 1);  // a query a chunk, as before
-  BOOST_REQUIRE(w.Release());
-
-  // Nobody waiting and nothing in flight: 1, 2, 4, then the 3 floors left.
-  BOOST_TEST(holds_of_a_search(10 * floor) == 4u);
-  // Grown on: one chunk now takes a whole call of 10 floors.
-  BOOST_TEST(holds_of_a_search(10 * floor) == 1u);
 }
 
 BOOST_AUTO_TEST_CASE(chunked_search_returns_what_one_whole_search_returns) {
