@@ -822,8 +822,9 @@ Status DurableIndexImpl::Apply(const WriteBatch& batch) {
 // 64 queries a call ran at 0.17x FAISS's queries/s on 20k x 768-d. Like a
 // merge's steps, those chunks then double while nobody waits for the index
 // and no write is in flight, and fall back at once when someone does; but
-// only up to search_batch_hold_us each: BLAS gains little past a hundred
-// queries, and on a big index a merge that came would wait for seconds.
+// only up to about search_batch_hold_us each: a merge that comes waits for
+// the chunk in progress, and on a 1M-vector Flat index a chunk of 20 queries
+// alone holds it for about a second here.
 Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> queries, size_t k) const {
   searches_.fetch_add(1);
   const struct Leave {
@@ -851,7 +852,8 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
     if (batched) {
       chunk = std::max(chunk, search_floor_);
       if (const size_t g = std::min<size_t>(search_unwatched_.load(), 20); g > 0 && per_query != 0) {
-        const size_t grown = std::min(chunk << g, batch_hold_ns / per_query);
+        const uint64_t latest = search_ns_per_query_[2].load(std::memory_order_relaxed);
+        const size_t grown = std::min(chunk << g, batch_hold_ns / std::max<uint64_t>(latest, 1));
         grew = grown > chunk;
         chunk = std::max(chunk, grown);
       }
@@ -903,8 +905,11 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
     }();
     if (!part.ok()) return part.status();
     const auto ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
-    // A grown chunk says little of the rate a chunk held to the time has.
+    // A grown chunk says little of the rate a chunk held to the time has,
+    // but bounds the next one's growth: a query costs less in a bigger
+    // chunk, so the rate of a smaller one overestimates a bigger one's time.
     if (!grew) search_ns_per_query_[batched].store(std::max<uint64_t>(1, ns / chunk), std::memory_order_relaxed);
+    if (batched) search_ns_per_query_[2].store(std::max<uint64_t>(1, ns / chunk), std::memory_order_relaxed);
     out.ids.insert(out.ids.end(), part->ids.begin(), part->ids.end());
     out.distances.insert(out.distances.end(), part->distances.begin(), part->distances.end());
     done += chunk;

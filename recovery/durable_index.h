@@ -81,7 +81,7 @@ struct DurableIndexOptions {
   // Such chunks (of at least 20 queries, on Flat) double while nobody waits
   // for the index and no write is in flight, up to about this long each (a
   // merge that comes waits for the chunk in progress); 0: they do not grow.
-  uint64_t search_batch_hold_us = 100'000;
+  uint64_t search_batch_hold_us = 250'000;
   // Writes applied beside the index (see RecentWrites) before the applier
   // thread merges them into it. A write that leaves four times this many
   // merges them itself before it returns. 0: every write applies straight

@@ -213,8 +213,9 @@ class DurableIndexImpl final : public DurableIndex {
   std::atomic<uint64_t> auto_due_at_{0};
   std::atomic<uint64_t> stalled_writes_{0}, write_stall_ns_{0}, writes_waiting_{0};
   // The latest search's time per query, in chunks below the index's
-  // SearchBatchFloor ([0]) and from it on ([1]): they differ eightfold.
-  mutable std::array<std::atomic<uint64_t>, 2> search_ns_per_query_{};
+  // SearchBatchFloor ([0]) and from it on ([1]): they differ eightfold; and
+  // in the latest chunk from it on, grown or not ([2]), which bounds growth.
+  mutable std::array<std::atomic<uint64_t>, 3> search_ns_per_query_{};
   size_t search_floor_ = 1;  // index_->SearchBatchFloor(), once recovered
   mutable std::atomic<size_t> search_unwatched_{0};  // chunks from the floor on in a row that nobody waited for
   mutable std::atomic<size_t> searches_{0};               // Search calls under way
