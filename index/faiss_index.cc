@@ -543,8 +543,13 @@ class FaissIndex final : public VectorIndex {
     return r;
   }
 
+  // Flat computes distances by BLAS from FAISS's threshold on, and so does
+  // the coarse quantizer of an IVF index, where that is Flat.
   size_t SearchBatchFloor() const override {
-    return RawFlat() != nullptr ? static_cast<size_t>(std::max(faiss::distance_compute_blas_threshold, 1)) : 1;
+    const auto* map = dynamic_cast<const faiss::IndexIDMap2*>(index_.get());
+    const faiss::Index* inner = map != nullptr ? map->index : index_.get();
+    if (const auto* ivf = dynamic_cast<const faiss::IndexIVF*>(inner)) inner = ivf->quantizer;
+    return IsRawFlat(inner) ? static_cast<size_t>(std::max(faiss::distance_compute_blas_threshold, 1)) : 1;
   }
 
   bool Contains(uint64_t id) const override { return slot_of_.count(id) != 0; }
@@ -651,16 +656,18 @@ class FaissIndex final : public VectorIndex {
     return flat != nullptr && dynamic_cast<faiss::IndexFlat1D*>(flat) == nullptr ? flat : nullptr;
   }
 
-  // The same where a code is the float vector's bytes: IndexFlat (what the
+  // Whether a code of `i` is the float vector's bytes: IndexFlat (what the
   // factory's "Flat" makes) or IndexFlatL2/IP (what the loader makes), exactly;
   // no subclass (IndexFlat1D's sorted order) keeps state beside the codes.
+  static bool IsRawFlat(const faiss::Index* i) {
+    if (i == nullptr) return false;
+    const std::type_info& t = typeid(*i);
+    return t == typeid(faiss::IndexFlat) || t == typeid(faiss::IndexFlatL2) || t == typeid(faiss::IndexFlatIP);
+  }
+  // The flat codes under the id map where they are such.
   faiss::IndexFlat* RawFlat() const {
     auto* flat = FlatCodes();
-    if (flat == nullptr) return nullptr;
-    const std::type_info& t = typeid(*flat);
-    return t == typeid(faiss::IndexFlat) || t == typeid(faiss::IndexFlatL2) || t == typeid(faiss::IndexFlatIP)
-               ? static_cast<faiss::IndexFlat*>(flat)
-               : nullptr;
+    return IsRawFlat(flat) ? static_cast<faiss::IndexFlat*>(flat) : nullptr;
   }
   // What IndexIDMap2::add_with_ids does for such an index, once the caller
   // has put the vectors straight into the codes' reserved room: FAISS

@@ -114,8 +114,9 @@ class VectorIndex {
   // The fewest queries a search should take at once, where fewer cost more
   // each: FAISS's Flat computes distances query by query below
   // faiss::distance_compute_blas_threshold (20) queries a call and by one BLAS
-  // product from there (20k x 768-d: 8.8 ms a query against about 1). 1 where
-  // a call's queries cost the same each, however many.
+  // product from there (20k x 768-d: 8.8 ms a query against about 1), and so
+  // does an IVF index's Flat quantizer. 1 where a call's queries cost the
+  // same each, however many.
   virtual size_t SearchBatchFloor() const { return 1; }
   virtual bool Contains(uint64_t id) const = 0;
   // The stored vector (exact for Flat and HNSW; decoded for PQ/SQ codes).

@@ -75,12 +75,12 @@ struct DurableIndexOptions {
   // While no write is in flight a chunk holds at least the call's share of
   // FAISS's threads (index::SearchThreads()), so that a query longer than
   // this still runs on every core. Where queries cost less each in bigger
-  // calls (Flat: FAISS's BLAS product from 20 queries a call on), a call of
-  // that many takes at least that many a chunk.
+  // calls (Flat, and IVF's Flat quantizer: FAISS's BLAS product from 20
+  // queries a call on), a call of that many takes at least that many a chunk.
   uint64_t search_hold_us = 5000;
-  // Such chunks (of at least 20 queries, on Flat) double while nobody waits
-  // for the index and no write is in flight, up to about this long each (a
-  // merge that comes waits for the chunk in progress); 0: they do not grow.
+  // Such chunks (of at least 20 queries) double while nobody waits for the
+  // index and no write is in flight, up to about this long each (a merge
+  // that comes waits for the chunk in progress); 0: they do not grow.
   uint64_t search_batch_hold_us = 250'000;
   // Writes applied beside the index (see RecentWrites) before the applier
   // thread merges them into it. A write that leaves four times this many

@@ -1,6 +1,7 @@
 // index/: the FAISS CPU backend behind VectorIndex.
 #define BOOST_TEST_MODULE index
 #include <boost/test/unit_test.hpp>
+#include <faiss/utils/distances.h>
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -350,6 +351,21 @@ BOOST_AUTO_TEST_CASE(bad_input_gets_an_error_naming_it) {
   BOOST_TEST(q.status().message().find("multiple of dimension") != std::string::npos);
 }
 
+// Flat, and IVF over a Flat quantizer, compute distances by one BLAS product
+// from FAISS's threshold of queries a call on (the store then takes at least
+// that many a chunk); a graph has no such step.
+BOOST_AUTO_TEST_CASE(indexes_searched_by_blas_from_a_call_size_on_name_that_size) {
+  const auto blas = static_cast<size_t>(faiss::distance_compute_blas_threshold);
+  BOOST_REQUIRE(blas > 1);
+  const std::pair<const char*, size_t> want[] = {{"Flat", blas}, {"IVF8,Flat", blas}, {"HNSW16", 1}};
+  for (const auto& [desc, floor] : want) {
+    BOOST_TEST_CONTEXT(desc) {
+      auto [idx, ids, vecs] = MakeFilled(desc, 300, 11, 6);
+      BOOST_TEST(idx->SearchBatchFloor() == floor);
+    }
+  }
+}
+
 BOOST_AUTO_TEST_CASE(serialized_index_loads_with_ids_tombstones_and_results) {
   for (std::string desc : {"Flat", "HNSW16", "IVF8,Flat"}) {
     BOOST_TEST_CONTEXT(desc) {
@@ -367,6 +383,7 @@ BOOST_AUTO_TEST_CASE(serialized_index_loads_with_ids_tombstones_and_results) {
       BOOST_REQUIRE_MESSAGE(back.ok(), back.status().ToString());
       BOOST_TEST((*back)->size() == idx->size());
       BOOST_TEST((*back)->tombstones() == idx->tombstones());
+      BOOST_TEST((*back)->SearchBatchFloor() == idx->SearchBatchFloor());
       auto q = RandomVectors(5, 7);
       auto a = idx->Search(q, 4), b = (*back)->Search(q, 4);
       BOOST_REQUIRE(a.ok());
@@ -542,6 +559,8 @@ BOOST_AUTO_TEST_CASE(flat_loader_builds_what_faiss_read_index_builds) {
     auto built = loader->Finish();
     BOOST_REQUIRE_MESSAGE(built.ok(), built.status().ToString());
     BOOST_TEST((*built)->size() == (*ref)->size());
+    BOOST_TEST((*built)->SearchBatchFloor() == static_cast<size_t>(faiss::distance_compute_blas_threshold));
+    BOOST_TEST((*ref)->SearchBatchFloor() == static_cast<size_t>(faiss::distance_compute_blas_threshold));
     for (uint64_t id : ids) {
       BOOST_REQUIRE((*built)->Contains(id) == (*ref)->Contains(id));
       if ((*ref)->Contains(id)) BOOST_REQUIRE((*(*built)->Reconstruct(id) == *(*ref)->Reconstruct(id)));
