@@ -816,9 +816,9 @@ Status DurableIndexImpl::Apply(const WriteBatch& batch) {
 // -37%; BENCHMARKS.md, seventeenth session).
 //
 // Where queries cost less each in bigger calls (the index's
-// SearchBatchFloor: Flat's BLAS product, whose every call also reads the
-// whole index once), a call with that many takes them at least that many a
-// chunk, and a short tail with the chunk before it: in chunks of one query,
+// SearchBatchFloor: FAISS's BLAS product, over a Flat index or an IVF
+// index's Flat quantizer), a call with that many takes them at least that
+// many a chunk, and a short tail with the chunk before it: in chunks of one query,
 // 64 queries a call ran at 0.17x FAISS's queries/s on 20k x 768-d. Like a
 // merge's steps, those chunks then double while nobody waits for the index
 // and no write is in flight, and fall back at once when someone does; but
