@@ -818,13 +818,13 @@ Status DurableIndexImpl::Apply(const WriteBatch& batch) {
 // Where queries cost less each in bigger calls (the index's
 // SearchBatchFloor: FAISS's BLAS product, over a Flat index or an IVF
 // index's Flat quantizer), a call with that many takes them at least that
-// many a chunk, and a short tail with the chunk before it: in chunks of one query,
-// 64 queries a call ran at 0.17x FAISS's queries/s on 20k x 768-d. Like a
-// merge's steps, those chunks then double while nobody waits for the index
-// and no write is in flight, and fall back at once when someone does; but
-// only up to about search_batch_hold_us each: a merge that comes waits for
-// the chunk in progress, and on a 1M-vector Flat index a chunk of 20 queries
-// alone holds it for about a second here.
+// many a chunk, and a short tail with the chunk before it: in chunks of one
+// query, 64 queries a call ran at 0.17x FAISS's queries/s on 20k x 768-d.
+// Like a merge's steps, those chunks then double while nobody waits for the
+// index and no write is in flight, and fall back at once when someone does;
+// but only up to about search_batch_hold_us each: a merge that comes waits
+// for the chunk in progress, and on a 1M-vector Flat index a chunk of 20
+// queries alone holds it for about a second here.
 Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> queries, size_t k) const {
   searches_.fetch_add(1);
   const struct Leave {
@@ -908,8 +908,9 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
     // A grown chunk says little of the rate a chunk held to the time has,
     // but bounds the next one's growth: a query costs less in a bigger
     // chunk, so the rate of a smaller one overestimates a bigger one's time.
-    if (!grew) search_ns_per_query_[batched].store(std::max<uint64_t>(1, ns / chunk), std::memory_order_relaxed);
-    if (batched) search_ns_per_query_[2].store(std::max<uint64_t>(1, ns / chunk), std::memory_order_relaxed);
+    const uint64_t rate = std::max<uint64_t>(1, ns / chunk);
+    if (!grew) search_ns_per_query_[batched].store(rate, std::memory_order_relaxed);
+    if (batched) search_ns_per_query_[2].store(rate, std::memory_order_relaxed);
     out.ids.insert(out.ids.end(), part->ids.begin(), part->ids.end());
     out.distances.insert(out.distances.end(), part->distances.begin(), part->distances.end());
     done += chunk;
