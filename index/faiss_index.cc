@@ -27,6 +27,7 @@
 #include "index/omp_thread_cap.h"
 #include "index/page_prefaulter.h"
 #include "index/vector_index.h"
+#include "io/prefault.h"
 
 namespace vecwal::index {
 
@@ -132,6 +133,16 @@ constexpr unsigned kPrefaultThreads = 2;
 constexpr size_t kPrefaultMin = 64 << 20;  // below this the faults are not worth a thread
 
 faiss::MetricType ToFaiss(Metric m) { return m == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT; }
+
+// Flat codes storage, bigger and filled, made by PrepareRoom with the index
+// held shared. TakeRoom swaps it with the index's, after which it holds
+// the old storage.
+struct FlatRoom final : IndexRoom {
+  FlatRoom(const faiss::IndexFlatCodes* f, uint64_t c) : flat(f), changes(c) {}
+  const faiss::IndexFlatCodes* flat;
+  uint64_t changes;
+  std::vector<uint8_t> codes;
+};
 
 // The export of an IndexIDMap2 over flat codes. Its bytes are FAISS's own
 // serialization, taken at the start with the codes left out (`head_`, then
@@ -447,6 +458,7 @@ class FaissIndex final : public VectorIndex {
       id_of_[next_slot_ + i] = ids[i];
     }
     next_slot_ += ids.size();
+    ++changes_;
     return Status::OK();
   }
 
@@ -462,6 +474,7 @@ class FaissIndex final : public VectorIndex {
       slot_of_.erase(it);
     }
     if (slots.empty()) return Status::OK();
+    ++changes_;
     if (!removable_) {
       dead_.insert(slots.begin(), slots.end());
       return Status::OK();
@@ -574,6 +587,7 @@ class FaissIndex final : public VectorIndex {
     auto* flat = FlatCodes();
     if (flat == nullptr) return;
     prefault_.reset();
+    ++changes_;
     flat->codes.reserve(n * flat->code_size);
     auto* data = reinterpret_cast<std::byte*>(flat->codes.data());
     if (flat->codes.capacity() - flat->codes.size() >= kPrefaultMin)
@@ -583,6 +597,42 @@ class FaissIndex final : public VectorIndex {
 
   size_t size() const override { return slot_of_.size(); }
   size_t tombstones() const override { return dead_.size(); }
+
+  size_t capacity() const override {
+    auto* flat = FlatCodes();
+    return flat != nullptr ? flat->codes.capacity() / flat->code_size : VectorIndex::capacity();
+  }
+
+  std::unique_ptr<IndexRoom> PrepareRoom(size_t more) const override {
+    auto* flat = FlatCodes();
+    if (flat == nullptr || more == 0) return nullptr;
+    const auto& codes = flat->codes;
+    const size_t need = codes.size() + more * flat->code_size;
+    if (need <= codes.capacity()) {
+      (void)PrefaultForWrite(reinterpret_cast<std::byte*>(const_cast<uint8_t*>(codes.data())) + codes.size(),
+                             need - codes.size());
+      return nullptr;
+    }
+    auto room = std::make_unique<FlatRoom>(flat, changes_);
+    try {
+      room->codes.reserve(std::max(need, 2 * codes.capacity()));  // doubling, as the adds would
+    } catch (const std::bad_alloc&) {
+      return nullptr;  // the adds try, and fail as they would have
+    }
+    (void)PrefaultForWrite(reinterpret_cast<std::byte*>(room->codes.data()), need);
+    room->codes.assign(codes.begin(), codes.end());  // within the capacity reserved: no move
+    return room;
+  }
+
+  void TakeRoom(IndexRoom& r) override {
+    auto* room = dynamic_cast<FlatRoom*>(&r);
+    auto* flat = FlatCodes();
+    if (room == nullptr || room->flat != flat || room->changes != changes_ || room->codes.size() != flat->codes.size())
+      return;
+    prefault_.reset();  // it follows the old storage
+    flat->codes.swap(room->codes);
+    ++changes_;
+  }
 
   Result<std::unique_ptr<IndexCompaction>> BeginCompaction() override {
     if (dead_.empty()) return std::unique_ptr<IndexCompaction>();
@@ -605,6 +655,7 @@ class FaissIndex final : public VectorIndex {
       return Status::InvalidArgument("not a compaction of '" + spec_.description + "' in progress");
     VECWAL_RETURN_IF_ERROR(mine->CopyAll());  // what the caller left uncopied, and what was added since
     prefault_.reset();  // the index and its storage are replaced
+    ++changes_;
     index_ = mine->TakeFresh();
     dead_ = SlotSet(mine->dead().begin(), mine->dead().end());
     return Status::OK();
@@ -858,6 +909,9 @@ class FaissIndex final : public VectorIndex {
   uint64_t next_slot_ = 0;
   // After index_: it goes first, while the storage it faults in still exists.
   std::unique_ptr<PagePrefaulter> prefault_;
+  // Counts the changes to the index's storage, so that a room prepared
+  // beside searches is taken only where nothing changed since.
+  uint64_t changes_ = 0;
   FlatExport* export_ = nullptr;  // the export in progress, which unregisters itself
   Compaction* compaction_ = nullptr;  // likewise
 };

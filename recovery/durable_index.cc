@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <semaphore>
 #include <thread>
 
@@ -351,25 +352,50 @@ void DurableIndexImpl::MergeThrough(uint64_t lsn, std::unique_lock<std::mutex>& 
 // merge has run unwatched. A failure leaves the set aside (reads stay right)
 // and fails the store, which then takes no more writes rather than diverge
 // from its log. Returns false where there was nothing to do.
+//
+// Beside searches of a big Flat index every hold first waits for the query
+// in progress (a tenth of a second at 100k x 768-d here), so a merge takes
+// as few as it can: its first hold removes and takes its first adds too, and
+// each step's room is made before it, holding the index shared
+// (VectorIndex::PrepareRoom): with the page faults out of the hold, a step
+// of 5 ms adds about five times the rows. Batches of 1024 beside one such
+// searcher went from 33 to 65 MB/s (BENCHMARKS.md, twentieth session).
 bool DurableIndexImpl::MergeStepLocked(std::chrono::nanoseconds* pause) {
   *pause = {};
   if (!failed().ok()) return false;
   MergeCursor& c = cursor_;
-  if (merging_ == nullptr) {
-    {
-      std::unique_lock r(recent_mu_);
-      if (recent_->empty()) return false;
-      if (spare_recent_ == nullptr) spare_recent_ = std::make_unique<RecentWrites>(opts_.spec);
-      merging_ = std::exchange(recent_, std::move(spare_recent_));
-      merging_last_lsn_ = recent_last_lsn_;
-      merge_left_ = merging_->size();  // with recent_size_, what writers are held to
-      recent_size_ = 0;
-    }
+  const bool begins = merging_ == nullptr;
+  if (begins) {
+    std::unique_lock r(recent_mu_);
+    if (recent_->empty()) return false;
+    if (spare_recent_ == nullptr) spare_recent_ = std::make_unique<RecentWrites>(opts_.spec);
+    merging_ = std::exchange(recent_, std::move(spare_recent_));
+    merging_last_lsn_ = recent_last_lsn_;
+    merge_left_ = merging_->size();  // with recent_size_, what writers are held to
+    recent_size_ = 0;
     c = MergeCursor{};
-    Status s;
-    {
-      std::unique_lock w(state_mu_);
-      std::unique_lock r(recent_mu_);
+  }
+  const uint64_t hold_ns = opts_.merge_hold_us * 1000;
+  const size_t timed = hold_ns == 0               ? std::numeric_limits<size_t>::max() >> 20  // all at once
+                       : merge_ns_per_row_ == 0 ? 64
+                                                : std::max<uint64_t>(1, hold_ns / merge_ns_per_row_);
+  const size_t planned = timed << std::min<size_t>(c.unwatched, 20);
+  // The step's room, made beside searches; a set about to begin has at most
+  // as many rows as ids.
+  std::unique_ptr<index::IndexRoom> room;
+  {
+    std::shared_lock w(state_mu_);
+    room = index_->PrepareRoom(std::min(planned, begins ? merging_->size() : c.added.size() - c.at));
+  }
+  size_t n = 0;
+  std::chrono::nanoseconds took{};
+  bool waited = false;  // a search or an apply waited for this step
+  Status s;
+  {
+    std::unique_lock w(state_mu_);
+    std::unique_lock r(recent_mu_);
+    if (room != nullptr) index_->TakeRoom(*room);
+    if (begins) {
       s = index_->Remove(merging_->ids());
       merging_->ForEach([&](uint64_t id, const float* v, std::span<const std::byte> payload) {
         if (v == nullptr) return payloads_.Erase(id);
@@ -378,41 +404,26 @@ bool DurableIndexImpl::MergeStepLocked(std::chrono::nanoseconds* pause) {
         payloads_.Set(id, payload);
       });
     }
-    merge_left_ = c.added.size();
-    if (!s.ok()) {
-      SetFailed(s.WithContext("merging the recent writes into the index"));
-      return false;
+    if (s.ok() && c.at < c.added.size()) {
+      n = std::min(planned, c.added.size() - c.at);
+      const auto t0 = Clock::now();
+      s = index_->AddRows(std::span(c.added).subspan(c.at, n), std::span(c.rows).subspan(c.at, n));
+      took = Clock::now() - t0;
+      // A merge's last, short step says little of the rate, nor does a grown
+      // one: many rows cost less each than a few (HNSW adds them in
+      // parallel). Unless it held too long: then the rate was slower than
+      // thought (a set smaller than a step, its graph grown since the last
+      // timed step). One quick step at most doubles the next (HNSW's rate
+      // here varies twofold from step to step, and sometimes fourfold).
+      if (n == timed || static_cast<uint64_t>(took.count()) > hold_ns)
+        merge_ns_per_row_ = std::max<uint64_t>({1, static_cast<uint64_t>(took.count()) / n, merge_ns_per_row_ / 2});
     }
-    if (c.added.empty()) FinishMergeLocked();
-    return true;
-  }
-  const uint64_t hold_ns = opts_.merge_hold_us * 1000;
-  const size_t timed = hold_ns == 0            ? c.added.size()
-                       : merge_ns_per_row_ == 0 ? 64
-                                                : std::max<uint64_t>(1, hold_ns / merge_ns_per_row_);
-  const size_t planned = timed << std::min<size_t>(c.unwatched, 20);
-  const size_t n = std::min(planned, c.added.size() - c.at);
-  std::chrono::nanoseconds took{};
-  bool waited = false;  // a search or an apply waited for this step
-  Status s;
-  {
-    std::unique_lock w(state_mu_);
-    std::unique_lock r(recent_mu_);
-    const auto t0 = Clock::now();
-    s = index_->AddRows(std::span(c.added).subspan(c.at, n), std::span(c.rows).subspan(c.at, n));
-    took = Clock::now() - t0;
-    // A merge's last, short step says little of the rate, nor does a grown
-    // one: many rows cost less each than a few (HNSW adds them in parallel).
-    // Unless it held too long: then the rate was slower than thought (a set
-    // smaller than a step, its graph grown since the last timed step). One
-    // quick step at most doubles the next (HNSW's rate here varies twofold
-    // from step to step, and sometimes fourfold).
-    if (n == timed || static_cast<uint64_t>(took.count()) > hold_ns)
-      merge_ns_per_row_ = std::max<uint64_t>({1, static_cast<uint64_t>(took.count()) / n, merge_ns_per_row_ / 2});
     waited = state_mu_.has_waiters() || recent_mu_.has_waiters();
     c.unwatched = waited || bound_waiters_.load() > 0 ? 0 : c.unwatched + 1;
   }
+  room.reset();  // a taken room holds the old storage: freed here, not in the hold
   if (!s.ok()) {
+    if (begins) merge_left_ = c.added.size();
     SetFailed(s.WithContext("merging the recent writes into the index"));
     NoteMergeStep();
     return false;
@@ -421,7 +432,7 @@ bool DurableIndexImpl::MergeStepLocked(std::chrono::nanoseconds* pause) {
   merge_left_ = c.added.size() - c.at;
   if (c.at == c.added.size()) FinishMergeLocked();
   else if (waited) *pause = took;
-  NoteMergeStep();  // once the rows it added are off merge_left_
+  if (n > 0) NoteMergeStep();  // once the rows it added are off merge_left_
   return true;
 }
 

@@ -462,6 +462,56 @@ BOOST_AUTO_TEST_CASE(flat_removal_moves_the_last_vector_and_keeps_every_other_ex
   }
 }
 
+// Adds that outgrow a flat index's storage move it: a copy of the whole
+// index, made holding it exclusively. PrepareRoom makes that copy ahead,
+// with the index held shared (the caller's searches go on), and TakeRoom puts
+// it in place; but not where the index changed since: a removal and an add
+// leave the size as it was and the rows not.
+BOOST_AUTO_TEST_CASE(a_room_made_ahead_is_put_in_place_only_if_the_index_did_not_change) {
+  for (const std::string desc : {"Flat", "SQ8"}) {
+    BOOST_TEST_CONTEXT(desc) {
+      auto f = MakeFilled(desc, 300, 5, 11);
+      std::vector<std::vector<float>> before;
+      for (uint64_t id : f.ids) before.push_back(*f.idx->Reconstruct(id));
+      const size_t cap = f.idx->capacity();
+      BOOST_TEST(cap >= 300u);
+      BOOST_TEST(f.idx->PrepareRoom(cap - 300) == nullptr);  // fits: nothing moves
+      const size_t more = cap - 300 + 1;
+      auto room = f.idx->PrepareRoom(more);
+      BOOST_REQUIRE(room != nullptr);
+      BOOST_TEST(f.idx->capacity() == cap);  // made beside readers: the index is as it was
+      f.idx->TakeRoom(*room);
+      room.reset();  // frees the old storage
+      const size_t grown = f.idx->capacity();
+      BOOST_TEST(grown >= 300 + more);
+      for (size_t i = 0; i < f.ids.size(); ++i)
+        BOOST_TEST(*f.idx->Reconstruct(f.ids[i]) == before[i], boost::test_tools::per_element());
+      const auto new_ids = Ids(more, 1'000'000);
+      const auto new_vecs = RandomVectors(more, 12);
+      BOOST_REQUIRE(AddAsRows(*f.idx, new_ids, new_vecs).ok());
+      BOOST_TEST(f.idx->capacity() == grown);  // the adds fit: nothing moved again
+      auto r = f.idx->Search(new_vecs, 1);
+      BOOST_REQUIRE(r.ok());
+      for (size_t i = 0; i < more; ++i) BOOST_TEST(r->ids[i] == new_ids[i]);
+
+      auto g = MakeFilled(desc, 300, 5, 11);
+      auto stale = g.idx->PrepareRoom(g.idx->capacity() - 300 + 1);
+      BOOST_REQUIRE(stale != nullptr);
+      BOOST_REQUIRE(g.idx->Remove(std::vector<uint64_t>{g.ids[0]}).ok());  // the last row moves into its place
+      const auto added = RandomVectors(1, 13);
+      BOOST_REQUIRE(g.idx->Add(std::vector<uint64_t>{77}, added).ok());
+      const size_t kept_cap = g.idx->capacity();
+      g.idx->TakeRoom(*stale);
+      BOOST_TEST(g.idx->capacity() == kept_cap);
+      auto back = g.idx->Search(added, 1);
+      BOOST_REQUIRE(back.ok());
+      BOOST_TEST(back->ids[0] == 77u);
+      for (size_t i = 1; i < g.ids.size(); ++i)
+        BOOST_TEST(*g.idx->Reconstruct(g.ids[i]) == before[i], boost::test_tools::per_element());
+    }
+  }
+}
+
 // An export writes exactly what Serialize wrote when it began, however the
 // index changes while it goes: removals move rows (each one the export has
 // not written yet must be kept as it was), adds reuse the freed rows. Its
