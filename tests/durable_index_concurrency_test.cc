@@ -142,6 +142,47 @@ BOOST_AUTO_TEST_CASE(reads_during_merges_see_each_ids_latest_write) {
   BOOST_TEST(d->Size() == returned.size());
 }
 
+// A flat index's storage doubles as it grows; each merge step makes its
+// room beside searches (the bigger storage copied with the index held
+// shared) and swaps it in under its hold. Searches running all the while
+// find every vector whose batch returned, under its own id, through several
+// doublings.
+BOOST_AUTO_TEST_CASE(searches_find_every_returned_write_while_merges_move_the_storage) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  o.recent_writes_merge_at = 64;
+  auto d = OpenOrDie(o);
+  constexpr uint64_t kBatch = 100, kBatches = 160;
+  std::atomic<uint64_t> returned{0};  // ids [0, returned) are written
+  std::atomic<bool> writing{true};
+  test::ThreadErrors errors;
+  std::vector<std::thread> searchers;
+  for (int t = 0; t < 2; ++t)
+    searchers.emplace_back([&, t] {
+      std::mt19937_64 rng(t);
+      while (writing) {
+        const uint64_t upto = returned.load();
+        if (upto == 0) continue;
+        // The newest batch (in the recent writes, or being merged) or any older one.
+        const uint64_t id = rng() % 2 == 0 ? upto - 1 - rng() % kBatch : rng() % upto;
+        auto hits = d->Search(VecOf(id, kDim), 1);
+        if (!hits.ok()) errors.Add("search: " + hits.status().ToString());
+        else if (hits->ids[0] != id)
+          errors.Add("id " + std::to_string(id) + "'s vector found id " + std::to_string(hits->ids[0]) + " of " +
+                     std::to_string(upto) + " written");
+      }
+    });
+  for (uint64_t b = 0; b < kBatches; ++b) {
+    UpsertRange(*d, b * kBatch, kBatch, kDim);
+    returned = (b + 1) * kBatch;
+  }
+  writing = false;
+  for (auto& t : searchers) t.join();
+  BOOST_TEST(errors.count() == 0, errors.ToString());
+  BOOST_TEST(d->Size() == kBatch * kBatches);
+  BOOST_TEST(d->Stats().merges >= 10u);
+}
+
 // A graph index keeps removed vectors as tombstones; a checkpoint that finds
 // enough of them rebuilds the index without them while writes go on (it
 // rebuilt with every writer stopped, for as long as building the index took),
