@@ -91,10 +91,8 @@ double BatchedBytesPerSec(const StoreWorkloadConfig& c, const std::vector<float>
   Scratch s(c.dir);
   auto d = OpenStore(c, s.path() + "/db", 256);
   const uint64_t base = uint64_t{1} << 40;  // the batches' ids, above the fill's
-  if (searcher) {
-    const auto fill = RandomVectors(c.vectors, c.dim, 4);
-    Fill(*d, c, fill, c.vectors);
-  }
+  if (searcher) Fill(*d, c, RandomVectors(c.vectors, c.dim, 4), c.vectors);
+  else Fill(*d, c, data, 0);  // trains an index that needs it
   std::atomic<bool> stop{false};
   std::thread search([&] {
     while (searcher && !stop.load() && d->Search({data.data(), c.dim}, c.k).ok()) {
