@@ -134,6 +134,10 @@ constexpr size_t kPrefaultMin = 64 << 20;  // below this the faults are not wort
 
 faiss::MetricType ToFaiss(Metric m) { return m == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT; }
 
+// The bytes flat codes grow to where `need` outgrows `capacity`: doubling,
+// as one insert would, so that growing by adds is amortized O(1) a byte.
+size_t GrownCapacity(size_t need, size_t capacity) { return std::max(need, 2 * capacity); }
+
 // Flat codes storage, bigger and filled, made by PrepareRoom with the index
 // held shared. TakeRoom swaps it with the index's, after which it holds
 // the old storage.
@@ -426,7 +430,7 @@ class FaissIndex final : public VectorIndex {
       // Room first (doubling, as one insert would), so that no row's insert
       // can throw with rows before it in.
       if (const size_t need = codes.size() + rows.size() * bytes; need > codes.capacity())
-        codes.reserve(std::max(need, 2 * codes.capacity()));
+        codes.reserve(GrownCapacity(need, codes.capacity()));
       for (const std::byte* r : rows) {
         const auto* b = reinterpret_cast<const uint8_t*>(r);
         codes.insert(codes.end(), b, b + bytes);
@@ -615,7 +619,7 @@ class FaissIndex final : public VectorIndex {
     }
     auto room = std::make_unique<FlatRoom>(flat, changes_);
     try {
-      room->codes.reserve(std::max(need, 2 * codes.capacity()));  // doubling, as the adds would
+      room->codes.reserve(GrownCapacity(need, codes.capacity()));  // what the adds would reserve
     } catch (const std::bad_alloc&) {
       return nullptr;  // the adds try, and fail as they would have
     }
