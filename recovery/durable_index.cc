@@ -355,11 +355,11 @@ void DurableIndexImpl::MergeThrough(uint64_t lsn, std::unique_lock<std::mutex>& 
 //
 // Beside searches of a big Flat index every hold first waits for the query
 // in progress (a tenth of a second at 100k x 768-d here), so a merge takes
-// as few as it can: its first hold removes and takes its first adds too, and
-// each step's room is made before it, holding the index shared
-// (VectorIndex::PrepareRoom): with the page faults out of the hold, a step
-// of 5 ms adds about five times the rows. Batches of 1024 beside one such
-// searcher went from 33 to 65 MB/s (BENCHMARKS.md, twentieth session).
+// as few holds as it can: its first removes and takes its first adds too,
+// its last one ends it, and each step's room is made before it, with the
+// index held shared (VectorIndex::PrepareRoom): with the page faults out of
+// the hold, a step of 5 ms adds several times the rows. Batches of 1024
+// beside one such searcher: see BENCHMARKS.md, twentieth session.
 bool DurableIndexImpl::MergeStepLocked(std::chrono::nanoseconds* pause) {
   *pause = {};
   if (!failed().ok()) return false;
@@ -390,6 +390,7 @@ bool DurableIndexImpl::MergeStepLocked(std::chrono::nanoseconds* pause) {
   size_t n = 0;
   std::chrono::nanoseconds took{};
   bool waited = false;  // a search or an apply waited for this step
+  std::unique_ptr<RecentWrites> merged;  // the set, once this step finishes it
   Status s;
   {
     std::unique_lock w(state_mu_);
@@ -418,6 +419,11 @@ bool DurableIndexImpl::MergeStepLocked(std::chrono::nanoseconds* pause) {
       if (n == timed || static_cast<uint64_t>(took.count()) > hold_ns)
         merge_ns_per_row_ = std::max<uint64_t>({1, static_cast<uint64_t>(took.count()) / n, merge_ns_per_row_ / 2});
     }
+    if (s.ok() && c.at + n == c.added.size()) {  // the set is in the index: done, in this hold
+      merged = std::move(merging_);
+      index_lsn_ = merging_last_lsn_;
+      ++merges_;
+    }
     waited = state_mu_.has_waiters() || recent_mu_.has_waiters();
     c.unwatched = waited || bound_waiters_.load() > 0 ? 0 : c.unwatched + 1;
   }
@@ -430,20 +436,14 @@ bool DurableIndexImpl::MergeStepLocked(std::chrono::nanoseconds* pause) {
   }
   c.at += n;
   merge_left_ = c.added.size() - c.at;
-  if (c.at == c.added.size()) FinishMergeLocked();
-  else if (waited) *pause = took;
+  if (merged != nullptr) {
+    merged->Clear(RecentHardBound());  // its memory, for the next set
+    spare_recent_ = std::move(merged);
+  } else if (waited) {
+    *pause = took;
+  }
   if (n > 0) NoteMergeStep();  // once the rows it added are off merge_left_
   return true;
-}
-
-void DurableIndexImpl::FinishMergeLocked() {
-  std::unique_lock w(state_mu_);
-  std::unique_lock r(recent_mu_);
-  merging_->Clear(RecentHardBound());
-  spare_recent_ = std::move(merging_);
-  merge_left_ = 0;
-  index_lsn_ = merging_last_lsn_;
-  ++merges_;
 }
 
 // A writer whose apply left the unmerged writes at the bound takes merge

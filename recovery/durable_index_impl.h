@@ -84,7 +84,6 @@ class DurableIndexImpl final : public DurableIndex {
   // the set aside; `pause`: how long to hold nothing after it.
   bool MergeStepLocked(std::chrono::nanoseconds* pause);
   void MergeThrough(uint64_t lsn, std::unique_lock<std::mutex>& m, bool hold);
-  void FinishMergeLocked();
   // Takes merge steps, or waits for another merge's, until fewer than
   // RecentHardBound() writes are unmerged.
   void MergeToBound();
