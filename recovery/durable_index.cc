@@ -428,14 +428,13 @@ bool DurableIndexImpl::MergeStepLocked(std::chrono::nanoseconds* pause) {
     c.unwatched = waited || bound_waiters_.load() > 0 ? 0 : c.unwatched + 1;
   }
   room.reset();  // a taken room holds the old storage: freed here, not in the hold
+  if (s.ok()) c.at += n;
+  merge_left_ = c.added.size() - c.at;
   if (!s.ok()) {
-    if (begins) merge_left_ = c.added.size();
     SetFailed(s.WithContext("merging the recent writes into the index"));
     NoteMergeStep();
     return false;
   }
-  c.at += n;
-  merge_left_ = c.added.size() - c.at;
   if (merged != nullptr) {
     merged->Clear(RecentHardBound());  // its memory, for the next set
     spare_recent_ = std::move(merged);
