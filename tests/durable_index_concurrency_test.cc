@@ -434,18 +434,28 @@ BOOST_AUTO_TEST_CASE(a_writer_at_the_bound_waits_for_a_merge_step_not_the_whole_
   auto d = OpenOrDie(o);
   for (uint64_t base = 0; base < kFill; base += 100) UpsertRange(*d, base, 100, kWide);
   BOOST_REQUIRE(d->Checkpoint().ok());  // every write merged
-  const auto before = d->Stats();
-  TimedInserters writers(*d, kWide, kFill, 2, [](uint64_t id) { return id < kFill + kWrites; });
-  const double longest_ms = writers.Join();
-  const auto st = d->Stats();
-  BOOST_TEST_MESSAGE("a merge of " << kBound << " at once: " << whole_ms << " ms; the longest write: " << longest_ms
-                                   << " ms; " << st.merges - before.merges << " merges in "
-                                   << st.merge_steps - before.merge_steps << " steps; " << st.recent_writes
-                                   << " unmerged at the end");
-  BOOST_TEST(writers.errors() == 0);
-  BOOST_TEST(st.recent_writes < 2 * kBound);  // the set a merge moves, and fewer new ones than it has left
-  BOOST_TEST(d->Size() == kFill + kWrites);
-  for (uint64_t id = 0; id < kFill + kWrites; id += 7) {
+  // A second round, only where the first had a write as long as a third of
+  // the whole merge: a stall of a loaded machine (a 155 ms write in one CI-like
+  // run, against 15 ms alone) seldom comes twice, a wait for a merge would.
+  double longest_ms = 0;
+  uint64_t written = kFill;
+  for (int round = 0; round < 2; ++round) {
+    const auto before = d->Stats();
+    const uint64_t to = written + kWrites;
+    TimedInserters writers(*d, kWide, written, 2, [to](uint64_t id) { return id < to; });
+    longest_ms = writers.Join();
+    written = to;
+    const auto st = d->Stats();
+    BOOST_TEST_MESSAGE("a merge of " << kBound << " at once: " << whole_ms << " ms; the longest write: "
+                                     << longest_ms << " ms; " << st.merges - before.merges << " merges in "
+                                     << st.merge_steps - before.merge_steps << " steps; " << st.recent_writes
+                                     << " unmerged at the end");
+    BOOST_TEST(writers.errors() == 0);
+    BOOST_TEST(st.recent_writes < 2 * kBound);  // the set a merge moves, and fewer new ones than it has left
+    BOOST_TEST(d->Size() == written);
+    if (!kTimesChecked || longest_ms * 3 < whole_ms) break;
+  }
+  for (uint64_t id = 0; id < written; id += 7) {
     auto e = d->Get(id);
     BOOST_TEST((e.ok() && e->vector == vec(id)), "id " << id);
   }
