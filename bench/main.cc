@@ -104,6 +104,11 @@ int main(int argc, char** argv) {
     sub->add_option("--batch", xc.batch, "vectors per atomic batch")->capture_default_str();
     sub->add_option("--queries", xc.queries, "queries per search call")->capture_default_str();
     sub->add_option("--k", xc.k, "neighbours per query")->capture_default_str();
+    sub->add_option("--nprobe", xc.nprobe, "IVF lists probed per query, in the store and in FAISS; 0: FAISS's own (1)")
+        ->capture_default_str();
+    sub->add_option("--ef-search", xc.ef_search,
+                    "HNSW candidates kept per query, in the store and in FAISS; 0: FAISS's own (16)")
+        ->capture_default_str();
     sub->add_option("--seconds", xc.seconds, "duration of each measurement")->capture_default_str();
     sub->add_option("--repeat", xc.repeat, "runs per measurement; medians are reported")->capture_default_str();
     sub->add_option("--checkpoint-mib", xc.checkpoint_mib, "automatic checkpoint interval")->capture_default_str();

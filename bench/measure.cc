@@ -9,6 +9,7 @@ std::string Human(double v) {
   if (v >= 1e9) return fmt::format("{:.2f}G", v / 1e9);
   if (v >= 1e6) return fmt::format("{:.2f}M", v / 1e6);
   if (v >= 1e4) return fmt::format("{:.1f}k", v / 1e3);
+  if (v < 10) return fmt::format("{:.3g}", v);  // shares (recall) and small ratios keep their digits
   return fmt::format("{:.1f}", v);
 }
 }  // namespace

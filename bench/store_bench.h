@@ -36,6 +36,9 @@ struct StoreWorkloadConfig {
   uint64_t merge_hold_us = recovery::DurableIndexOptions{}.merge_hold_us;
   uint64_t search_hold_us = recovery::DurableIndexOptions{}.search_hold_us;
   uint64_t search_batch_hold_us = recovery::DurableIndexOptions{}.search_batch_hold_us;
+  // Search knobs (0: FAISS's own), given to the store and to the FAISS
+  // baseline alike: nprobe for IVF, ef_search for HNSW.
+  size_t nprobe = 0, ef_search = 0;
   bool rocksdb = true;
 };
 

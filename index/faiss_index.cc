@@ -8,11 +8,13 @@
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexIVF.h>
+#include <faiss/IndexPreTransform.h>
 #include <faiss/impl/FaissException.h>
 #include <faiss/impl/IDSelector.h>
 #include <faiss/impl/io.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
+#include <faiss/invlists/InvertedLists.h>
 #include <faiss/utils/distances.h>
 
 #include <algorithm>
@@ -23,6 +25,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "index/faiss_search_params.h"
 #include "index/id_table.h"
 #include "index/omp_thread_cap.h"
 #include "index/page_prefaulter.h"
@@ -375,15 +378,18 @@ Result<SlotTables> ParseSlotTable(std::span<const std::byte> b) {
 }
 
 std::unique_ptr<faiss::Index> WithIds(faiss::Index* raw);
+faiss::IndexIVF* LabelledIvf(faiss::Index* raw);
 
 class FaissIndex final : public VectorIndex {
  public:
   FaissIndex(IndexSpec spec, std::unique_ptr<faiss::Index> idx) : spec_(std::move(spec)), index_(std::move(idx)) {
     // HNSW and other graph indices cannot remove: probe once with an empty
     // selector, and keep tombstones for them.
-    faiss::IDSelectorBatch none(0, nullptr);
     try {
-      index_->remove_ids(none);
+      if (LabelledIvf(index_.get()) != nullptr)
+        index_->remove_ids(faiss::IDSelectorArray(0, nullptr));
+      else
+        index_->remove_ids(faiss::IDSelectorBatch(0, nullptr));
     } catch (const std::exception&) {
       removable_ = false;
     }
@@ -488,8 +494,16 @@ class FaissIndex final : public VectorIndex {
       for (auto slot : slots) RemoveBySwap(map, *flat, slot, export_);
       return Status::OK();
     }
-    faiss::IDSelectorBatch sel(slots.size(), slots.data());
-    return Guard("removing from '" + spec_.description + "'", [&] { index_->remove_ids(sel); });
+    // An IVF index's direct map (a hash table: WithIds) finds each label in
+    // O(1), and takes only a selector that lists them (IDSelectorArray);
+    // the probe above once used a batch selector, which it refused, and IVF
+    // indexes kept tombstones.
+    return Guard("removing from '" + spec_.description + "'", [&] {
+      if (LabelledIvf(index_.get()) != nullptr)
+        index_->remove_ids(faiss::IDSelectorArray(slots.size(), slots.data()));
+      else
+        index_->remove_ids(faiss::IDSelectorBatch(slots.size(), slots.data()));
+    });
   }
 
   using VectorIndex::Search;
@@ -503,8 +517,11 @@ class FaissIndex final : public VectorIndex {
   //   made each query as slow as the tombstones were many: ask for a little
   //   more than k, and go back, with four times as many, only for the
   //   queries that came up short.
-  Result<SearchResults> Search(std::span<const float> queries, size_t k, const IdSet* skip) const override {
+  Result<SearchResults> Search(std::span<const float> queries, size_t k, const IdSet* skip,
+                               const SearchParams& params) const override {
     VECWAL_RETURN_IF_ERROR(CheckRows(queries, "queries"));
+    FaissSearchParams fp;
+    VECWAL_RETURN_IF_ERROR(fp.Build(Searched(), params, spec_.description));
     SearchResults r;
     r.nq = queries.size() / spec_.dim;
     r.k = k;
@@ -517,6 +534,7 @@ class FaissIndex final : public VectorIndex {
       for (uint64_t id : *skip) filtered += slot_of_.count(id);
     const size_t most = std::min(total, k + filtered);
     size_t kk = removable_ ? most : std::min(most, k + std::min(filtered, std::max<size_t>(k, 16)));
+    kk = std::max(kk, std::min(fp.least_k(), total));  // HNSW's ef_search (faiss_search_params.h)
     std::vector<size_t> rows(r.nq);
     for (size_t q = 0; q < r.nq; ++q) rows[q] = q;
     std::vector<float> gathered, d;
@@ -533,8 +551,8 @@ class FaissIndex final : public VectorIndex {
       l.resize(rows.size() * kk);
       VECWAL_RETURN_IF_ERROR(Guard("searching '" + spec_.description + "'", [&] {
         const OmpThreadCap cap(rows.size());
-        index_->search(static_cast<faiss::Index::idx_t>(rows.size()), qs.data(),
-                       static_cast<faiss::Index::idx_t>(kk), d.data(), l.data());
+        SearchFaiss(static_cast<faiss::Index::idx_t>(rows.size()), qs.data(), static_cast<faiss::Index::idx_t>(kk),
+                    d.data(), l.data(), fp.get());
       }));
       size_t short_rows = 0;
       for (size_t i = 0; i < rows.size(); ++i) {
@@ -558,6 +576,11 @@ class FaissIndex final : public VectorIndex {
       kk = std::min(most, 4 * kk);
     }
     return r;
+  }
+
+  Status CheckSearchParams(const SearchParams& params) const override {
+    FaissSearchParams fp;
+    return fp.Build(Searched(), params, spec_.description);
   }
 
   // Flat computes distances by BLAS from FAISS's threshold on, and so does
@@ -699,6 +722,26 @@ class FaissIndex final : public VectorIndex {
   }
 
  private:
+  // What FAISS searches: the index under the id map, or the IVF index.
+  const faiss::Index& Searched() const {
+    const auto* map = dynamic_cast<const faiss::IndexIDMap2*>(index_.get());
+    return map != nullptr ? *map->index : *index_;
+  }
+  // index_->search, with `params` where there are any. IndexIDMap2 refuses
+  // parameters (FAISS 1.7.3), so the index under it is searched and its row
+  // numbers are turned into labels (slots) as the map would.
+  void SearchFaiss(faiss::Index::idx_t n, const float* x, faiss::Index::idx_t k, float* d, faiss::Index::idx_t* l,
+                   const faiss::SearchParameters* params) const {
+    const auto* map = dynamic_cast<const faiss::IndexIDMap2*>(index_.get());
+    if (params == nullptr || map == nullptr) {
+      index_->search(n, x, k, d, l, params);
+      return;
+    }
+    map->index->search(n, x, k, d, l, params);
+    for (faiss::Index::idx_t i = 0; i < n * k; ++i)
+      if (l[i] >= 0) l[i] = map->id_map[static_cast<size_t>(l[i])];
+  }
+
   // The flat codes under the id map, where vectors are stored raw.
   faiss::IndexFlatCodes* FlatCodes() const {
     auto* map = dynamic_cast<faiss::IndexIDMap2*>(index_.get());
@@ -957,8 +1000,20 @@ Result<TailTables> BuildTailTables(std::span<const std::byte> tail, int64_t ntot
 
 // IVF indices take labels themselves; everything else is wrapped in an
 // IndexIDMap2 so that add_with_ids and reconstruct-by-label work for all.
+// The IVF index that `raw` is, or that a transform in front of it (OPQ, PCA,
+// a rotation) passes labels to; null where there is none.
+faiss::IndexIVF* LabelledIvf(faiss::Index* raw) {
+  if (auto* pre = dynamic_cast<faiss::IndexPreTransform*>(raw)) raw = pre->index;
+  return dynamic_cast<faiss::IndexIVF*>(raw);
+}
+
+// An IVF index keeps a label with each vector, so it takes slots as labels
+// with no id map; so does a transform in front of one. Under IndexIDMap2 the
+// latter aborted the process at its first removal: FAISS 1.7.3 asserts that
+// the index below renumbers its rows after a removal, as flat codes do, and
+// an IVF index does not.
 std::unique_ptr<faiss::Index> WithIds(faiss::Index* raw) {
-  if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(raw)) {
+  if (auto* ivf = LabelledIvf(raw)) {
     ivf->set_direct_map_type(faiss::DirectMap::Hashtable);  // reconstruct and O(1) remove by label
     return std::unique_ptr<faiss::Index>(raw);
   }
@@ -1124,6 +1179,46 @@ Result<std::unique_ptr<VectorIndex>> FlatLoader::Finish() {
   return std::unique_ptr<VectorIndex>(std::move(fi));
 }
 
+// A checkpoint written before WithIds kept transforms in front of IVF out of
+// IndexIDMap2 holds one inside it. Its IVF labels were the map's row
+// numbers, until a removal: the map then closed up its rows and the labels
+// did not follow (the next removal aborted). Where the labels are still
+// exactly the rows, each becomes the slot its row holds and the map goes;
+// where they are not, which label is which id is lost, and the load fails
+// rather than serve wrong ids (the previous checkpoint may predate it).
+static Status DropIdMapOverIvf(std::unique_ptr<faiss::Index>& idx) {
+  auto* map = dynamic_cast<faiss::IndexIDMap2*>(idx.get());
+  faiss::IndexIVF* ivf = map != nullptr ? LabelledIvf(map->index) : nullptr;
+  if (ivf == nullptr) return Status::OK();
+  auto* lists = dynamic_cast<faiss::ArrayInvertedLists*>(ivf->invlists);
+  if (lists == nullptr)
+    return Status::NotSupported("stored IVF index behind an id map keeps its lists outside memory; cannot relabel it");
+  const size_t rows = map->id_map.size();
+  std::vector<bool> seen(rows, false);
+  size_t entries = 0;
+  for (const auto& list : lists->ids)
+    for (faiss::Index::idx_t label : list) {
+      ++entries;
+      if (label < 0 || static_cast<size_t>(label) >= rows || seen[static_cast<size_t>(label)])
+        return Status::Corruption("stored IVF index behind an id map has label " + std::to_string(label) +
+                                  (label >= 0 && static_cast<size_t>(label) < rows ? " twice" : " past its rows") +
+                                  ": its labels no longer match the map's " + std::to_string(rows) +
+                                  " rows (a removal under an older vecwal lost them), so its vectors' ids are unknown");
+      seen[static_cast<size_t>(label)] = true;
+    }
+  if (entries != rows)
+    return Status::Corruption("stored IVF index behind an id map holds " + std::to_string(entries) +
+                              " vectors against the map's " + std::to_string(rows) + " rows");
+  for (auto& list : lists->ids)
+    for (auto& label : list) label = map->id_map[static_cast<size_t>(label)];
+  return Guard("relabelling a stored IVF index", [&] {
+    ivf->set_direct_map_type(faiss::DirectMap::Hashtable);
+    faiss::Index* inner = map->index;
+    map->own_fields = false;
+    idx.reset(inner);
+  });
+}
+
 size_t SearchThreads() { return static_cast<size_t>(std::max(omp_get_max_threads(), 1)); }
 
 Result<std::unique_ptr<VectorIndex>> LoadFaissIndex(const IndexSpec& spec, std::span<const std::byte> bytes) {
@@ -1135,6 +1230,7 @@ Result<std::unique_ptr<VectorIndex>> LoadFaissIndex(const IndexSpec& spec, std::
                                    std::to_string(spec.dim));
   if (idx->metric_type != ToFaiss(spec.metric))
     return Status::InvalidArgument(std::string("stored index has another metric than ") + ToString(spec.metric));
+  VECWAL_RETURN_IF_ERROR(DropIdMapOverIvf(idx));
   auto fi = std::make_unique<FaissIndex>(spec, std::move(idx));
   VECWAL_ASSIGN_OR_RETURN(SlotTables t, ParseSlotTable(bytes.subspan(r.pos)));
   VECWAL_RETURN_IF_ERROR(fi->AdoptTable(std::move(t)));

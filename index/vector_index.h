@@ -41,6 +41,16 @@ struct IndexSpec {
 
 inline constexpr uint64_t kNoId = ~0ull;
 
+// How hard an approximate index searches, per call. 0 leaves the index's
+// own setting (FAISS's defaults: nprobe 1, efSearch 16, which at 1M vectors
+// find a small share of the true neighbours). A knob the index has no part
+// for is an error (CheckSearchParams), not ignored: an nprobe meant for IVF
+// that an HNSW index dropped would look like a recall bug.
+struct SearchParams {
+  size_t nprobe = 0;     // IVF: inverted lists probed per query (at most the lists it has)
+  size_t ef_search = 0;  // HNSW, or an IVF's HNSW quantizer: candidates kept on the graph
+};
+
 // Row-major, nq x k; rows with fewer than k hits end in kNoId.
 struct SearchResults {
   size_t nq = 0, k = 0;
@@ -117,8 +127,15 @@ class VectorIndex {
   // out, and each query still gets the k best of the rest: a caller that
   // holds newer versions of some ids (the recent writes) asks for k, not for
   // k more per id.
-  virtual Result<SearchResults> Search(std::span<const float> queries, size_t k, const IdSet* skip) const = 0;
+  virtual Result<SearchResults> Search(std::span<const float> queries, size_t k, const IdSet* skip,
+                                       const SearchParams& params) const = 0;
+  Result<SearchResults> Search(std::span<const float> queries, size_t k, const IdSet* skip) const {
+    return Search(queries, k, skip, SearchParams{});
+  }
   Result<SearchResults> Search(std::span<const float> queries, size_t k) const { return Search(queries, k, nullptr); }
+  // InvalidArgument, naming the knob and the index, where `params` sets one
+  // that this index has no part for; Search checks the same.
+  virtual Status CheckSearchParams(const SearchParams& params) const = 0;
   // The fewest queries a search should take at once, where fewer cost more
   // each: FAISS's Flat computes distances query by query below
   // faiss::distance_compute_blas_threshold (20) queries a call and by one BLAS

@@ -48,6 +48,12 @@ Result<std::unique_ptr<DurableIndex>> DurableIndexImpl::Open(const DurableIndexO
   d->fs_ = opts.wal.fs ? opts.wal.fs : NewPosixFileSystem();
   d->opts_.wal.fs = d->fs_;
   d->opts_.wal.recovery_mode = opts.recovery_mode;
+  // Refused before a recovery that may take minutes: an empty index of the
+  // description says which knobs it has (a bad description is left to
+  // recovery, whose error names it).
+  if (opts.search.nprobe != 0 || opts.search.ef_search != 0)
+    if (auto probe = index::NewFaissIndex(opts.spec); probe.ok())
+      VECWAL_RETURN_IF_ERROR((*probe)->CheckSearchParams(opts.search));
   VECWAL_RETURN_IF_ERROR(d->fs_->CreateDir(opts.dir));
   d->recent_ = std::make_unique<RecentWrites>(opts.spec);
   VECWAL_RETURN_IF_ERROR(d->Recover(&d->recovery_));
@@ -835,7 +841,16 @@ Status DurableIndexImpl::Apply(const WriteBatch& batch) {
 // but only up to about search_batch_hold_us each: a merge that comes waits
 // for the chunk in progress, and on a 1M-vector Flat index a chunk of 20
 // queries alone holds it for about a second here.
-Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> queries, size_t k) const {
+Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> queries, size_t k,
+                                                      const index::SearchParams& asked) const {
+  const index::SearchParams params{asked.nprobe != 0 ? asked.nprobe : opts_.search.nprobe,
+                                   asked.ef_search != 0 ? asked.ef_search : opts_.search.ef_search};
+  // Chunks are sized from the time per query of earlier searches, which
+  // other knobs would make wrong by orders of magnitude: such a call times
+  // its own, from a first chunk of one query (or of the batch floor).
+  const bool own_rates = params.nprobe != opts_.search.nprobe || params.ef_search != opts_.search.ef_search;
+  std::array<std::atomic<uint64_t>, 3> call_rates{};
+  auto& rates = own_rates ? call_rates : search_ns_per_query_;
   searches_.fetch_add(1);
   const struct Leave {
     std::atomic<size_t>& n;
@@ -845,7 +860,7 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
   const size_t dim = opts_.spec.dim;
   if (queries.empty() || queries.size() % dim != 0 || k == 0) {
     std::shared_lock r(state_mu_);
-    return index_->Search(queries, k);  // its error names the problem
+    return index_->Search(queries, k, nullptr, params);  // its error names the problem
   }
   const size_t nq = queries.size() / dim;
   index::SearchResults out;
@@ -856,13 +871,14 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
   for (size_t done = 0; done < nq;) {
     const size_t left = nq - done;
     const bool batched = search_floor_ > 1 && left >= search_floor_;
-    const uint64_t per_query = search_ns_per_query_[batched].load(std::memory_order_relaxed);
+    const uint64_t per_query = rates[batched].load(std::memory_order_relaxed);
     size_t chunk = per_query == 0 || hold_ns == 0 ? left : std::clamp<size_t>(hold_ns / per_query, 1, left);
+    if (own_rates && per_query == 0 && hold_ns != 0) chunk = batched ? search_floor_ : 1;
     bool grew = false;
     if (batched) {
       chunk = std::max(chunk, search_floor_);
       if (const size_t g = std::min<size_t>(search_unwatched_.load(), 20); g > 0 && per_query != 0) {
-        const uint64_t latest = search_ns_per_query_[2].load(std::memory_order_relaxed);
+        const uint64_t latest = rates[2].load(std::memory_order_relaxed);
         const size_t grown = std::min(chunk << g, batch_hold_ns / std::max<uint64_t>(latest, 1));
         grew = grown > chunk;
         chunk = std::max(chunk, grown);
@@ -904,7 +920,7 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
             if (index_->Contains(id)) hidden.insert(id);
         }
       }
-      auto found = any_recent ? index_->Search(q, k, &hidden) : index_->Search(q, k);
+      auto found = index_->Search(q, k, any_recent ? &hidden : nullptr, params);
       if (batched)
         search_unwatched_ = state_mu_.has_exclusive_waiters() || placed_seq_.load() != applied_seq_.load() ||
                                     bound_waiters_.load() > 0
@@ -919,8 +935,8 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
     // but bounds the next one's growth: a query costs less in a bigger
     // chunk, so the rate of a smaller one overestimates a bigger one's time.
     const uint64_t rate = std::max<uint64_t>(1, ns / chunk);
-    if (!grew) search_ns_per_query_[batched].store(rate, std::memory_order_relaxed);
-    if (batched) search_ns_per_query_[2].store(rate, std::memory_order_relaxed);
+    if (!grew) rates[batched].store(rate, std::memory_order_relaxed);
+    if (batched) rates[2].store(rate, std::memory_order_relaxed);
     out.ids.insert(out.ids.end(), part->ids.begin(), part->ids.end());
     out.distances.insert(out.distances.end(), part->distances.begin(), part->distances.end());
     done += chunk;

@@ -109,6 +109,12 @@ struct DurableIndexOptions {
   // holds searches and merges only to add what changed meanwhile. Tombstones below the
   // share are checkpointed as they are.
   double compact_tombstone_ratio = 0.1;
+  // How hard a search of an approximate index works, for each knob a
+  // Search call leaves at 0: nprobe (IVF), ef_search (HNSW). 0 here as well:
+  // FAISS's own, nprobe 1 and efSearch 16, which suit small indexes only.
+  // Open refuses a knob the index has no part for. The recent writes are
+  // searched exactly whatever these say.
+  index::SearchParams search;
   wal::WalOptions wal;  // wal.fs is shared with checkpoints
 };
 
@@ -205,7 +211,15 @@ class DurableIndex {
   std::future<Status> RemoveAsync(uint64_t id);
   std::future<Status> ApplyAsync(const WriteBatch& batch);
 
-  virtual Result<index::SearchResults> Search(std::span<const float> queries, size_t k) const = 0;
+  // k nearest of each of the nq queries (nq x dim floats). `params` sets,
+  // for this call, how hard an approximate index searches; a knob left at 0
+  // takes DurableIndexOptions::search's. A knob the index has no part for is
+  // InvalidArgument.
+  virtual Result<index::SearchResults> Search(std::span<const float> queries, size_t k,
+                                              const index::SearchParams& params) const = 0;
+  Result<index::SearchResults> Search(std::span<const float> queries, size_t k) const {
+    return Search(queries, k, index::SearchParams{});
+  }
   virtual Result<Entry> Get(uint64_t id) const = 0;
   virtual bool Contains(uint64_t id) const = 0;
   virtual size_t Size() const = 0;

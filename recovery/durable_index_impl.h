@@ -45,7 +45,9 @@ class DurableIndexImpl final : public DurableIndex {
                    WriteCallback done) override;
   void RemoveAsync(uint64_t id, WriteCallback done) override;
   void ApplyAsync(const WriteBatch& batch, WriteCallback done) override;
-  Result<index::SearchResults> Search(std::span<const float> queries, size_t k) const override;
+  using DurableIndex::Search;
+  Result<index::SearchResults> Search(std::span<const float> queries, size_t k,
+                                      const index::SearchParams& params) const override;
   Result<Entry> Get(uint64_t id) const override;
   bool Contains(uint64_t id) const override;
   size_t Size() const override;
@@ -214,6 +216,8 @@ class DurableIndexImpl final : public DurableIndex {
   // The latest search's time per query, in chunks below the index's
   // SearchBatchFloor ([0]) and from it on ([1]): they differ eightfold; and
   // in the latest chunk from it on, grown or not ([2]), which bounds growth.
+  // Only of searches at opts_.search: a call with other knobs keeps its own
+  // (an nprobe of 256 costs a hundred times one of 1).
   mutable std::array<std::atomic<uint64_t>, 3> search_ns_per_query_{};
   size_t search_floor_ = 1;  // index_->SearchBatchFloor(), once recovered
   mutable std::atomic<size_t> search_unwatched_{0};  // chunks from the floor on in a row that nobody waited for

@@ -234,6 +234,100 @@ BOOST_AUTO_TEST_CASE(trained_index_is_checkpointed_and_never_retrained) {
 
 namespace {
 
+std::vector<float> Sample(std::mt19937_64& rng, int n) {
+  std::vector<float> sample;
+  for (int i = 0; i < n; ++i) {
+    auto v = Vec(rng);
+    sample.insert(sample.end(), v.begin(), v.end());
+  }
+  return sample;
+}
+
+// A store of `desc` (IVF4 behind it) that probes every list by default:
+// exact, like the model's search.
+DurableIndexOptions ProbingEveryList(const std::string& dir, const std::string& desc) {
+  auto o = Options(dir, desc);
+  o.search.nprobe = 4;
+  return o;
+}
+
+}  // namespace
+
+// The store's search knobs (options) apply where a call leaves them at 0,
+// and a call's own override them; a knob the index has no part for is
+// refused at Open and per call. Probing all 4 lists is exact, so the store
+// equals the model's exact search; one list is not.
+BOOST_AUTO_TEST_CASE(search_knobs_come_from_the_options_unless_a_call_sets_its_own) {
+  test::TempDir dir;
+  const auto o = ProbingEveryList(dir.path(), "IVF4,Flat");
+  std::mt19937_64 rng(21);
+  Model m;
+  auto d = OpenOrDie(o);
+  BOOST_REQUIRE(d->Train(Sample(rng, 400)).ok());
+  RandomOps(*d, m, rng, 300);
+  ExpectEqual(*d, m);  // recent writes and index both
+  BOOST_REQUIRE(d->Checkpoint().ok());
+  ExpectEqual(*d, m);  // the index alone
+  const auto q = Sample(rng, 20);
+  auto all = d->Search(q, 4), one = d->Search(q, 4, {.nprobe = 1});
+  BOOST_REQUIRE(all.ok());
+  BOOST_REQUIRE(one.ok());
+  BOOST_TEST(all->ids != one->ids);
+  BOOST_TEST(d->Search(q, 4)->ids == all->ids);  // the call's knob did not stay
+  auto wrong = d->Search(q, 4, {.ef_search = 16});
+  BOOST_TEST(wrong.status().code() == Status::Code::kInvalidArgument);
+  BOOST_TEST(wrong.status().message().find("ef_search") != std::string::npos, wrong.status().ToString());
+  d.reset();
+  ExpectEqual(*OpenOrDie(o), m);
+  test::TempDir other;
+  auto h = Options(other.path(), "HNSW8");
+  h.search.nprobe = 4;
+  auto refused = DurableIndex::Open(h);
+  BOOST_TEST(refused.status().code() == Status::Code::kInvalidArgument);
+  BOOST_TEST(refused.status().message().find("nprobe 4") != std::string::npos, refused.status().ToString());
+  BOOST_TEST(refused.status().message().find("'HNSW8'") != std::string::npos, refused.status().ToString());
+}
+
+// A transform in front of IVF (PCA, OPQ) was kept under FAISS's id map,
+// where the second removal aborted the process, and the op that did it was
+// already in the log: every reopen replayed it and aborted again.
+BOOST_AUTO_TEST_CASE(a_store_with_a_transform_in_front_of_ivf_updates_and_removes) {
+  test::TempDir dir;
+  const auto o = ProbingEveryList(dir.path(), "PCA8,IVF4,Flat");
+  std::mt19937_64 rng(22);
+  Model m;
+  // The index keeps vectors through the transform, so Get gives them back
+  // to within rounding; each finds itself first.
+  auto expect = [&](const DurableIndex& d) {
+    BOOST_REQUIRE_EQUAL(d.Size(), m.rows.size());
+    for (const auto& [id, row] : m.rows) {
+      auto e = d.Get(id);
+      BOOST_REQUIRE_MESSAGE(e.ok(), "id " << id << ": " << e.status().ToString());
+      BOOST_REQUIRE((e->payload == row.second));
+      for (uint32_t j = 0; j < kDim; ++j) BOOST_REQUIRE_SMALL(e->vector[j] - row.first[j], 1e-4f);
+      auto hit = d.Search(row.first, 1);
+      BOOST_REQUIRE(hit.ok());
+      BOOST_REQUIRE_EQUAL(hit->ids[0], id);
+    }
+    for (uint64_t id = 0; id < 200; ++id) BOOST_REQUIRE(d.Contains(id) == (m.rows.count(id) != 0));
+  };
+  {
+    auto d = OpenOrDie(o);
+    BOOST_REQUIRE(d->Train(Sample(rng, 400)).ok());
+    RandomOps(*d, m, rng, 300);
+    expect(*d);
+    BOOST_REQUIRE(d->Checkpoint().ok());
+    RandomOps(*d, m, rng, 300);
+    expect(*d);
+  }
+  auto d = OpenOrDie(o);  // the checkpoint, and the log after it
+  expect(*d);
+  RandomOps(*d, m, rng, 100);
+  expect(*d);
+}
+
+namespace {
+
 // A store whose every file goes through a fault-injecting seam.
 struct FaultyStore {
   explicit FaultyStore(const std::string& dir, size_t spare_segments = 2, uint64_t checkpoint_every_log_bytes = 0)

@@ -18,6 +18,10 @@
 
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexIDMap.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/IndexPreTransform.h>
+#include <faiss/clone_index.h>
+#include <faiss/impl/IDSelector.h>
 #include <faiss/impl/io.h>
 #include <faiss/index_io.h>
 
@@ -147,8 +151,11 @@ BOOST_AUTO_TEST_CASE(flat_search_matches_brute_force_for_both_metrics) {
   }
 }
 
+// Transforms in front (PCA, OPQ) included: in front of IVF under FAISS's id
+// map, the second removal aborted the process.
 BOOST_AUTO_TEST_CASE(every_index_type_updates_and_removes_by_id) {
-  for (std::string desc : {"Flat", "HNSW16", "IVF8,Flat", "IVF8,PQ4x4", "PQ4x4"}) {
+  for (std::string desc : {"Flat", "HNSW16", "IVF8,Flat", "IVF8,PQ4x4", "PQ4x4", "SQ8", "PCA16,IVF8,Flat",
+                           "OPQ4,IVF8,PQ4x4", "PCA16,Flat"}) {
     BOOST_TEST_CONTEXT(desc) {
       auto idx = Make(desc);
       auto ids = Ids(300, 5);
@@ -164,11 +171,15 @@ BOOST_AUTO_TEST_CASE(every_index_type_updates_and_removes_by_id) {
       for (size_t i = 0; i < moved.size(); ++i) far[i * kDim] += static_cast<float>(i);
       BOOST_REQUIRE(idx->Add(moved, far).ok());
       BOOST_TEST(idx->size() == 200u);
+      // Only a graph keeps what it cannot remove (IVF's hash-table direct
+      // map once refused FAISS's batch selector, and IVF kept tombstones).
+      BOOST_TEST(idx->tombstones() == (desc.find("HNSW") != std::string::npos ? 200u : 0u));
       for (uint64_t id : gone) BOOST_REQUIRE(!idx->Contains(id));
       // Queries near the moved vectors find them, and never a removed id.
       auto r = idx->Search(std::span(far).first(10 * kDim), 3);
       BOOST_REQUIRE(r.ok());
-      const bool lossy = desc.find("PQ") != std::string::npos;  // codes may not tell the far vectors apart
+      // Codes may not tell the far vectors apart (SQ8 clamps them to its trained range).
+      const bool lossy = desc.find("PQ") != std::string::npos || desc.find("SQ") != std::string::npos;
       for (size_t q = 0; q < 10; ++q) {
         if (lossy)
           BOOST_TEST(std::count(moved.begin(), moved.end(), r->ids[q * 3]) == 1);
@@ -225,7 +236,7 @@ BOOST_AUTO_TEST_CASE(hnsw_tombstones_are_filtered_then_compacted) {
 // the first list FAISS returns is mostly tombstones, and the short queries go
 // back for more.
 BOOST_AUTO_TEST_CASE(skipped_ids_and_tombstones_leave_k_hits_of_the_rest) {
-  for (std::string desc : {"Flat", "HNSW16", "IVF8,Flat"}) {
+  for (std::string desc : {"PCA16,IVF8,Flat"}) {
     BOOST_TEST_CONTEXT(desc) {
       auto [idx, ids, vecs] = MakeFilled(desc, 1000, 1, 12);
       std::vector<uint64_t> gone(ids.begin(), ids.begin() + 600);
@@ -367,7 +378,7 @@ BOOST_AUTO_TEST_CASE(indexes_searched_by_blas_from_a_call_size_on_name_that_size
 }
 
 BOOST_AUTO_TEST_CASE(serialized_index_loads_with_ids_tombstones_and_results) {
-  for (std::string desc : {"Flat", "HNSW16", "IVF8,Flat"}) {
+  for (std::string desc : {"PCA16,IVF8,Flat"}) {
     BOOST_TEST_CONTEXT(desc) {
       auto [idx, ids, vecs] = MakeFilled(desc, 300, 11, 6);
       BOOST_REQUIRE(idx->Remove(std::span(ids).first(40)).ok());
@@ -780,4 +791,156 @@ BOOST_AUTO_TEST_CASE(ids_that_differ_only_in_high_bits_spread_over_the_tables, *
   for (size_t i = 0; i < kN; ++i) BOOST_REQUIRE((*back)->Contains(ids[i]) == (i % 3 != 0));
   // Spread, these take milliseconds; piled into one bucket, minutes.
   BOOST_TEST(s < 20.0, "adds, removes and a load of " << kN << " ids took " << s << " s");
+}
+
+// Search knobs reach FAISS per call: through an IVF index, a transform in
+// front of one (under the id map, whose labels the backend then maps), an
+// HNSW quantizer and an HNSW index. Probing every list is exact and one is
+// not; a longer HNSW candidate list finds what FAISS's default misses; a
+// knob left at 0 leaves FAISS's own setting, and one call's knob does not
+// stay for the next. A knob the index has no part for is refused by name.
+BOOST_AUTO_TEST_CASE(search_params_reach_faiss_per_call_and_a_knob_with_no_part_is_refused) {
+  constexpr size_t kN = 4000, kQ = 50, kK = 10;
+  const auto queries = RandomVectors(kQ, 77);
+  auto recall = [&](const Filled& f, const SearchResults& r) {
+    size_t hit = 0;
+    for (size_t q = 0; q < kQ; ++q) {
+      const auto truth = BruteForce(f.ids, f.vecs, queries.data() + q * kDim, kK, Metric::kL2);
+      for (size_t j = 0; j < kK; ++j) hit += std::count(truth.begin(), truth.end(), r.ids[q * kK + j]);
+    }
+    return static_cast<double>(hit) / (kQ * kK);
+  };
+  auto search = [&](const Filled& f, SearchParams p) {
+    auto r = f.idx->Search(queries, kK, nullptr, p);
+    BOOST_REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    return *r;
+  };
+  for (std::string desc : {"IVF32,Flat", "PCA16,IVF32,Flat", "IVF32_HNSW16,Flat"}) {
+    BOOST_TEST_CONTEXT(desc) {
+      const Filled f = MakeFilled(desc, kN, 5, 31);
+      const auto every = search(f, {.nprobe = 32});
+      const auto one = search(f, {.nprobe = 1});
+      const auto plain = search(f, {});
+      BOOST_TEST_MESSAGE(desc << ": recall@10 probing 32 lists " << recall(f, every) << ", 1 list " << recall(f, one));
+      BOOST_TEST(recall(f, every) >= 0.99);
+      BOOST_TEST(recall(f, one) < recall(f, every) - 0.1);
+      BOOST_TEST(plain.ids == one.ids);  // FAISS's nprobe is 1, and the call before did not change it
+      BOOST_TEST(search(f, {.nprobe = 1000}).ids == search(f, {.nprobe = 32}).ids);  // clamped to the lists
+      // An HNSW quantizer's too: FAISS 1.7.3 would not use it.
+      auto wrong = f.idx->Search(queries, kK, nullptr, {.nprobe = 4, .ef_search = 64});
+      BOOST_TEST(wrong.status().code() == Status::Code::kInvalidArgument);
+    }
+  }
+  for (std::string desc : {"HNSW16", "PCA16,HNSW16"}) {
+    BOOST_TEST_CONTEXT(desc) {
+      Filled f = MakeFilled(desc, kN, 5, 31);
+      // Tombstones too: the hits FAISS is asked for beyond k are filtered.
+      BOOST_REQUIRE(f.idx->Remove(std::span(f.ids).first(100)).ok());
+      f.ids.erase(f.ids.begin(), f.ids.begin() + 100);
+      f.vecs.erase(f.vecs.begin(), f.vecs.begin() + 100 * kDim);
+      const auto plain = search(f, {});
+      const auto wide = search(f, {.ef_search = 512});
+      BOOST_TEST_MESSAGE(desc << ": recall@10 at FAISS's efSearch " << recall(f, plain) << ", at 512 "
+                              << recall(f, wide));
+      BOOST_TEST(recall(f, wide) >= 0.99);
+      BOOST_TEST(recall(f, wide) > recall(f, plain));
+      BOOST_TEST(search(f, {}).ids == plain.ids);
+    }
+  }
+  for (auto [desc, p, knob] : {std::tuple{"Flat", SearchParams{.nprobe = 8}, "nprobe"},
+                               std::tuple{"HNSW16", SearchParams{.nprobe = 8}, "nprobe"},
+                               std::tuple{"Flat", SearchParams{.ef_search = 8}, "ef_search"},
+                               std::tuple{"IVF32,Flat,Refine(Flat)", SearchParams{.nprobe = 8}, "Refine"}}) {
+    BOOST_TEST_CONTEXT(desc << " " << knob) {
+      auto idx = Make(desc);
+      const Status checked = idx->CheckSearchParams(p);
+      BOOST_TEST(checked.code() == Status::Code::kInvalidArgument);
+      BOOST_TEST(checked.ToString().find(knob) != std::string::npos, checked.ToString());
+      BOOST_TEST(checked.ToString().find(std::string("'") + desc + "'") != std::string::npos, checked.ToString());
+      BOOST_TEST(idx->Search(queries, kK, nullptr, p).status().ToString() == checked.ToString());
+      BOOST_TEST(idx->CheckSearchParams({}).ok());
+    }
+  }
+}
+
+// A checkpoint written while transforms in front of IVF were kept under
+// IndexIDMap2 (where a second removal aborted the process) loads without the
+// map, each IVF label turned into its slot, and then removes, searches and
+// reconstructs by id. One whose labels a removal there had already parted
+// from the map's rows is refused, not served with wrong ids.
+BOOST_AUTO_TEST_CASE(an_ivf_behind_a_transform_stored_under_an_id_map_loads_relabelled) {
+  const std::string desc = "PCA16,IVF8,Flat";
+  auto [idx, ids, vecs] = MakeFilled(desc, 300, 5, 3);
+  // Slots that are not the order of rows: the first 100 ids move to 300-399.
+  const std::vector<uint64_t> moved(ids.begin(), ids.begin() + 100);
+  BOOST_REQUIRE(idx->Remove(moved).ok());
+  BOOST_REQUIRE(idx->Add(moved, std::span(vecs).first(100 * kDim)).ok());
+  std::vector<uint8_t> bytes;
+  BOOST_REQUIRE(idx->Serialize([&](std::span<const std::byte> s) {
+                     const auto* b = reinterpret_cast<const uint8_t*>(s.data());
+                     bytes.insert(bytes.end(), b, b + s.size());
+                     return Status::OK();
+                   }).ok());
+  faiss::VectorIOReader r;
+  r.data = bytes;
+  std::unique_ptr<faiss::Index> now(faiss::read_index(&r));
+  const std::vector<uint8_t> table(bytes.begin() + static_cast<std::ptrdiff_t>(r.rp), bytes.end());
+  auto* trained = dynamic_cast<faiss::IndexPreTransform*>(now.get());
+  BOOST_REQUIRE(trained != nullptr);  // no id map over it any more
+  // The old layout of the same state: the map over the same trained index,
+  // its rows in reverse order of slots. Slot s holds ids[s] for s >= 100 and
+  // ids[s - 300] for s >= 300.
+  auto old_layout = [&](bool parted) {
+    std::unique_ptr<faiss::Index> inner(faiss::clone_index(trained));
+    inner->reset();
+    dynamic_cast<faiss::IndexIVF*>(dynamic_cast<faiss::IndexPreTransform*>(inner.get())->index)
+        ->set_direct_map_type(faiss::DirectMap::NoMap);
+    faiss::IndexIDMap2 map(inner.get());
+    std::vector<faiss::Index::idx_t> slots;
+    std::vector<float> rows;
+    for (int64_t s = 399; s >= 100; --s) {
+      const size_t i = s >= 300 ? static_cast<size_t>(s - 300) : static_cast<size_t>(s);
+      slots.push_back(s);
+      rows.insert(rows.end(), vecs.begin() + static_cast<std::ptrdiff_t>(i * kDim),
+                  vecs.begin() + static_cast<std::ptrdiff_t>((i + 1) * kDim));
+    }
+    map.add_with_ids(static_cast<faiss::Index::idx_t>(slots.size()), rows.data(), slots.data());
+    if (parted) {  // what a removal under the map did: rows closed up, labels not
+      faiss::IDSelectorBatch first(1, slots.data());
+      map.remove_ids(first);
+    }
+    faiss::VectorIOWriter w;
+    faiss::write_index(&map, &w);
+    w.data.insert(w.data.end(), table.begin(), table.end());
+    return std::vector<std::byte>(reinterpret_cast<const std::byte*>(w.data.data()),
+                                  reinterpret_cast<const std::byte*>(w.data.data() + w.data.size()));
+  };
+  auto back = LoadFaissIndex(idx->spec(), old_layout(false));
+  BOOST_REQUIRE_MESSAGE(back.ok(), back.status().ToString());
+  VectorIndex& b = **back;
+  BOOST_TEST(b.size() == 300u);
+  for (size_t i = 0; i < 300; i += 13) {
+    BOOST_TEST_CONTEXT("id " << ids[i]) {
+      auto hit = b.Search(std::span(vecs).subspan(i * kDim, kDim), 1, nullptr, {.nprobe = 8});
+      BOOST_REQUIRE(hit.ok());
+      BOOST_TEST(hit->ids[0] == ids[i]);
+      auto v = b.Reconstruct(ids[i]);
+      BOOST_REQUIRE(v.ok());
+      for (uint32_t j = 0; j < kDim; ++j) BOOST_TEST(std::abs((*v)[j] - vecs[i * kDim + j]) < 1e-3);
+    }
+  }
+  // Two removals in turn: the second is where the map aborted.
+  BOOST_REQUIRE(b.Remove(std::span(ids).subspan(0, 50)).ok());
+  BOOST_REQUIRE(b.Remove(std::span(ids).subspan(150, 50)).ok());
+  BOOST_TEST(b.size() == 200u);
+  for (size_t i : {0u, 60u, 160u, 250u}) {
+    auto hit = b.Search(std::span(vecs).subspan(i * kDim, kDim), 1, nullptr, {.nprobe = 8});
+    BOOST_REQUIRE(hit.ok());
+    const bool removed = i < 50 || (i >= 150 && i < 200);
+    BOOST_TEST((hit->ids[0] == ids[i]) == !removed, "id " << ids[i]);
+    BOOST_TEST(b.Contains(ids[i]) == !removed);
+  }
+  auto parted = LoadFaissIndex(idx->spec(), old_layout(true));
+  BOOST_TEST(parted.status().code() == Status::Code::kCorruption, parted.status().ToString());
+  BOOST_TEST(parted.status().ToString().find("no longer match") != std::string::npos, parted.status().ToString());
 }

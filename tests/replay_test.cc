@@ -44,9 +44,11 @@ class WatchedIndex final : public index::VectorIndex {
     Leave();
     return s;
   }
-  Result<index::SearchResults> Search(std::span<const float> q, size_t k, const index::IdSet* skip) const override {
-    return inner_->Search(q, k, skip);
+  Result<index::SearchResults> Search(std::span<const float> q, size_t k, const index::IdSet* skip,
+                                      const index::SearchParams& p) const override {
+    return inner_->Search(q, k, skip, p);
   }
+  Status CheckSearchParams(const index::SearchParams& p) const override { return inner_->CheckSearchParams(p); }
   bool Contains(uint64_t id) const override { return inner_->Contains(id); }
   Result<std::vector<float>> Reconstruct(uint64_t id) const override { return inner_->Reconstruct(id); }
   size_t size() const override { return inner_->size(); }
