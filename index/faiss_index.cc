@@ -6,7 +6,9 @@
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexFlatCodes.h>
 #include <faiss/IndexHNSW.h>
+#include <faiss/Index2Layer.h>
 #include <faiss/IndexIDMap.h>
+#include <faiss/IndexNSG.h>
 #include <faiss/IndexIVF.h>
 #include <faiss/IndexPreTransform.h>
 #include <faiss/impl/FaissException.h>
@@ -14,6 +16,7 @@
 #include <faiss/impl/io.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
+#include <faiss/invlists/BlockInvertedLists.h>
 #include <faiss/invlists/InvertedLists.h>
 #include <faiss/utils/distances.h>
 
@@ -384,12 +387,17 @@ class FaissIndex final : public VectorIndex {
  public:
   FaissIndex(IndexSpec spec, std::unique_ptr<faiss::Index> idx) : spec_(std::move(spec)), index_(std::move(idx)) {
     // HNSW and other graph indices cannot remove: probe once with an empty
-    // selector, and keep tombstones for them.
+    // selector, and keep tombstones for them. An IVF index's lists packed in
+    // blocks (fast scan: "IVF...,PQ8x4fs") pass the probe and refuse the
+    // first real removal (BlockInvertedLists::update_entries), which failed
+    // the store at an op already logged: they keep tombstones too.
     try {
-      if (LabelledIvf(index_.get()) != nullptr)
+      if (auto* ivf = LabelledIvf(index_.get()); ivf != nullptr) {
+        if (dynamic_cast<faiss::BlockInvertedLists*>(ivf->invlists) != nullptr) throw std::runtime_error("packed lists");
         index_->remove_ids(faiss::IDSelectorArray(0, nullptr));
-      else
+      } else {
         index_->remove_ids(faiss::IDSelectorBatch(0, nullptr));
+      }
     } catch (const std::exception&) {
       removable_ = false;
     }
@@ -1024,6 +1032,23 @@ std::unique_ptr<faiss::Index> WithIds(faiss::Index* raw) {
 
 }  // namespace
 
+// Index types that FAISS 1.7.3 builds but that cannot serve a store: each
+// failed at its first add or search, an op already in the log, so the store
+// failed, and every reopen replayed the op into the same failure. Refused
+// before anything is logged, with the reason.
+static Status CheckServable(const faiss::Index& idx, const std::string& description) {
+  const auto* map = dynamic_cast<const faiss::IndexIDMap2*>(&idx);
+  const faiss::Index* inner = map != nullptr ? map->index : &idx;
+  const std::string which = "index description '" + description + "': ";
+  if (dynamic_cast<const faiss::IndexIDMapTemplate<faiss::Index>*>(inner) != nullptr)
+    return Status::InvalidArgument(which + "vecwal maps ids itself; leave out the IDMap prefix");
+  if (dynamic_cast<const faiss::IndexNSG*>(inner) != nullptr)
+    return Status::InvalidArgument(which + "FAISS's NSG builds its graph once and takes no later adds; use HNSW");
+  if (dynamic_cast<const faiss::Index2Layer*>(inner) != nullptr)
+    return Status::InvalidArgument(which + "FAISS 1.7.3 cannot search an Index2Layer (Residual...)");
+  return Status::OK();
+}
+
 Result<std::unique_ptr<VectorIndex>> NewFaissIndex(const IndexSpec& spec) {
   if (spec.dim == 0) return Status::InvalidArgument("dimension must be positive");
   faiss::Index* raw = nullptr;
@@ -1032,6 +1057,7 @@ Result<std::unique_ptr<VectorIndex>> NewFaissIndex(const IndexSpec& spec) {
   }));
   std::unique_ptr<faiss::Index> idx;
   VECWAL_RETURN_IF_ERROR(Guard("index description '" + spec.description + "'", [&] { idx = WithIds(raw); }));
+  VECWAL_RETURN_IF_ERROR(CheckServable(*idx, spec.description));
   return std::unique_ptr<VectorIndex>(std::make_unique<FaissIndex>(spec, std::move(idx)));
 }
 
