@@ -386,21 +386,7 @@ faiss::IndexIVF* LabelledIvf(faiss::Index* raw);
 class FaissIndex final : public VectorIndex {
  public:
   FaissIndex(IndexSpec spec, std::unique_ptr<faiss::Index> idx) : spec_(std::move(spec)), index_(std::move(idx)) {
-    // HNSW and other graph indices cannot remove: probe once with an empty
-    // selector, and keep tombstones for them. An IVF index's lists packed in
-    // blocks (fast scan: "IVF...,PQ8x4fs") pass the probe and refuse the
-    // first real removal (BlockInvertedLists::update_entries), which failed
-    // the store at an op already logged: they keep tombstones too.
-    try {
-      if (auto* ivf = LabelledIvf(index_.get()); ivf != nullptr) {
-        if (dynamic_cast<faiss::BlockInvertedLists*>(ivf->invlists) != nullptr) throw std::runtime_error("packed lists");
-        index_->remove_ids(faiss::IDSelectorArray(0, nullptr));
-      } else {
-        index_->remove_ids(faiss::IDSelectorBatch(0, nullptr));
-      }
-    } catch (const std::exception&) {
-      removable_ = false;
-    }
+    removable_ = Removes(*index_);
   }
   // For a caller that knows the index can remove ids: the probe above scans
   // every vector and rebuilds IndexIDMap2's reverse map (0.1-0.2 s at 1M).
@@ -730,6 +716,25 @@ class FaissIndex final : public VectorIndex {
   }
 
  private:
+  // HNSW and other graph indices cannot remove: probe once with an empty
+  // selector, and keep tombstones for them. An IVF index's lists packed in
+  // blocks (fast scan: "IVF...,PQ8x4fs") pass the probe and refuse the first
+  // real removal (BlockInvertedLists::update_entries), which failed the store
+  // at an op already logged: they keep tombstones too.
+  static bool Removes(faiss::Index& idx) {
+    faiss::IndexIVF* ivf = LabelledIvf(&idx);
+    if (ivf != nullptr && dynamic_cast<faiss::BlockInvertedLists*>(ivf->invlists) != nullptr) return false;
+    try {
+      if (ivf != nullptr)
+        idx.remove_ids(faiss::IDSelectorArray(0, nullptr));
+      else
+        idx.remove_ids(faiss::IDSelectorBatch(0, nullptr));
+    } catch (const std::exception&) {
+      return false;
+    }
+    return true;
+  }
+
   // What FAISS searches: the index under the id map, or the IVF index.
   const faiss::Index& Searched() const {
     const auto* map = dynamic_cast<const faiss::IndexIDMap2*>(index_.get());
@@ -1006,8 +1011,6 @@ Result<TailTables> BuildTailTables(std::span<const std::byte> tail, int64_t ntot
   return t;
 }
 
-// IVF indices take labels themselves; everything else is wrapped in an
-// IndexIDMap2 so that add_with_ids and reconstruct-by-label work for all.
 // The IVF index that `raw` is, or that a transform in front of it (OPQ, PCA,
 // a rotation) passes labels to; null where there is none.
 faiss::IndexIVF* LabelledIvf(faiss::Index* raw) {
@@ -1015,11 +1018,12 @@ faiss::IndexIVF* LabelledIvf(faiss::Index* raw) {
   return dynamic_cast<faiss::IndexIVF*>(raw);
 }
 
-// An IVF index keeps a label with each vector, so it takes slots as labels
-// with no id map; so does a transform in front of one. Under IndexIDMap2 the
-// latter aborted the process at its first removal: FAISS 1.7.3 asserts that
-// the index below renumbers its rows after a removal, as flat codes do, and
-// an IVF index does not.
+// Every other index is wrapped in an IndexIDMap2, so that add_with_ids and
+// reconstruct by label work for all. An IVF index keeps a label with each
+// vector, so it takes slots as labels with no id map; so does a transform in
+// front of one. Under IndexIDMap2 the latter aborted the process at its
+// second removal: FAISS 1.7.3 asserts that the index below renumbers its rows
+// after a removal, as flat codes do, and an IVF index does not.
 std::unique_ptr<faiss::Index> WithIds(faiss::Index* raw) {
   if (auto* ivf = LabelledIvf(raw)) {
     ivf->set_direct_map_type(faiss::DirectMap::Hashtable);  // reconstruct and O(1) remove by label
