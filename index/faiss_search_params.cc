@@ -1,6 +1,7 @@
 #include "index/faiss_search_params.h"
 
 #include <faiss/IndexHNSW.h>
+#include <faiss/IndexIVFFastScan.h>
 #include <faiss/IndexRefine.h>
 
 #include <climits>
@@ -20,6 +21,9 @@ Status FaissSearchParams::Build(const faiss::Index& searched, const SearchParams
   if (dynamic_cast<const faiss::IndexRefine*>(core) != nullptr)
     return Status::InvalidArgument("search options nprobe and ef_search cannot reach the index under a Refine in " +
                                    which + ": FAISS 1.7.3 takes no search parameters through IndexRefine");
+  if (dynamic_cast<const faiss::IndexIVFFastScan*>(core) != nullptr)
+    return Status::InvalidArgument("search option nprobe " + std::to_string(p.nprobe) + " cannot reach " + which +
+                                   ": FAISS 1.7.3's IVF fast scan takes no search parameters");
   if (p.nprobe != 0 && ivf == nullptr)
     return Status::InvalidArgument("search option nprobe " + std::to_string(p.nprobe) +
                                    " needs an IVF index (alone or behind a transform such as OPQ or PCA); " + which +

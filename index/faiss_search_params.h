@@ -6,8 +6,9 @@
 // into another's search or race with it. FAISS 1.7.3 takes parameters in
 // IndexIVF (SearchParametersIVF), IndexHNSW (SearchParametersHNSW) and
 // IndexPreTransform (SearchParametersPreTransform around the others);
-// IndexIDMap2 and IndexRefine refuse any, so the caller searches under the id
-// map and translates its labels, and a refined index gets a clear error.
+// IndexIDMap2, IndexRefine and IndexIVFFastScan refuse any, so the caller
+// searches under the id map and translates its labels, and the other two get
+// a clear error.
 //
 // FAISS 1.7.3's HNSW sizes its candidate list from its own efSearch and k
 // (the larger), not from the parameters' efSearch, which only its stop rule

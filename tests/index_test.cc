@@ -852,7 +852,8 @@ BOOST_AUTO_TEST_CASE(search_params_reach_faiss_per_call_and_a_knob_with_no_part_
   for (auto [desc, p, knob] : {std::tuple{"Flat", SearchParams{.nprobe = 8}, "nprobe"},
                                std::tuple{"HNSW16", SearchParams{.nprobe = 8}, "nprobe"},
                                std::tuple{"Flat", SearchParams{.ef_search = 8}, "ef_search"},
-                               std::tuple{"IVF32,Flat,Refine(Flat)", SearchParams{.nprobe = 8}, "Refine"}}) {
+                               std::tuple{"IVF32,Flat,Refine(Flat)", SearchParams{.nprobe = 8}, "Refine"},
+                               std::tuple{"IVF32,PQ8x4fs", SearchParams{.nprobe = 8}, "fast scan"}}) {
     BOOST_TEST_CONTEXT(desc << " " << knob) {
       auto idx = Make(desc);
       const Status checked = idx->CheckSearchParams(p);
