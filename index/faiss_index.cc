@@ -546,7 +546,7 @@ class FaissIndex final : public VectorIndex {
       VECWAL_RETURN_IF_ERROR(Guard("searching '" + spec_.description + "'", [&] {
         const OmpThreadCap cap(rows.size());
         SearchFaiss(static_cast<faiss::Index::idx_t>(rows.size()), qs.data(), static_cast<faiss::Index::idx_t>(kk),
-                    d.data(), l.data(), fp.get());
+                    d.data(), l.data(), fp);
       }));
       size_t short_rows = 0;
       for (size_t i = 0; i < rows.size(); ++i) {
@@ -740,12 +740,17 @@ class FaissIndex final : public VectorIndex {
     const auto* map = dynamic_cast<const faiss::IndexIDMap2*>(index_.get());
     return map != nullptr ? *map->index : *index_;
   }
-  // index_->search, with `params` where there are any. IndexIDMap2 refuses
+  // index_->search, with `fp`'s parameters where there are any. IndexIDMap2 refuses
   // parameters (FAISS 1.7.3), so the index under it is searched and its row
   // numbers are turned into labels (slots) as the map would.
   void SearchFaiss(faiss::Index::idx_t n, const float* x, faiss::Index::idx_t k, float* d, faiss::Index::idx_t* l,
-                   const faiss::SearchParameters* params) const {
+                   const FaissSearchParams& fp) const {
     const auto* map = dynamic_cast<const faiss::IndexIDMap2*>(index_.get());
+    if (fp.ivf_quantizer_ef()) {  // an IVF index, which no id map wraps
+      fp.SearchIvfWithQuantizerEf(n, x, k, d, l);
+      return;
+    }
+    const faiss::SearchParameters* params = fp.get();
     if (params == nullptr || map == nullptr) {
       index_->search(n, x, k, d, l, params);
       return;

@@ -16,6 +16,11 @@
 // walk does not depend on k, only which hits are kept, so a search for k
 // with efSearch e is the first k hits of one for max(k, e): the caller asks
 // FAISS for least_k() hits at least.
+//
+// An IVF's HNSW quantizer is searched for nprobe lists, so there the same
+// trick needs the quantizer asked for max(nprobe, ef_search) lists: where
+// ef_search is given for one, the caller searches through
+// SearchIvfWithQuantizerEf instead of the index's own search.
 #pragma once
 
 #include <faiss/Index.h>
@@ -43,6 +48,12 @@ class FaissSearchParams {
   const faiss::SearchParameters* get() const { return top_; }
   // The fewest hits to ask FAISS for (see above); 0: no floor.
   size_t least_k() const { return least_k_; }
+  // Whether searches go through SearchIvfWithQuantizerEf.
+  bool ivf_quantizer_ef() const { return ivf_core_ != nullptr; }
+  // IndexIVF::search of the IVF index (behind its transform, if any) with the
+  // quantizer's candidates at ef_search; labels are the IVF's own.
+  void SearchIvfWithQuantizerEf(faiss::Index::idx_t n, const float* x, faiss::Index::idx_t k, float* distances,
+                                faiss::Index::idx_t* labels) const;
 
  private:
   faiss::SearchParametersIVF ivf_;
@@ -50,6 +61,9 @@ class FaissSearchParams {
   faiss::SearchParametersPreTransform pre_;
   const faiss::SearchParameters* top_ = nullptr;
   size_t least_k_ = 0;
+  size_t ivf_ef_ = 0;  // lists asked of the quantizer
+  const faiss::IndexIVF* ivf_core_ = nullptr;
+  const faiss::IndexPreTransform* pre_core_ = nullptr;
 };
 
 }  // namespace vecwal::index
