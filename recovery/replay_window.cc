@@ -27,6 +27,9 @@ Status ReplayWindow::Apply(std::span<const wal::OpView> ops, uint64_t lsn, const
   for (const auto& op : ops) {
     if (op.is_delete) Delete(op.id);
     else VECWAL_RETURN_IF_ERROR(Upsert(op, lsn, keep));
+    Window& w = windows_[open_];  // an upsert may have handed the last one on
+    if (w.first_lsn == 0) w.first_lsn = lsn;
+    w.last_lsn = lsn;
   }
   return windows_[open_].full(limit_) ? Hand() : Status::OK();
 }
@@ -113,6 +116,12 @@ Status ReplayWindow::ApplyToIndex(Window& w) {
   w.row.clear();
   w.touched.clear();
   apply_busy_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  // The index refused ops that are durable: the reopen fails, and says which
+  // records to look at (vecwal-inspect dump --from).
+  if (!s.ok())
+    s = s.WithContext("applying the ops of records LSN " + std::to_string(w.first_lsn) + " to " +
+                      std::to_string(w.last_lsn) + " to the index");
+  w.first_lsn = w.last_lsn = 0;
   return s;
 }
 

@@ -64,6 +64,7 @@ class ReplayWindow {
     std::vector<std::shared_ptr<const void>> kept;  // the buffers rows point into
     index::IdMap<size_t> row;            // live id -> row
     std::vector<uint64_t> touched;         // ids to remove from the index first
+    uint64_t first_lsn = 0, last_lsn = 0;  // of the records whose ops it holds, for errors
     bool full(size_t limit) const { return ids.size() >= limit || kept.size() >= kMaxKept; }
   };
   Status Upsert(const wal::OpView& u, uint64_t lsn, const std::shared_ptr<const void>& keep);

@@ -162,6 +162,8 @@ BOOST_AUTO_TEST_CASE(an_apply_error_reaches_a_later_call_and_stops_the_windows_a
   if (first_error.ok()) first_error = w.Flush();
   BOOST_TEST(!first_error.ok());
   BOOST_TEST(first_error.ToString().find("injected add failure") != std::string::npos);
+  // It names the records whose ops the index refused: the third window of two.
+  BOOST_TEST(first_error.ToString().find("records LSN 5 to 6") != std::string::npos, first_error.ToString());
   BOOST_TEST(idx->adds.load() == 3);  // no window was applied after the failed one
 }
 
