@@ -488,16 +488,8 @@ class FaissIndex final : public VectorIndex {
       for (auto slot : slots) RemoveBySwap(map, *flat, slot, export_);
       return Status::OK();
     }
-    // An IVF index's direct map (a hash table: WithIds) finds each label in
-    // O(1), and takes only a selector that lists them (IDSelectorArray);
-    // the probe above once used a batch selector, which it refused, and IVF
-    // indexes kept tombstones.
-    return Guard("removing from '" + spec_.description + "'", [&] {
-      if (LabelledIvf(index_.get()) != nullptr)
-        index_->remove_ids(faiss::IDSelectorArray(slots.size(), slots.data()));
-      else
-        index_->remove_ids(faiss::IDSelectorBatch(slots.size(), slots.data()));
-    });
+    return Guard("removing from '" + spec_.description + "'",
+                 [&] { RemoveLabels(*index_, slots.size(), slots.data()); });
   }
 
   using VectorIndex::Search;
@@ -580,8 +572,7 @@ class FaissIndex final : public VectorIndex {
   // Flat computes distances by BLAS from FAISS's threshold on, and so does
   // the coarse quantizer of an IVF index, where that is Flat.
   size_t SearchBatchFloor() const override {
-    const auto* map = dynamic_cast<const faiss::IndexIDMap2*>(index_.get());
-    const faiss::Index* inner = map != nullptr ? map->index : index_.get();
+    const faiss::Index* inner = &Searched();
     if (const auto* ivf = dynamic_cast<const faiss::IndexIVF*>(inner)) inner = ivf->quantizer;
     return IsRawFlat(inner) ? static_cast<size_t>(std::max(faiss::distance_compute_blas_threshold, 1)) : 1;
   }
@@ -716,6 +707,18 @@ class FaissIndex final : public VectorIndex {
   }
 
  private:
+  // FAISS's remove_ids of `n` labels, through the selector the index takes:
+  // an IVF index's direct map (a hash table: WithIds) finds each label in
+  // O(1) and takes only a selector that lists them (IDSelectorArray). The
+  // probe once used a batch selector, which it refused, and IVF indexes kept
+  // tombstones.
+  static void RemoveLabels(faiss::Index& idx, size_t n, const faiss::Index::idx_t* labels) {
+    if (LabelledIvf(&idx) != nullptr)
+      idx.remove_ids(faiss::IDSelectorArray(n, labels));
+    else
+      idx.remove_ids(faiss::IDSelectorBatch(n, labels));
+  }
+
   // HNSW and other graph indices cannot remove: probe once with an empty
   // selector, and keep tombstones for them. An IVF index's lists packed in
   // blocks (fast scan: "IVF...,PQ8x4fs") pass the probe and refuse the first
@@ -725,10 +728,7 @@ class FaissIndex final : public VectorIndex {
     faiss::IndexIVF* ivf = LabelledIvf(&idx);
     if (ivf != nullptr && dynamic_cast<faiss::BlockInvertedLists*>(ivf->invlists) != nullptr) return false;
     try {
-      if (ivf != nullptr)
-        idx.remove_ids(faiss::IDSelectorArray(0, nullptr));
-      else
-        idx.remove_ids(faiss::IDSelectorBatch(0, nullptr));
+      RemoveLabels(idx, 0, nullptr);
     } catch (const std::exception&) {
       return false;
     }

@@ -208,15 +208,25 @@ BOOST_AUTO_TEST_CASE(reopening_with_another_spec_is_refused) {
   BOOST_TEST(!DurableIndex::Open(o).ok());
 }
 
+namespace {
+
+// n vectors of Vec, one after another: a training sample.
+std::vector<float> Sample(std::mt19937_64& rng, int n) {
+  std::vector<float> sample;
+  for (int i = 0; i < n; ++i) {
+    auto v = Vec(rng);
+    sample.insert(sample.end(), v.begin(), v.end());
+  }
+  return sample;
+}
+
+}  // namespace
+
 BOOST_AUTO_TEST_CASE(trained_index_is_checkpointed_and_never_retrained) {
   test::TempDir dir;
   auto o = Options(dir.path(), "IVF4,Flat");
   std::mt19937_64 rng(9);
-  std::vector<float> sample;
-  for (int i = 0; i < 400; ++i) {
-    auto v = Vec(rng);
-    sample.insert(sample.end(), v.begin(), v.end());
-  }
+  const auto sample = Sample(rng, 400);
   Model m;
   {
     auto d = OpenOrDie(o);
@@ -233,15 +243,6 @@ BOOST_AUTO_TEST_CASE(trained_index_is_checkpointed_and_never_retrained) {
 
 
 namespace {
-
-std::vector<float> Sample(std::mt19937_64& rng, int n) {
-  std::vector<float> sample;
-  for (int i = 0; i < n; ++i) {
-    auto v = Vec(rng);
-    sample.insert(sample.end(), v.begin(), v.end());
-  }
-  return sample;
-}
 
 // A store of `desc` (IVF4 behind it) that probes every list by default:
 // exact, like the model's search.
