@@ -997,13 +997,16 @@ Status DurableIndexImpl::Train(std::span<const float> sample) {
   std::lock_guard c(ckpt_mu_);
   checkpoint_started_ = Clock::now();
   {
-    std::lock_guard lk(write_mu_);  // writes are refused until it is trained
+    std::lock_guard lk(write_mu_);
     if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
     if (trained_.load())
       return Status::InvalidArgument("index '" + opts_.spec.description + "' is already trained");
+    // A training whose checkpoint failed left the index trained in memory
+    // only: this one starts again from an empty index and its own sample.
+    VECWAL_ASSIGN_OR_RETURN(auto fresh, index::NewFaissIndex(opts_.spec));
+    VECWAL_RETURN_IF_ERROR(fresh->Train(sample));
     std::unique_lock w(state_mu_);
-    VECWAL_RETURN_IF_ERROR(index_->Train(sample));
-    trained_ = true;
+    index_ = std::move(fresh);
   }
   Snapshot snap;
   {
@@ -1011,7 +1014,13 @@ Status DurableIndexImpl::Train(std::span<const float> sample) {
     VECWAL_ASSIGN_OR_RETURN(const uint64_t lsn, QuiesceIndex(m));
     VECWAL_ASSIGN_OR_RETURN(snap, CopyIndex(lsn, {}));
   }
-  return Persist(std::move(snap)).status();
+  VECWAL_RETURN_IF_ERROR(Persist(std::move(snap)).status());
+  // Writes are taken only from now on: a logged write replays only into a
+  // trained index, so one acknowledged before this checkpoint was durable
+  // would keep the store from opening after a crash.
+  std::lock_guard lk(write_mu_);
+  trained_ = true;
+  return Status::OK();
 }
 
 bool DurableIndexImpl::NeedsTraining() const { return !trained_.load(); }

@@ -226,7 +226,9 @@ class DurableIndex {
 
   // Trains an IVF/PQ index on `sample` (n x dim floats) and checkpoints the
   // trained empty index at once, so recovery never trains again. Only before
-  // the first write; an index that needs no training refuses it.
+  // the first write; an index that needs no training refuses it. Writes are
+  // refused until that checkpoint is durable; where it fails, the store stays
+  // untrained and Train may be called again.
   virtual Status Train(std::span<const float> sample) = 0;
   // True while the index still needs Train() before it takes writes.
   virtual bool NeedsTraining() const = 0;

@@ -154,8 +154,9 @@ class DurableIndexImpl final : public DurableIndex {
   // The index and payloads_ hold exactly the ops up to it whenever no merge
   // is under way: a checkpoint's LSN.
   std::atomic<uint64_t> index_lsn_{0};
-  // index_->is_trained(), for writers: they hold no lock that keeps a
-  // checkpoint from putting a rebuilt index in place.
+  // Whether a trained index_ is durable (a checkpoint holds it), for writers:
+  // they hold no lock that keeps a checkpoint from putting a rebuilt index in
+  // place. Under write_mu_ where it changes.
   std::atomic<bool> trained_{false};
   std::atomic<size_t> merge_left_{0};           // merging_'s rows not yet added
   std::atomic<int> bound_waiters_{0};           // writers in MergeToBound

@@ -220,6 +220,13 @@ std::vector<float> Sample(std::mt19937_64& rng, int n) {
   return sample;
 }
 
+// Polls `done` for up to 30 s.
+template <typename F>
+bool WaitUntil(F done) {
+  for (int i = 0; i < 3000 && !done(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  return done();
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(trained_index_is_checkpointed_and_never_retrained) {
@@ -239,6 +246,51 @@ BOOST_AUTO_TEST_CASE(trained_index_is_checkpointed_and_never_retrained) {
   auto d = OpenOrDie(o);  // trained state comes from the checkpoint
   BOOST_REQUIRE_EQUAL(d->Size(), m.rows.size());
   for (const auto& [id, row] : m.rows) BOOST_REQUIRE((d->Get(id)->vector == row.first));
+}
+
+// The trained index reaches the disk (a checkpoint) before the store takes a
+// write: replaying a logged write into an untrained index fails, and would
+// keep the store from opening with that write acknowledged. So while the
+// checkpoint is written the store still needs training, and a training whose
+// checkpoint failed leaves it untrained and can be tried again.
+BOOST_AUTO_TEST_CASE(no_write_is_taken_before_the_trained_index_is_checkpointed) {
+  test::TempDir dir;
+  auto faulty = std::make_shared<FaultInjectionFileSystem>(NewPosixFileSystem(test::BackendUnderTest()));
+  auto o = Options(dir.path(), "IVF4,Flat");
+  o.wal.fs = faulty;
+  std::mt19937_64 rng(9);
+  const auto sample = Sample(rng, 400);
+  const std::vector<float> v(kDim, 0.5f);
+  {
+    auto d = OpenOrDie(o);
+    faulty->FailOpensOf(".vwc", ENOSPC);
+    const Status failed = d->Train(sample);
+    BOOST_TEST(!failed.ok());
+    BOOST_TEST(failed.message().find(".vwc") != std::string::npos, failed.ToString());
+    BOOST_TEST(d->NeedsTraining());
+    BOOST_TEST(d->Insert(1, v).message().find("needs training") != std::string::npos);
+    faulty->ClearFaults();
+    // Held while its checkpoint is written: still untrained for writers.
+    faulty->HoldOpensOf(".vwc");
+    Status trained;
+    std::thread trainer([&] { trained = d->Train(Sample(rng, 400)); });
+    const bool held = WaitUntil([&] { return faulty->opens_held() == 1; });
+    const bool untrained = d->NeedsTraining();
+    const Status early = d->Insert(1, v);
+    faulty->ReleaseOpens();
+    trainer.join();
+    BOOST_REQUIRE_MESSAGE(trained.ok(), trained.ToString());
+    BOOST_REQUIRE(held);
+    BOOST_TEST(untrained);
+    BOOST_TEST(early.message().find("needs training") != std::string::npos, early.ToString());
+    BOOST_TEST(!d->NeedsTraining());
+    BOOST_REQUIRE(d->Insert(1, v).ok());
+  }
+  o.wal.fs = nullptr;
+  auto d = OpenOrDie(o);
+  BOOST_TEST(!d->NeedsTraining());
+  BOOST_TEST(d->Size() == 1u);
+  BOOST_TEST(d->Get(1)->vector == v, boost::test_tools::per_element());
 }
 
 
@@ -480,12 +532,6 @@ struct BackgroundWriter {
   std::thread thread;  // last: it starts once the rest is there
 };
 
-// Polls `done` for up to 30 s.
-template <typename F>
-bool WaitUntil(F done) {
-  for (int i = 0; i < 3000 && !done(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  return done();
-}
 }  // namespace
 
 // An automatic checkpoint that cannot be written fails no write: every write
