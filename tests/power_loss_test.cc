@@ -273,11 +273,11 @@ BOOST_AUTO_TEST_CASE(store_keeps_every_acknowledged_op_at_every_power_loss_point
 // the first write) or that keep tombstones until a checkpoint rebuilds them
 // (HNSW, IVF lists packed for fast scan: 3 of their 8 checkpoints rebuild
 // here, the others keep tombstones) write other checkpoints than Flat's
-// (copies, not exports): 120 crash points each, or a quarter of
+// (copies, not exports): 120 crash points each, or a tenth of
 // VECWAL_POWER_POINTS's (the sanitizer runs).
 BOOST_AUTO_TEST_CASE(trained_and_tombstoning_stores_keep_every_acknowledged_op_at_power_loss_points) {
   const char* env = std::getenv("VECWAL_POWER_POINTS");
-  const size_t points = env ? std::clamp<size_t>(static_cast<size_t>(std::atoll(env)) / 4, 2, 120) : 120;
+  const size_t points = env ? std::clamp<size_t>(static_cast<size_t>(std::atoll(env)) / 10, 2, 120) : 120;
   const std::pair<const char*, float> kinds[] = {
       {"HNSW8", 0}, {"IVF4,Flat", 0}, {"IVF4,PQ8x4fs", 1}, {"HNSW8,SQ8", 0.1f}, {"OPQ4,IVF4,PQ4x4", 2}};
   for (const auto& [desc, tolerance] : kinds) CheckStoreAtPowerLossPoints(desc, tolerance, points);
