@@ -400,6 +400,13 @@ class FaissIndex final : public VectorIndex {
   Status Train(std::span<const float> sample) override {
     VECWAL_RETURN_IF_ERROR(CheckRows(sample, "training sample"));
     if (sample.empty()) return Status::InvalidArgument("training sample is empty");
+    // FAISS's k-means refuses these, but a scalar quantizer takes them into
+    // its ranges, and every vector is then encoded against NaN for good.
+    for (size_t i = 0; i < sample.size(); ++i)
+      if (!std::isfinite(sample[i]))
+        return Status::InvalidArgument("training sample: row " + std::to_string(i / spec_.dim) + ", component " +
+                                       std::to_string(i % spec_.dim) + " is " +
+                                       (std::isnan(sample[i]) ? "NaN" : "infinite"));
     return Guard("training '" + spec_.description + "'", [&] {
       index_->train(static_cast<faiss::Index::idx_t>(sample.size() / spec_.dim), sample.data());
     });

@@ -226,7 +226,8 @@ class DurableIndex {
 
   // Trains an IVF/PQ index on `sample` (n x dim floats) and checkpoints the
   // trained empty index at once, so recovery never trains again. Only before
-  // the first write; an index that needs no training refuses it. Writes are
+  // the first write; an index that needs no training refuses it, and so does
+  // a sample with a NaN or infinite component (naming them). Writes are
   // refused until that checkpoint is durable; where it fails, the store stays
   // untrained and Train may be called again.
   virtual Status Train(std::span<const float> sample) = 0;

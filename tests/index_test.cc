@@ -12,6 +12,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <limits>
 #include <random>
 #include <set>
 #include <thread>
@@ -374,6 +375,27 @@ BOOST_AUTO_TEST_CASE(bad_input_gets_an_error_naming_it) {
   BOOST_TEST((*ivf)->Add(one, std::span(vecs).first(kDim)).message().find("trained") != std::string::npos);
   auto q = idx->Search(std::span(vecs).first(kDim + 1), 1);
   BOOST_TEST(q.status().message().find("multiple of dimension") != std::string::npos);
+}
+
+// A training sample with a NaN or infinite component is refused, naming it,
+// and leaves the index untrained. FAISS's k-means refuses it too, but a
+// scalar quantizer (SQ8) takes it into its ranges and then encodes every
+// vector against NaN.
+BOOST_AUTO_TEST_CASE(a_training_sample_that_is_not_finite_is_refused_naming_row_and_component) {
+  for (const char* desc : {"SQ8", "IVF4,Flat"}) {
+    BOOST_TEST_CONTEXT(desc) {
+      auto idx = NewFaissIndex({kDim, Metric::kL2, desc});
+      BOOST_REQUIRE(idx.ok());
+      auto sample = RandomVectors(500, 3);
+      sample[7 * kDim + 2] = std::numeric_limits<float>::quiet_NaN();
+      Status nan = (*idx)->Train(sample);
+      BOOST_TEST(nan.message().find("row 7, component 2 is NaN") != std::string::npos, nan.ToString());
+      sample[7 * kDim + 2] = std::numeric_limits<float>::infinity();
+      Status inf = (*idx)->Train(sample);
+      BOOST_TEST(inf.message().find("row 7, component 2 is infinite") != std::string::npos, inf.ToString());
+      BOOST_TEST(!(*idx)->is_trained());
+    }
+  }
 }
 
 // Flat, and IVF over a Flat quantizer, compute distances by one BLAS product
