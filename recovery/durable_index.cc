@@ -862,6 +862,11 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
     std::shared_lock r(state_mu_);
     return index_->Search(queries, k, nullptr, params);  // its error names the problem
   }
+  // FAISS answers a NaN query with no hits at all, as if the index were empty.
+  for (size_t i = 0; i < queries.size(); ++i)
+    if (!std::isfinite(queries[i]))
+      return Status::InvalidArgument("query " + std::to_string(i / dim) + ": component " + std::to_string(i % dim) +
+                                     " is " + (std::isnan(queries[i]) ? "NaN" : "infinite"));
   const size_t nq = queries.size() / dim;
   index::SearchResults out;
   out.nq = nq;

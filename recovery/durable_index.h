@@ -214,7 +214,7 @@ class DurableIndex {
   // k nearest of each of the nq queries (nq x dim floats). `params` sets,
   // for this call, how hard an approximate index searches; a knob left at 0
   // takes DurableIndexOptions::search's. A knob the index has no part for is
-  // InvalidArgument.
+  // InvalidArgument, and so is a query with a NaN or infinite component.
   virtual Result<index::SearchResults> Search(std::span<const float> queries, size_t k,
                                               const index::SearchParams& params) const = 0;
   Result<index::SearchResults> Search(std::span<const float> queries, size_t k) const {

@@ -195,6 +195,11 @@ BOOST_AUTO_TEST_CASE(bad_input_is_refused_before_the_log) {
   }
   BOOST_TEST(d->Stats().durable_lsn == lsn);  // nothing logged
   BOOST_TEST(d->Size() == 1u);
+  // A query that is not finite would find nothing, as if the store were empty.
+  std::vector<float> queries = v;
+  queries.insert(queries.end(), nan_v.begin(), nan_v.end());
+  auto q = d->Search(queries, 1);
+  BOOST_TEST(q.status().message().find("query 1: component 3 is NaN") != std::string::npos, q.status().ToString());
 }
 
 BOOST_AUTO_TEST_CASE(reopening_with_another_spec_is_refused) {
