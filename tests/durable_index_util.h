@@ -97,10 +97,11 @@ inline void RandomOps(DurableIndex& d, Model& m, std::mt19937_64& rng, int n) {
   }
 }
 
-// Search is compared with a FAISS Flat index built from the model; where the
+// Search is compared with a FAISS Flat index of `metric` built from the model; where the
 // store's index is approximate (a big HNSW), `exact_search` false compares
 // only that a sample of the vectors each find themselves and nothing removed.
-inline void ExpectEqual(const DurableIndex& d, const Model& m, bool exact_search = true) {
+inline void ExpectEqual(const DurableIndex& d, const Model& m, bool exact_search = true,
+                        index::Metric metric = index::Metric::kL2) {
   BOOST_REQUIRE_EQUAL(d.Size(), m.rows.size());
   for (const auto& [id, row] : m.rows) {
     auto e = d.Get(id);
@@ -126,7 +127,7 @@ inline void ExpectEqual(const DurableIndex& d, const Model& m, bool exact_search
     return;
   }
   // Search equals a FAISS index built from the model.
-  auto ref = index::NewFaissIndex({kDim, index::Metric::kL2, "Flat"});
+  auto ref = index::NewFaissIndex({kDim, metric, "Flat"});
   std::vector<uint64_t> ids;
   std::vector<float> vecs;
   for (const auto& [id, row] : m.rows) {
