@@ -1010,7 +1010,9 @@ Status DurableIndexImpl::Train(std::span<const float> sample) {
     // only: this one starts again from an empty index and its own sample.
     VECWAL_ASSIGN_OR_RETURN(auto fresh, index::NewFaissIndex(opts_.spec));
     VECWAL_RETURN_IF_ERROR(fresh->Train(sample));
+    // Contains reads index_ under recent_mu_ alone.
     std::unique_lock w(state_mu_);
+    std::unique_lock rw(recent_mu_);
     index_ = std::move(fresh);
   }
   Snapshot snap;

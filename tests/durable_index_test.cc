@@ -278,12 +278,18 @@ BOOST_AUTO_TEST_CASE(no_write_is_taken_before_the_trained_index_is_checkpointed)
     // Held while its checkpoint is written: still untrained for writers.
     faulty->HoldOpensOf(".vwc");
     Status trained;
+    std::atomic<bool> stop{false};
+    std::thread reader([&] {  // the index is replaced under readers' feet (ThreadSanitizer)
+      while (!stop.load()) (void)(d->Contains(1) || d->Size() != 0 || !d->Search(v, 1).ok());
+    });
     std::thread trainer([&] { trained = d->Train(Sample(rng, 400)); });
     const bool held = WaitUntil([&] { return faulty->opens_held() == 1; });
     const bool untrained = d->NeedsTraining();
     const Status early = d->Insert(1, v);
     faulty->ReleaseOpens();
     trainer.join();
+    stop = true;
+    reader.join();
     BOOST_REQUIRE_MESSAGE(trained.ok(), trained.ToString());
     BOOST_REQUIRE(held);
     BOOST_TEST(untrained);
