@@ -42,6 +42,7 @@ Result<std::unique_ptr<DurableIndex>> DurableIndex::Open(const DurableIndexOptio
 }
 
 Result<std::unique_ptr<DurableIndex>> DurableIndexImpl::Open(const DurableIndexOptions& opts) {
+  if (opts.dir.empty()) return Status::InvalidArgument("DurableIndexOptions::dir is empty");
   std::unique_ptr<DurableIndexImpl> d(new DurableIndexImpl());
   d->opts_ = opts;
   d->auto_due_at_ = opts.checkpoint_every_log_bytes;

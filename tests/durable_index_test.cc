@@ -202,6 +202,12 @@ BOOST_AUTO_TEST_CASE(bad_input_is_refused_before_the_log) {
   BOOST_TEST(q.status().message().find("query 1: component 3 is NaN") != std::string::npos, q.status().ToString());
 }
 
+BOOST_AUTO_TEST_CASE(options_without_a_directory_are_refused_naming_it) {
+  auto d = DurableIndex::Open(Options(""));
+  BOOST_TEST(d.status().code() == Status::Code::kInvalidArgument);
+  BOOST_TEST(d.status().message().find("dir is empty") != std::string::npos, d.status().ToString());
+}
+
 BOOST_AUTO_TEST_CASE(reopening_with_another_spec_is_refused) {
   test::TempDir dir;
   { OpenOrDie(Options(dir.path())); }
