@@ -137,7 +137,9 @@ struct Entry {
   std::vector<std::byte> payload;
 };
 
-// Several ops applied all or none, in order.
+// Several ops applied all or none, in order. A batch has upserts and
+// removals only: a removal of an id that is not there (then) does nothing,
+// where Remove() of one is NotFound; an empty batch logs nothing.
 class WriteBatch {
  public:
   void Upsert(uint64_t id, std::span<const float> v, std::span<const std::byte> payload = {});
