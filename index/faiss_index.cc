@@ -66,6 +66,14 @@ Result<Metric> ParseMetric(const std::string& s) {
   return Status::InvalidArgument("unknown metric '" + s + "' (l2, ip)");
 }
 
+Status CheckFinite(std::span<const float> rows, size_t dim, const std::function<std::string(size_t row)>& name) {
+  for (size_t i = 0; i < rows.size(); ++i)
+    if (!std::isfinite(rows[i]))
+      return Status::InvalidArgument(name(i / dim) + ": component " + std::to_string(i % dim) + " is " +
+                                     (std::isnan(rows[i]) ? "NaN" : "infinite"));
+  return Status::OK();
+}
+
 namespace {
 
 constexpr uint64_t kTableMagic = 0x3142415453574556ull;  // "VEWSTAB1": the slot table after the FAISS bytes
@@ -402,11 +410,8 @@ class FaissIndex final : public VectorIndex {
     if (sample.empty()) return Status::InvalidArgument("training sample is empty");
     // FAISS's k-means refuses these, but a scalar quantizer takes them into
     // its ranges, and every vector is then encoded against NaN for good.
-    for (size_t i = 0; i < sample.size(); ++i)
-      if (!std::isfinite(sample[i]))
-        return Status::InvalidArgument("training sample: row " + std::to_string(i / spec_.dim) + ", component " +
-                                       std::to_string(i % spec_.dim) + " is " +
-                                       (std::isnan(sample[i]) ? "NaN" : "infinite"));
+    VECWAL_RETURN_IF_ERROR(
+        CheckFinite(sample, spec_.dim, [](size_t row) { return "training sample row " + std::to_string(row); }));
     return Guard("training '" + spec_.description + "'", [&] {
       index_->train(static_cast<faiss::Index::idx_t>(sample.size() / spec_.dim), sample.data());
     });

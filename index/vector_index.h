@@ -41,6 +41,12 @@ struct IndexSpec {
 
 inline constexpr uint64_t kNoId = ~0ull;
 
+// InvalidArgument naming the first NaN or infinite component of `rows` (dim
+// floats each), as "<name(row)>: component <c> is NaN" (or "infinite"); OK
+// where every one is finite. FAISS takes such vectors, queries and training
+// samples without a word and answers nonsense.
+Status CheckFinite(std::span<const float> rows, size_t dim, const std::function<std::string(size_t row)>& name);
+
 // How hard an approximate index searches, per call. 0 leaves the index's
 // own setting (FAISS's defaults: nprobe 1, efSearch 16, which at 1M vectors
 // find a small share of the true neighbours). A knob the index has no part

@@ -192,10 +192,7 @@ Status DurableIndexImpl::Validate(uint64_t id, std::span<const float> v, std::sp
   if (v.size() != opts_.spec.dim)
     return Status::InvalidArgument("id " + std::to_string(id) + ": vector of dimension " + std::to_string(v.size()) +
                                    ", the index has " + std::to_string(opts_.spec.dim));
-  for (size_t i = 0; i < v.size(); ++i)
-    if (!std::isfinite(v[i]))
-      return Status::InvalidArgument("id " + std::to_string(id) + ": component " + std::to_string(i) + " is " +
-                                     (std::isnan(v[i]) ? "NaN" : "infinite"));
+  VECWAL_RETURN_IF_ERROR(index::CheckFinite(v, opts_.spec.dim, [id](size_t) { return "id " + std::to_string(id); }));
   if (payload.size() > opts_.max_payload_bytes)
     return Status::InvalidArgument("id " + std::to_string(id) + ": payload of " + std::to_string(payload.size()) +
                                    " bytes exceeds the cap of " + std::to_string(opts_.max_payload_bytes));
@@ -864,10 +861,8 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
     return index_->Search(queries, k, nullptr, params);  // its error names the problem
   }
   // FAISS answers a NaN query with no hits at all, as if the index were empty.
-  for (size_t i = 0; i < queries.size(); ++i)
-    if (!std::isfinite(queries[i]))
-      return Status::InvalidArgument("query " + std::to_string(i / dim) + ": component " + std::to_string(i % dim) +
-                                     " is " + (std::isnan(queries[i]) ? "NaN" : "infinite"));
+  VECWAL_RETURN_IF_ERROR(
+      index::CheckFinite(queries, dim, [](size_t row) { return "query " + std::to_string(row); }));
   const size_t nq = queries.size() / dim;
   index::SearchResults out;
   out.nq = nq;

@@ -389,10 +389,10 @@ BOOST_AUTO_TEST_CASE(a_training_sample_that_is_not_finite_is_refused_naming_row_
       auto sample = RandomVectors(500, 3);
       sample[7 * kDim + 2] = std::numeric_limits<float>::quiet_NaN();
       Status nan = (*idx)->Train(sample);
-      BOOST_TEST(nan.message().find("row 7, component 2 is NaN") != std::string::npos, nan.ToString());
+      BOOST_TEST(nan.message().find("training sample row 7: component 2 is NaN") != std::string::npos, nan.ToString());
       sample[7 * kDim + 2] = std::numeric_limits<float>::infinity();
       Status inf = (*idx)->Train(sample);
-      BOOST_TEST(inf.message().find("row 7, component 2 is infinite") != std::string::npos, inf.ToString());
+      BOOST_TEST(inf.message().find("training sample row 7: component 2 is infinite") != std::string::npos, inf.ToString());
       BOOST_TEST(!(*idx)->is_trained());
     }
   }

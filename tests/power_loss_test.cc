@@ -31,10 +31,14 @@ using namespace vecwal;
 
 namespace {
 
-// The crash points to check out of [0, total].
-std::vector<size_t> CrashPointsOf(size_t total) {
+// VECWAL_POWER_POINTS, or 0 (every point) where it is not set.
+size_t PowerPointsAsked() {
   const char* env = std::getenv("VECWAL_POWER_POINTS");
-  size_t want = env ? static_cast<size_t>(std::atoll(env)) : 0;
+  return env ? static_cast<size_t>(std::atoll(env)) : 0;
+}
+
+// `want` crash points out of [0, total], evenly spread; 0: every one.
+std::vector<size_t> CrashPointsOf(size_t total, size_t want = PowerPointsAsked()) {
   std::vector<size_t> out;
   if (want == 0 || want > total) {
     for (size_t n = 0; n <= total; ++n) out.push_back(n);
@@ -178,10 +182,10 @@ std::string Differs(const recovery::DurableIndex& d, const Model& m, float toler
 
 // Records a workload of 150 single, removing and batched ops on a store of
 // `desc` (trained first where it needs it, which checkpoints), then opens
-// the store at up to `max_points` of its crash points (0: all that
-// VECWAL_POWER_POINTS asks for) in every variant, and checks it holds the ops
-// acknowledged by then, or those and the one in flight, and takes writes.
-void CheckStoreAtPowerLossPoints(const std::string& desc, float tolerance, size_t max_points) {
+// the store at `points` of its crash points (0: every one) in every variant,
+// and checks it holds the ops acknowledged by then, or those and the one in
+// flight, and takes writes.
+void CheckStoreAtPowerLossPoints(const std::string& desc, float tolerance, size_t points_wanted) {
   test::TempDir t;
   const std::string root = t / "rec", db = root + "/db";
   auto rec = std::make_shared<PowerLossRecorder>(NewPosixFileSystem(test::BackendUnderTest()));
@@ -228,12 +232,7 @@ void CheckStoreAtPowerLossPoints(const std::string& desc, float tolerance, size_
     BOOST_REQUIRE((*d)->Close().ok());
   }
   const auto ops = rec->ops();
-  auto points = CrashPointsOf(ops.size());
-  if (max_points > 1 && points.size() > max_points) {
-    std::vector<size_t> fewer;
-    for (size_t i = 0; i < max_points; ++i) fewer.push_back(points[i * (points.size() - 1) / (max_points - 1)]);
-    points = std::move(fewer);
-  }
+  const auto points = CrashPointsOf(ops.size(), points_wanted);
   BOOST_TEST_MESSAGE(desc << ": " << ops.size() << " disk operations, " << points.size() << " crash points");
   for (size_t n : points) {
     // Ops acknowledged by then must be there; the one in flight may be.
@@ -266,7 +265,7 @@ void CheckStoreAtPowerLossPoints(const std::string& desc, float tolerance, size_
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(store_keeps_every_acknowledged_op_at_every_power_loss_point) {
-  CheckStoreAtPowerLossPoints("Flat", 0, 0);
+  CheckStoreAtPowerLossPoints("Flat", 0, PowerPointsAsked());
 }
 
 // Indexes that are trained (the trained, empty index is checkpointed before
@@ -276,8 +275,8 @@ BOOST_AUTO_TEST_CASE(store_keeps_every_acknowledged_op_at_every_power_loss_point
 // (copies, not exports): 120 crash points each, or a tenth of
 // VECWAL_POWER_POINTS's (the sanitizer runs).
 BOOST_AUTO_TEST_CASE(trained_and_tombstoning_stores_keep_every_acknowledged_op_at_power_loss_points) {
-  const char* env = std::getenv("VECWAL_POWER_POINTS");
-  const size_t points = env ? std::clamp<size_t>(static_cast<size_t>(std::atoll(env)) / 10, 2, 120) : 120;
+  const size_t asked = PowerPointsAsked();
+  const size_t points = asked != 0 ? std::clamp<size_t>(asked / 10, 2, 120) : 120;
   const std::pair<const char*, float> kinds[] = {
       {"HNSW8", 0}, {"IVF4,Flat", 0}, {"IVF4,PQ8x4fs", 1}, {"HNSW8,SQ8", 0.1f}, {"OPQ4,IVF4,PQ4x4", 2}};
   for (const auto& [desc, tolerance] : kinds) CheckStoreAtPowerLossPoints(desc, tolerance, points);
