@@ -1002,11 +1002,17 @@ Status DurableIndexImpl::Train(std::span<const float> sample) {
     if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
     if (trained_.load())
       return Status::InvalidArgument("index '" + opts_.spec.description + "' is already trained");
-    // A training whose checkpoint failed left the index trained in memory
-    // only: this one starts again from an empty index and its own sample.
-    VECWAL_ASSIGN_OR_RETURN(auto fresh, index::NewFaissIndex(opts_.spec));
-    VECWAL_RETURN_IF_ERROR(fresh->Train(sample));
-    // Contains reads index_ under recent_mu_ alone.
+  }
+  // Trained with no lock but ckpt_mu_ (which keeps Close and another Train
+  // out): Stats() and every write, refused or not, take write_mu_, and
+  // training a big IVF takes minutes. A training whose checkpoint failed left
+  // the index trained in memory only: this one starts again from an empty
+  // index and its own sample.
+  VECWAL_ASSIGN_OR_RETURN(auto fresh, index::NewFaissIndex(opts_.spec));
+  VECWAL_RETURN_IF_ERROR(fresh->Train(sample));
+  {
+    // Writers check ids under write_mu_ alone, Contains under recent_mu_.
+    std::lock_guard lk(write_mu_);
     std::unique_lock w(state_mu_);
     std::unique_lock rw(recent_mu_);
     index_ = std::move(fresh);
