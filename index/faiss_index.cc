@@ -25,6 +25,7 @@
 #include <cstring>
 #include <future>
 #include <typeinfo>
+#include <unistd.h>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -71,6 +72,18 @@ Status CheckFinite(std::span<const float> rows, size_t dim, const std::function<
     if (!std::isfinite(rows[i]))
       return Status::InvalidArgument(name(i / dim) + ": component " + std::to_string(i % dim) + " is " +
                                      (std::isnan(rows[i]) ? "NaN" : "infinite"));
+  return Status::OK();
+}
+
+Status CheckResultSize(size_t nq, size_t k) {
+  static const uint64_t memory =
+      static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  constexpr size_t kHitBytes = sizeof(uint64_t) + sizeof(float);
+  size_t bytes = 0;
+  if (__builtin_mul_overflow(nq, k, &bytes) || __builtin_mul_overflow(bytes, kHitBytes, &bytes) || bytes > memory)
+    return Status::InvalidArgument("k = " + std::to_string(k) + " for " + std::to_string(nq) +
+                                   " queries: their results would take more than this machine's " +
+                                   std::to_string(memory) + " bytes of memory");
   return Status::OK();
 }
 
@@ -518,6 +531,7 @@ class FaissIndex final : public VectorIndex {
   Result<SearchResults> Search(std::span<const float> queries, size_t k, const IdSet* skip,
                                const SearchParams& params) const override {
     VECWAL_RETURN_IF_ERROR(CheckRows(queries, "queries"));
+    VECWAL_RETURN_IF_ERROR(CheckResultSize(queries.size() / spec_.dim, k));
     FaissSearchParams fp;
     VECWAL_RETURN_IF_ERROR(fp.Build(Searched(), params, spec_.description));
     SearchResults r;

@@ -47,6 +47,13 @@ inline constexpr uint64_t kNoId = ~0ull;
 // samples without a word and answers nonsense.
 Status CheckFinite(std::span<const float> rows, size_t dim, const std::function<std::string(size_t row)>& name);
 
+// InvalidArgument where nq x k results (an id and a distance each) would not
+// fit in this machine's memory, or in a size_t: a k meant as "all of them"
+// (SIZE_MAX, 2^40) would otherwise end in std::bad_alloc, or in a crash
+// where the allocator aborts instead (sanitizers). Rows past the index's
+// size are padding, so a k above it is fine while its padding fits.
+Status CheckResultSize(size_t nq, size_t k);
+
 // How hard an approximate index searches, per call. 0 leaves the index's
 // own setting (FAISS's defaults: nprobe 1, efSearch 16, which at 1M vectors
 // find a small share of the true neighbours). A knob the index has no part

@@ -864,6 +864,7 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
   VECWAL_RETURN_IF_ERROR(
       index::CheckFinite(queries, dim, [](size_t row) { return "query " + std::to_string(row); }));
   const size_t nq = queries.size() / dim;
+  VECWAL_RETURN_IF_ERROR(index::CheckResultSize(nq, k));
   index::SearchResults out;
   out.nq = nq;
   out.k = k;

@@ -200,6 +200,14 @@ BOOST_AUTO_TEST_CASE(bad_input_is_refused_before_the_log) {
   queries.insert(queries.end(), nan_v.begin(), nan_v.end());
   auto q = d->Search(queries, 1);
   BOOST_TEST(q.status().message().find("query 1: component 3 is NaN") != std::string::npos, q.status().ToString());
+  // Neither does a k whose results could never fit end in std::bad_alloc,
+  // with recent writes to merge or without.
+  for (int merged = 0; merged < 2; ++merged) {
+    if (merged == 1) BOOST_REQUIRE(d->Checkpoint().ok());
+    auto huge = d->Search(v, size_t{1} << 40);
+    BOOST_TEST(huge.status().message().find("k = 1099511627776 for 1 queries") != std::string::npos,
+               huge.status().ToString());
+  }
 }
 
 BOOST_AUTO_TEST_CASE(options_without_a_directory_are_refused_naming_it) {

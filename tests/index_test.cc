@@ -375,6 +375,19 @@ BOOST_AUTO_TEST_CASE(bad_input_gets_an_error_naming_it) {
   BOOST_TEST((*ivf)->Add(one, std::span(vecs).first(kDim)).message().find("trained") != std::string::npos);
   auto q = idx->Search(std::span(vecs).first(kDim + 1), 1);
   BOOST_TEST(q.status().message().find("multiple of dimension") != std::string::npos);
+  // A k whose results could never fit is an error, not std::bad_alloc; a k
+  // above the index's size only pads.
+  BOOST_REQUIRE(idx->Add(std::vector<uint64_t>{1, 2}, vecs).ok());
+  for (size_t k : {size_t{1} << 40, SIZE_MAX / 2}) {
+    auto huge = idx->Search(vecs, k);
+    BOOST_TEST(huge.status().code() == Status::Code::kInvalidArgument);
+    BOOST_TEST(huge.status().message().find("k = " + std::to_string(k) + " for 2 queries") != std::string::npos,
+               huge.status().ToString());
+  }
+  auto padded = idx->Search(vecs, 1000);
+  BOOST_REQUIRE(padded.ok());
+  BOOST_TEST(padded->ids.size() == 2000u);
+  BOOST_TEST(padded->ids[2] == kNoId);
 }
 
 // A training sample with a NaN or infinite component is refused, naming it,
