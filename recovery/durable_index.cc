@@ -113,6 +113,7 @@ Status DurableIndexImpl::Recover(RecoveryStats* st) {
       break;
     }
     st->checkpoint_note += loaded.status().ToString() + "; ";
+    unverified_checkpoints_.push_back(l);
   }
   if (!ck && !lsns.empty())
     return Status::Corruption(opts_.dir + ": no checkpoint verifies: " + st->checkpoint_note);
@@ -1285,13 +1286,23 @@ Result<uint64_t> DurableIndexImpl::FinishCheckpoint(uint64_t lsn) {
   ++checkpoints_;
   last_checkpoint_ns_ = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - checkpoint_started_).count());
-  // Keep the newest generations; the log is needed from the oldest kept one.
+  // Keep the newest generations that verify; the log is needed from the
+  // oldest kept one. One that did not verify (the one just written at its LSN
+  // anew aside) is retired: counted as kept, it would have retired the one
+  // Open fell back to, and a second bad checkpoint left nothing to open.
+  std::erase(unverified_checkpoints_, lsn);
   VECWAL_ASSIGN_OR_RETURN(auto lsns, ListCheckpoints(*fs_, opts_.dir));
-  for (size_t i = std::max<size_t>(opts_.keep_checkpoints, 1); i < lsns.size(); ++i)
-    VECWAL_RETURN_IF_ERROR(RetireCheckpoint(*fs_, opts_.dir, lsns[i]));
+  const size_t keep = std::max<size_t>(opts_.keep_checkpoints, 1);
+  std::vector<uint64_t> kept;
+  for (uint64_t l : lsns)
+    if (kept.size() == keep || std::ranges::find(unverified_checkpoints_, l) != unverified_checkpoints_.end())
+      VECWAL_RETURN_IF_ERROR(RetireCheckpoint(*fs_, opts_.dir, l));
+    else
+      kept.push_back(l);
+  unverified_checkpoints_.clear();
+  if (kept.empty()) return Status::Corruption(opts_.dir + ": " + CheckpointFileName(lsn) + ", just written, is not listed");
   VECWAL_RETURN_IF_ERROR(fs_->SyncDir(opts_.dir));
-  const size_t kept = std::min(lsns.size(), std::max<size_t>(opts_.keep_checkpoints, 1));
-  VECWAL_RETURN_IF_ERROR(wal_->ReleaseBefore(lsns[kept - 1] + 1).status());  // Close waits on ckpt_mu_
+  VECWAL_RETURN_IF_ERROR(wal_->ReleaseBefore(kept.back() + 1).status());  // Close waits on ckpt_mu_
   return lsn;
 }
 

@@ -123,6 +123,43 @@ BOOST_AUTO_TEST_CASE(newest_checkpoint_corrupted_previous_is_used) {
   ExpectEqual(*d, m);
 }
 
+// A checkpoint that did not verify is no generation: the checkpoints after a
+// fallback keep the log from the newest ones that do, so that the next one
+// to go bad falls back again. Counted as kept, the bad one made the next
+// checkpoint retire the good one it had fallen back to, and release its log:
+// a second bad checkpoint, later, left nothing to open.
+BOOST_AUTO_TEST_CASE(a_checkpoint_that_did_not_verify_is_not_kept_as_a_generation) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  o.wal.segment_bytes = 64 << 10;  // the log before a kept checkpoint is released for real
+  Model m;
+  std::mt19937_64 rng(5);
+  uint64_t bad = 0, newest = 0;
+  {
+    auto d = OpenOrDie(o);
+    RandomOps(*d, m, rng, 100);
+    BOOST_REQUIRE(d->Checkpoint().ok());
+    RandomOps(*d, m, rng, 100);
+    bad = *d->Checkpoint();
+    RandomOps(*d, m, rng, 50);
+  }
+  test::XorByte(dir / CheckpointFileName(bad), 5000);
+  {
+    auto d = OpenOrDie(o);
+    BOOST_REQUIRE(d->Stats().recovery.checkpoint_lsn < bad);
+    RandomOps(*d, m, rng, 100);
+    newest = *d->Checkpoint();
+    RandomOps(*d, m, rng, 50);
+  }
+  BOOST_TEST(!std::filesystem::exists(dir / CheckpointFileName(bad)));  // retired: never a fallback again
+  test::XorByte(dir / CheckpointFileName(newest), 5000);
+  auto d = OpenOrDie(o);
+  const auto& r = d->Stats().recovery;
+  BOOST_TEST(r.checkpoint_lsn < bad);
+  BOOST_TEST(r.checkpoint_note.find(CheckpointFileName(newest)) != std::string::npos, r.checkpoint_note);
+  ExpectEqual(*d, m);
+}
+
 // Nothing logged since the newest checkpoint: Checkpoint() returns its LSN
 // and writes nothing (the file stays the same file, not a copy renamed over
 // it), whether this process wrote that checkpoint or loaded it. A newest
