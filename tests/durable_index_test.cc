@@ -160,6 +160,64 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_that_did_not_verify_is_not_kept_as_a_generatio
   ExpectEqual(*d, m);
 }
 
+// Damage in the middle of the log, in each recovery mode: strict and
+// tolerate_tail refuse to open, naming it; salvage opens without the damaged
+// record, says which LSNs it dropped, and checkpoints past the hole at once,
+// so that the store then opens in the default mode and goes on from there.
+BOOST_AUTO_TEST_CASE(mid_log_damage_is_refused_unless_salvaged_and_a_salvaged_store_reopens_in_any_mode) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  Model m;
+  std::mt19937_64 rng(11);
+  {
+    auto d = OpenOrDie(o);
+    for (uint64_t id = 1; id <= 300; ++id) {
+      auto v = Vec(rng);
+      auto p = test::Payload(id, id % 30);
+      BOOST_REQUIRE(d->Insert(id, v, p).ok());
+      m.rows[id] = {v, p};
+    }
+  }
+  auto log = test::ReadLog(dir / "wal", wal::RecoveryMode::kStrict);
+  BOOST_REQUIRE(log.ok());
+  const auto victim = std::ranges::find_if(*log, [](const test::ReadBack& r) { return r.lsn == 150; });
+  BOOST_REQUIRE(victim != log->end());
+  test::XorByte(test::SegmentPath(dir / "wal", victim->segment_id), victim->offset + wal::kRecordHeaderSize + 12);
+  const std::string segment = wal::SegmentFileName(victim->segment_id);
+  for (auto mode : {wal::RecoveryMode::kStrict, wal::RecoveryMode::kTolerateTail}) {
+    o.recovery_mode = mode;
+    auto refused = DurableIndex::Open(o);
+    BOOST_REQUIRE(!refused.ok());
+    BOOST_TEST(refused.status().code() == Status::Code::kCorruption, refused.status().ToString());
+    BOOST_TEST(refused.status().message().find(segment) != std::string::npos, refused.status().ToString());
+  }
+  o.recovery_mode = wal::RecoveryMode::kSalvage;
+  {
+    auto d = OpenOrDie(o);
+    const auto st = d->Stats();
+    BOOST_REQUIRE(st.recovery.dropped.size() == 1u);
+    BOOST_TEST(st.recovery.dropped[0].first_lsn == 150u);
+    BOOST_TEST(st.recovery.dropped[0].last_lsn == 150u);
+    BOOST_TEST(st.recovery.dropped[0].where.find(segment) != std::string::npos, st.recovery.dropped[0].where);
+    BOOST_TEST(st.last_checkpoint_lsn == 300u);  // past the hole, before any write
+    m.rows.erase(150);
+    ExpectEqual(*d, m);
+    auto v = Vec(rng);
+    BOOST_REQUIRE(d->Insert(150, v).ok());  // the dropped id is free again
+    m.rows[150] = {v, {}};
+    BOOST_TEST(d->Stats().durable_lsn == 301u);
+  }
+  // The damaged segment is still there, below the checkpoint: kept for the
+  // older one, never read again from the newer.
+  BOOST_TEST(std::filesystem::exists(test::SegmentPath(dir / "wal", victim->segment_id)));
+  for (auto mode : {wal::RecoveryMode::kTolerateTail, wal::RecoveryMode::kStrict}) {
+    o.recovery_mode = mode;
+    auto d = OpenOrDie(o);
+    BOOST_TEST(d->Stats().recovery.dropped.empty());
+    ExpectEqual(*d, m);
+  }
+}
+
 // Nothing logged since the newest checkpoint: Checkpoint() returns its LSN
 // and writes nothing (the file stays the same file, not a copy renamed over
 // it), whether this process wrote that checkpoint or loaded it. A newest
