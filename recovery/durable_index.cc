@@ -56,6 +56,7 @@ Result<std::unique_ptr<DurableIndex>> DurableIndexImpl::Open(const DurableIndexO
     if (auto probe = index::NewFaissIndex(opts.spec); probe.ok())
       VECWAL_RETURN_IF_ERROR((*probe)->CheckSearchParams(opts.search));
   VECWAL_RETURN_IF_ERROR(d->fs_->CreateDir(opts.dir));
+  VECWAL_ASSIGN_OR_RETURN(d->lock_, d->fs_->LockDir(opts.dir, opts.wal.lock_wait_ms));
   d->recent_ = std::make_unique<RecentWrites>(opts.spec);
   VECWAL_RETURN_IF_ERROR(d->Recover(&d->recovery_));
   d->search_floor_ = d->index_->SearchBatchFloor();
@@ -89,6 +90,7 @@ Status DurableIndexImpl::Close() {
     drained = DrainTo(placed_seq_);  // async ops placed before Close complete
     s = wal_->Close();
     wal_.reset();
+    lock_.reset();
     std::lock_guard a(apply_mu_);
     tell.swap(completions_);
     // Whatever could not complete (a failed store) is told so.
@@ -106,6 +108,7 @@ Status DurableIndexImpl::Recover(RecoveryStats* st) {
   // Newest checkpoint that verifies; an older one if it does not.
   VECWAL_ASSIGN_OR_RETURN(auto lsns, ListCheckpoints(*fs_, opts_.dir));
   std::optional<LoadedCheckpoint> ck;
+  Status unreadable;  // the first checkpoint that failed for another reason than damage
   for (uint64_t l : lsns) {
     auto loaded = LoadCheckpoint(*fs_, opts_.dir + "/" + CheckpointFileName(l));
     if (loaded.ok()) {
@@ -114,9 +117,14 @@ Status DurableIndexImpl::Recover(RecoveryStats* st) {
     }
     st->checkpoint_note += loaded.status().ToString() + "; ";
     unverified_checkpoints_.push_back(l);
+    if (loaded.status().code() != Status::Code::kCorruption && unreadable.ok()) unreadable = loaded.status();
   }
-  if (!ck && !lsns.empty())
-    return Status::Corruption(opts_.dir + ": no checkpoint verifies: " + st->checkpoint_note);
+  if (!ck && !lsns.empty()) {
+    // Said as corruption only where every one was damaged: a read that
+    // failed (EIO, EMFILE) may well succeed on the next Open.
+    const std::string why = opts_.dir + ": no checkpoint verifies: " + st->checkpoint_note;
+    return unreadable.ok() ? Status::Corruption(why) : Status::IOError(why, unreadable.sys_errno());
+  }
   if (ck && !st->checkpoint_note.empty()) st->checkpoint_note += "recovered from " + CheckpointFileName(ck->info.lsn);
   if (ck) {
     const auto& have = ck->info.spec;

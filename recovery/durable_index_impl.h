@@ -119,6 +119,10 @@ class DurableIndexImpl final : public DurableIndex {
 
   DurableIndexOptions opts_;
   std::shared_ptr<FileSystem> fs_;
+  // DIR/LOCK, taken before a checkpoint is read: a second Open of a store in
+  // use is refused before it loads a whole index (the log's own lock comes
+  // only after that); held until Close.
+  std::unique_ptr<DirectoryLock> lock_;
   std::unique_ptr<wal::Wal> wal_;
   std::unique_ptr<index::VectorIndex> index_;
   PayloadStore payloads_;

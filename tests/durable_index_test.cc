@@ -311,6 +311,35 @@ BOOST_AUTO_TEST_CASE(options_without_a_directory_are_refused_naming_it) {
   BOOST_TEST(d.status().message().find("dir is empty") != std::string::npos, d.status().ToString());
 }
 
+// A second Open of a store in use is refused before it reads a checkpoint:
+// loading one takes as long, and as much memory, as the store has, and the
+// holder may retire the file under the read, which then reads as corruption.
+BOOST_AUTO_TEST_CASE(a_store_in_use_is_refused_before_any_checkpoint_is_read) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  auto first = OpenOrDie(o);
+  BOOST_REQUIRE(first->Insert(1, std::vector<float>(kDim, 1.f)).ok());
+  BOOST_REQUIRE(first->Checkpoint().ok());
+  auto faulty = std::make_shared<FaultInjectionFileSystem>(NewPosixFileSystem(test::BackendUnderTest()));
+  faulty->FailOpensOf(".vwc", EIO);
+  o.wal.fs = faulty;
+  o.wal.lock_wait_ms = 0;
+  auto second = DurableIndex::Open(o);
+  BOOST_REQUIRE(!second.ok());
+  BOOST_TEST(second.status().code() == Status::Code::kUnavailable, second.status().ToString());
+  BOOST_TEST(second.status().message().find("in use") != std::string::npos, second.status().ToString());
+  first.reset();
+  // Free once the first is closed; checkpoints that could not be read are no
+  // corruption, which would send an operator to salvage.
+  auto unreadable = DurableIndex::Open(o);
+  BOOST_REQUIRE(!unreadable.ok());
+  BOOST_TEST(unreadable.status().code() == Status::Code::kIOError, unreadable.status().ToString());
+  BOOST_TEST(unreadable.status().sys_errno() == EIO);
+  faulty->ClearFaults();
+  auto d = OpenOrDie(o);
+  BOOST_TEST(d->Size() == 1u);
+}
+
 BOOST_AUTO_TEST_CASE(reopening_with_another_spec_is_refused) {
   test::TempDir dir;
   { OpenOrDie(Options(dir.path())); }
