@@ -177,6 +177,7 @@ Status DurableIndexImpl::Recover(RecoveryStats* st) {
   st->tail_note = rep.tail_note;
   st->log_bytes_read = rep.bytes_read;
   st->dropped = rep.dropped;
+  st->skipped = rep.skipped;
   const auto t2 = Clock::now();
   VECWAL_RETURN_IF_ERROR(window.Flush());
   index_lsn_ = recent_last_lsn_ = std::max(last_checkpoint_lsn_.load(), wal_->durable_lsn());  // every record replayed

@@ -130,6 +130,9 @@ struct RecoveryStats {
   uint64_t log_bytes_read = 0;                        // segment bytes read to find them
   std::string tail_note;
   std::vector<wal::DroppedRange> dropped;
+  // Damage in the log below the checkpoint, whose ops it holds: passed over
+  // (tolerate_tail, salvage) and said here; strict refuses to open.
+  std::vector<wal::DroppedRange> skipped;
 };
 
 struct Entry {

@@ -147,6 +147,46 @@ BOOST_AUTO_TEST_CASE(inspect_reports_planted_corruption_at_its_offset) {
   BOOST_TEST(table.out.find(seg + " offset " + std::to_string(rec["offset"].get<uint64_t>())) != std::string::npos);
 }
 
+// Recovery loads the newest checkpoint that verifies; with the newest one
+// damaged, damage in the log below it is no longer "held by the checkpoint":
+// recovery reads it after the older one, and refuses to open.
+BOOST_AUTO_TEST_CASE(inspect_judges_recovery_from_the_newest_checkpoint_that_verifies) {
+  test::TempDir t;
+  std::string store = CrashedStore(t);
+  json cks = RunJson(kInspect + " --json checkpoints " + store)["checkpoints"];
+  BOOST_REQUIRE(cks.size() == 2u);  // the empty one at creation and the base one
+  const json& newest = cks.back();
+  BOOST_REQUIRE(newest["lsn"].get<uint64_t>() > 5);
+  json rec = RunJson(kInspect + " --json dump --from 5 --to 5 " + store)["records"][0];
+  FlipByte(store + "/wal/" + wal::SegmentFileName(rec["segment"].get<uint64_t>()),
+           rec["offset"].get<uint64_t>() + wal::kRecordHeaderSize + 20);
+  json v = RunJson(kInspect + " --json verify " + store, 1);
+  BOOST_REQUIRE(v["problems"].size() == 1u);
+  BOOST_TEST(v["problems"][0]["note"].get<std::string>().find("LSN " + std::to_string(newest["lsn"].get<uint64_t>())) !=
+             std::string::npos, v.dump());
+  BOOST_TEST(v["recovery"].get<std::string>().find("reads every record") != std::string::npos, v.dump());
+
+  FlipByte(newest["file"].get<std::string>(), newest["sections"][0]["offset"].get<uint64_t>() + 100);
+  v = RunJson(kInspect + " --json verify " + store, 1);
+  BOOST_REQUIRE(v["problems"].size() == 2u);
+  BOOST_TEST(!v["problems"][0].contains("note"), v.dump());
+  BOOST_TEST(v["recovery"].get<std::string>().find("refuses to open") != std::string::npos, v.dump());
+
+  FlipByte(cks[0]["file"].get<std::string>(), 100);  // the header: no checkpoint verifies now
+  v = RunJson(kInspect + " --json verify " + store, 1);
+  BOOST_TEST(v["recovery"] == "recovery refuses to open: no checkpoint verifies", v.dump());
+}
+
+// A mistyped path is an error, not an empty log that verifies.
+BOOST_AUTO_TEST_CASE(inspect_refuses_a_directory_that_holds_no_vecwal_files) {
+  test::TempDir t;
+  for (const char* cmd : {" verify ", " dump ", " segments "}) {
+    Ran r = Run(kInspect + cmd + t.path() + " 2>&1");
+    BOOST_TEST(r.status == 2);
+    BOOST_TEST(r.out.find("is no vecwal store") != std::string::npos, r.out);
+  }
+}
+
 BOOST_AUTO_TEST_CASE(inspect_is_read_only_and_lock_free_on_a_live_store) {
   test::TempDir t;
   recovery::DurableIndexOptions o;

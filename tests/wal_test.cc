@@ -485,6 +485,58 @@ BOOST_AUTO_TEST_CASE(mid_log_corruption_found_in_each_mode) {
   BOOST_TEST(!Wal::Open(dir.path(), opts).ok());
 }
 
+// A store's checkpoint holds the ops below the LSN it reads the log from, and
+// a segment holds records on both sides of it: damage below that LSN, in a
+// record or in a whole segment's header, is passed over and said (strict
+// refuses it). Damage at or above it is the usual error.
+BOOST_AUTO_TEST_CASE(damage_below_the_scans_first_lsn_is_passed_over_unless_strict) {
+  Open();
+  for (int i = 0; i < 200; ++i) Write(i);
+  Close();
+  auto recs = Read();
+  BOOST_REQUIRE(recs[20].segment_id == recs[40].segment_id);
+  const std::string first_seg = test::SegmentPath(dir.path(), recs[20].segment_id);
+  test::XorByte(first_seg, recs[20].offset + 60);  // LSN 21
+  auto fs = NewPosixFileSystem(test::BackendUnderTest());
+  auto scan = [&](uint64_t from, RecoveryMode mode, uint64_t* visited = nullptr) {
+    return ScanLog(*fs, dir.path(), from, mode, [&](const LogRecord& r) {
+      if (visited != nullptr && r.payload.size() == 3000 && std::ranges::equal(r.payload, Payload(r.lsn - 1, 3000)))
+        ++*visited;
+      return Status::OK();
+    });
+  };
+  for (auto mode : {RecoveryMode::kTolerateTail, RecoveryMode::kSalvage}) {
+    uint64_t visited = 0;
+    auto rep = scan(41, mode, &visited);
+    BOOST_REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+    BOOST_TEST(visited == 160u);  // LSNs 41..200, each intact
+    BOOST_TEST(rep->dropped.empty());
+    BOOST_REQUIRE(rep->skipped.size() == 1u);
+    BOOST_TEST(rep->skipped[0].first_lsn == 21u);
+    BOOST_TEST(rep->skipped[0].last_lsn == 21u);
+    BOOST_TEST(rep->skipped[0].where == first_seg + " offset " + std::to_string(recs[20].offset));
+  }
+  BOOST_TEST(scan(41, RecoveryMode::kStrict).status().IsCorruption());
+  BOOST_TEST(scan(21, RecoveryMode::kTolerateTail).status().IsCorruption());  // LSN 21 asked for
+  BOOST_TEST(scan(22, RecoveryMode::kTolerateTail).ok());
+
+  // The first segment's header, both copies: the second segment's first LSN
+  // proves the first holds nothing at or above it.
+  test::XorByte(first_seg, 10);
+  test::XorByte(first_seg, 2048 + 10);
+  const auto second = std::ranges::find_if(recs, [&](const auto& r) { return r.segment_id != recs[0].segment_id; });
+  BOOST_REQUIRE(second != recs.end());
+  uint64_t visited = 0;
+  auto rep = scan(second->lsn, RecoveryMode::kTolerateTail, &visited);
+  BOOST_REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+  BOOST_TEST(visited == 201 - second->lsn);
+  BOOST_REQUIRE(rep->skipped.size() == 1u);
+  BOOST_TEST(rep->skipped[0].where == first_seg);
+  BOOST_TEST(rep->skipped[0].last_lsn == second->lsn - 1);
+  BOOST_TEST(scan(second->lsn, RecoveryMode::kStrict).status().IsCorruption());
+  BOOST_TEST(scan(second->lsn - 1, RecoveryMode::kTolerateTail).status().IsCorruption());
+}
+
 BOOST_AUTO_TEST_CASE(bit_flip_detected_anywhere_in_a_record) {
   Open();
   for (int i = 0; i < 3; ++i) Write(i, 200);

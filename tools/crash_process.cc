@@ -139,6 +139,7 @@ void Send(int fd, uint64_t v) {
                      {"tail_note", r.tail_note},
                      {"checkpoint_note", r.checkpoint_note},
                      {"dropped_ranges", r.dropped.size()},
+                     {"skipped_ranges", r.skipped.size()},
                      {"peak_rss_bytes", static_cast<uint64_t>(ru.ru_maxrss) * 1024},
                      {"vectors", d.Size()}};
     // Two batches may be durable beyond what the writer reported: one whose

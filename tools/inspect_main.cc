@@ -314,22 +314,29 @@ int Verify(FileSystem& fs, const Layout& l, bool as_json) {
     if (offset) p["offset"] = *offset;
     problems.push_back(std::move(p));
   }
-  // What the default recovery mode would do with the same bytes: it reads
-  // the log only after the newest checkpoint.
-  uint64_t from = 0;
-  if (l.store_dir)
-    if (auto lsns = recovery::ListCheckpoints(fs, *l.store_dir); lsns.ok() && !lsns->empty()) from = lsns->front() + 1;
+  // What the default recovery mode would do with the same bytes: it loads
+  // the newest checkpoint that verifies and reads the log only after it. A
+  // newer one that does not verify holds nothing recovery can use.
+  json checkpoints = AllCheckpoints(fs, l);
+  std::optional<uint64_t> loaded;
+  bool any_checkpoint = false;
+  for (const auto& c : checkpoints) {
+    if (c.contains("note")) continue;  // unfinished or retired: never read
+    any_checkpoint = true;
+    if (c.contains("lsn") && !c.contains("problem")) loaded = std::max(loaded.value_or(0), c["lsn"].get<uint64_t>());
+  }
+  const uint64_t from = loaded ? *loaded + 1 : 0;
   std::string verdict;
   auto tolerate = wal::ScanLog(fs, l.log_dir, from, wal::RecoveryMode::kTolerateTail,
                                [](const wal::LogRecord&) { return Status::OK(); });
-  if (!tolerate.ok()) verdict = "recovery (tolerate_tail) refuses to open: " + tolerate.status().ToString();
+  if (any_checkpoint && !loaded) verdict = "recovery refuses to open: no checkpoint verifies";
+  else if (!tolerate.ok()) verdict = "recovery (tolerate_tail) refuses to open: " + tolerate.status().ToString();
   else if (tolerate->tail_cut) verdict = "recovery (tolerate_tail) cuts a torn tail: " + tolerate->tail_note;
   else verdict = "recovery (tolerate_tail) reads every record" + (from > 0 ? " after LSN " + std::to_string(from - 1) : "");
-  if (from > 0)
+  if (loaded)
     for (auto& p : problems)
       if (p.contains("last_lsn") && p["last_lsn"].get<uint64_t>() < from)
-        p["note"] = "below the newest checkpoint, which holds its ops";
-  json checkpoints = AllCheckpoints(fs, l);
+        p["note"] = "below checkpoint LSN " + std::to_string(*loaded) + ", which recovery loads and which holds its ops";
   for (const auto& c : checkpoints)
     if (c.contains("problem"))
       for (const auto& s : c.value("sections", json::array()))
@@ -394,6 +401,12 @@ int main(int argc, char** argv) {
   if (!stdfs::is_directory(dir)) Fail(dir + ": no such directory");
   auto fs = NewPosixFileSystem();
   Layout l = Locate(dir);
+  // A mistyped path would otherwise verify as an empty log, "OK".
+  if (!l.store_dir) {
+    auto files = OrFail(wal::ListSegmentFiles(*fs, l.log_dir));
+    if (files.empty() && !stdfs::exists(l.log_dir + "/LOCK"))
+      Fail(dir + " is no vecwal store (no wal/ directory) and no log (no wal-*.log segment files)");
+  }
   if (seg->parsed()) return Segments(*fs, l, as_json);
   if (dump->parsed()) return Dump(*fs, l, f, as_json);
   if (verify->parsed()) return Verify(*fs, l, as_json);

@@ -40,6 +40,8 @@ void PrintMeasure(std::FILE* o, const MeasureResult& res) {
                r["log_bytes_replayed"].get<double>() / (1 << 20), r["vectors"].get<uint64_t>(),
                r["peak_rss_bytes"].get<double>() / (1 << 20));
     if (!r["tail_note"].get<std::string>().empty()) fmt::print(o, "tail: {}\n", r["tail_note"].get<std::string>());
+    if (!r["checkpoint_note"].get<std::string>().empty())
+      fmt::print(o, "checkpoint: {}\n", r["checkpoint_note"].get<std::string>());
   }
   if (res.ok)
     fmt::print(o, "verify: OK, all {} acknowledged ops present (the store holds the first {} ops)\n",

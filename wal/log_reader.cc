@@ -137,6 +137,12 @@ class Scanner {
   Status ScanOne(const SegmentFileInfo& info, const SegmentFileInfo* next) {
     if (info.state == State::kDamaged) {
       std::string why = info.path + ": " + info.problem;
+      // Wholly below from_lsn, as the next segment's first LSN proves.
+      if (mode_ != RecoveryMode::kStrict && next && next->state == State::kLive &&
+          next->header.first_lsn <= from_lsn_) {
+        report_.skipped.push_back({expected_, next->header.first_lsn - 1, info.path, "damaged segment header: " + info.problem});
+        return Status::OK();
+      }
       if (mode_ != RecoveryMode::kSalvage) return Status::Corruption(why);
       uint64_t last = next && next->state == State::kLive ? next->header.first_lsn - 1 : 0;
       report_.dropped.push_back({expected_, last, info.path, "damaged segment header: " + info.problem});
@@ -165,6 +171,19 @@ class Scanner {
     for (;;) {
       VECWAL_ASSIGN_OR_RETURN(Stop stop, ScanRecords(seg, pos));
       if (stop.kind == Stop::kSegmentEnd && next) return Status::OK();
+      // Damage in records below from_lsn (a segment holds those a checkpoint
+      // covers beside those after it) costs the caller nothing where the
+      // next valid record is at or below from_lsn: no LSN it asked for is
+      // missing. Never a torn tail: the checkpoint was taken after them.
+      if (stop.kind != Stop::kSegmentEnd && expected_ < from_lsn_ && mode_ != RecoveryMode::kStrict) {
+        VECWAL_ASSIGN_OR_RETURN(Lookahead la, Look(seg, stop.pos + kRecordAlign));
+        if (la.count > 0 && la.first_lsn <= from_lsn_) {
+          report_.skipped.push_back({expected_, la.first_lsn - 1, seg.Where(stop.pos), stop.why});
+          expected_ = la.first_lsn;
+          pos = la.first_pos;
+          continue;
+        }
+      }
       if (next) {
         if (next->state == State::kLive && next->header.first_lsn == expected_) return Status::OK();
         // Rotation drains every write first, so a hole before the next

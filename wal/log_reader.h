@@ -69,6 +69,11 @@ struct LogScanReport {
   uint64_t discarded_unacked = 0;  // valid records past a torn write, never acknowledged
   uint64_t torn_padding_skipped = 0;  // torn flush padding passed over, the next LSN right after it
   std::vector<DroppedRange> dropped;
+  // Damage below from_lsn, in records the caller did not ask for (a store's
+  // checkpoint holds their ops): passed over by tolerate_tail and salvage
+  // wherever the scan finds the next record at or below from_lsn, an error
+  // under strict.
+  std::vector<DroppedRange> skipped;
 
   // Where appends continue. In place only when the log ends cleanly: after
   // the last record there is nothing but zeros.
