@@ -119,12 +119,19 @@ Status DurableIndexImpl::Recover(RecoveryStats* st) {
     unverified_checkpoints_.push_back(l);
     if (loaded.status().code() != Status::Code::kCorruption && unreadable.ok()) unreadable = loaded.status();
   }
-  if (!ck && !lsns.empty()) {
+  // Where no checkpoint verifies, salvage replays the whole log into an
+  // empty index of the options' spec, if the log still holds every op up to
+  // the newest one's LSN (checked once it is read). A store that has not
+  // reached its first automatic checkpoint holds all its ops in the log,
+  // beside the small checkpoint at LSN 0 whose damage alone kept it shut.
+  const bool from_log_alone = !ck && !lsns.empty() && opts_.recovery_mode == wal::RecoveryMode::kSalvage;
+  if (!ck && !lsns.empty() && !from_log_alone) {
     // Said as corruption only where every one was damaged: a read that
     // failed (EIO, EMFILE) may well succeed on the next Open.
     const std::string why = opts_.dir + ": no checkpoint verifies: " + st->checkpoint_note;
     return unreadable.ok() ? Status::Corruption(why) : Status::IOError(why, unreadable.sys_errno());
   }
+  if (from_log_alone) st->checkpoint_note += "salvage: the whole log replayed into an empty index of the options' spec";
   if (ck && !st->checkpoint_note.empty()) st->checkpoint_note += "recovered from " + CheckpointFileName(ck->info.lsn);
   if (ck) {
     const auto& have = ck->info.spec;
@@ -136,6 +143,9 @@ Status DurableIndexImpl::Recover(RecoveryStats* st) {
     checkpoint_on_disk_ = true;
   } else {
     VECWAL_ASSIGN_OR_RETURN(index_, index::NewFaissIndex(opts_.spec));
+    if (from_log_alone && !index_->is_trained())
+      return Status::Corruption(opts_.dir + ": no checkpoint verifies, and index '" + opts_.spec.description +
+                                "' needs training, which only a checkpoint holds: " + st->checkpoint_note);
   }
   st->checkpoint_lsn = last_checkpoint_lsn_;
   st->checkpoint_load_s = Since(t0);
@@ -171,6 +181,11 @@ Status DurableIndexImpl::Recover(RecoveryStats* st) {
   };
   VECWAL_ASSIGN_OR_RETURN(wal_, wal::Wal::Open(opts_.dir + "/wal", opts_.wal, visit, last_checkpoint_lsn_ + 1));
   const auto& rep = wal_->open_report();
+  if (from_log_alone && (rep.first_lsn > 1 || wal_->durable_lsn() < lsns.front()))
+    return Status::Corruption(opts_.dir + ": no checkpoint verifies, and the log (LSNs " + std::to_string(rep.first_lsn) +
+                              " to " + std::to_string(wal_->durable_lsn()) + ") does not hold every op up to LSN " +
+                              std::to_string(lsns.front()) + ", which " + CheckpointFileName(lsns.front()) +
+                              " held: " + st->checkpoint_note);
   if (rep.records_visited > 0 && rep.first_lsn > last_checkpoint_lsn_ + 1)
     return Status::Corruption(opts_.dir + ": the checkpoint ends at LSN " + std::to_string(last_checkpoint_lsn_) +
                               " but the log starts at LSN " + std::to_string(rep.first_lsn));

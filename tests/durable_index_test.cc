@@ -25,6 +25,20 @@ using namespace vecwal;
 using namespace vecwal::recovery;
 using namespace vecwal::store_test;
 
+namespace {
+
+// n random vectors, row after row: a training sample.
+std::vector<float> Sample(std::mt19937_64& rng, int n) {
+  std::vector<float> sample;
+  for (int i = 0; i < n; ++i) {
+    auto v = Vec(rng);
+    sample.insert(sample.end(), v.begin(), v.end());
+  }
+  return sample;
+}
+
+}  // namespace
+
 
 BOOST_AUTO_TEST_CASE(store_equals_reference_model_across_reopens_and_checkpoints) {
   test::TempDir dir;
@@ -257,6 +271,75 @@ BOOST_AUTO_TEST_CASE(damage_in_the_log_below_the_checkpoint_does_not_keep_the_st
   }
 }
 
+// No checkpoint verifies: salvage replays the whole log into an empty index
+// of the options' spec where the log holds every op the newest one held (a
+// store before its first automatic checkpoint: all its ops in the log, beside
+// the checkpoint at LSN 0), and refuses, changing nothing, where it does not
+// or where the index needs training.
+BOOST_AUTO_TEST_CASE(salvage_rebuilds_from_the_log_alone_only_where_the_log_holds_every_op) {
+  std::mt19937_64 rng(17);
+  auto damage_every_checkpoint = [](const test::TempDir& dir) {
+    for (const auto& e : std::filesystem::directory_iterator(dir.path()))
+      if (ParseCheckpointFileName(e.path().filename().string())) test::XorByte(e.path().string(), 100);
+  };
+  {
+    test::TempDir dir;
+    auto o = Options(dir.path());
+    Model m;
+    {
+      auto d = OpenOrDie(o);
+      RandomOps(*d, m, rng, 120);
+    }
+    damage_every_checkpoint(dir);
+    auto refused = DurableIndex::Open(o);
+    BOOST_TEST(refused.status().message().find("no checkpoint verifies") != std::string::npos, refused.status().ToString());
+    o.recovery_mode = wal::RecoveryMode::kSalvage;
+    {
+      auto d = OpenOrDie(o);
+      const auto st = d->Stats();
+      BOOST_TEST(st.recovery.checkpoint_note.find("whole log replayed") != std::string::npos, st.recovery.checkpoint_note);
+      BOOST_TEST(st.last_checkpoint_lsn == st.durable_lsn);  // checkpointed at once
+      ExpectEqual(*d, m);
+    }
+    o.recovery_mode = wal::RecoveryMode::kTolerateTail;
+    auto d = OpenOrDie(o);
+    BOOST_TEST(d->Stats().recovery.checkpoint_note.empty());
+    ExpectEqual(*d, m);
+  }
+  {
+    test::TempDir dir;
+    auto o = Options(dir.path());
+    o.wal.segment_bytes = 64 << 10;  // the log below the kept checkpoint is released,
+    o.keep_checkpoints = 1;          // and with it every op the log held
+    Model m;
+    {
+      auto d = OpenOrDie(o);
+      for (int i = 0; i < 3; ++i) {
+        RandomOps(*d, m, rng, 100);
+        BOOST_REQUIRE(d->Checkpoint().ok());
+      }
+    }
+    damage_every_checkpoint(dir);
+    o.recovery_mode = wal::RecoveryMode::kSalvage;
+    auto refused = DurableIndex::Open(o);
+    BOOST_TEST(refused.status().message().find("does not hold every op up to LSN") != std::string::npos,
+               refused.status().ToString());
+    BOOST_TEST(ListCheckpoints(*NewPosixFileSystem(), dir.path())->size() == 1u);  // not retired
+  }
+  {
+    test::TempDir dir;
+    auto o = Options(dir.path(), "IVF4,Flat");
+    {
+      auto d = OpenOrDie(o);
+      BOOST_REQUIRE(d->Train(Sample(rng, 400)).ok());
+    }
+    damage_every_checkpoint(dir);
+    o.recovery_mode = wal::RecoveryMode::kSalvage;
+    auto refused = DurableIndex::Open(o);
+    BOOST_TEST(refused.status().message().find("needs training") != std::string::npos, refused.status().ToString());
+  }
+}
+
 // Nothing logged since the newest checkpoint: Checkpoint() returns its LSN
 // and writes nothing (the file stays the same file, not a copy renamed over
 // it), whether this process wrote that checkpoint or loaded it. A newest
@@ -393,15 +476,6 @@ BOOST_AUTO_TEST_CASE(reopening_with_another_spec_is_refused) {
 namespace {
 
 // n vectors of Vec, one after another: a training sample.
-std::vector<float> Sample(std::mt19937_64& rng, int n) {
-  std::vector<float> sample;
-  for (int i = 0; i < n; ++i) {
-    auto v = Vec(rng);
-    sample.insert(sample.end(), v.begin(), v.end());
-  }
-  return sample;
-}
-
 // Polls `done` for up to 30 s.
 template <typename F>
 bool WaitUntil(F done) {
