@@ -210,6 +210,10 @@ Status DurableIndexImpl::Recover(RecoveryStats* st) {
   // even at the loaded checkpoint's LSN.
   if (!rep.dropped.empty()) checkpoint_on_disk_ = false;
   if (!ck || !rep.dropped.empty()) VECWAL_RETURN_IF_ERROR(Checkpoint().status());
+  // A fallback left one generation fewer: the checkpointer writes a new one
+  // at once, beside the first writes and searches rather than before them.
+  else if (!unverified_checkpoints_.empty())
+    auto_due_at_ = 0;
   return Status::OK();
 }
 

@@ -340,6 +340,33 @@ BOOST_AUTO_TEST_CASE(salvage_rebuilds_from_the_log_alone_only_where_the_log_hold
   }
 }
 
+// After a fallback the store is a generation short: with automatic
+// checkpoints on, one is written at once, not an interval of log later.
+BOOST_AUTO_TEST_CASE(a_fallback_is_followed_at_once_by_an_automatic_checkpoint) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  Model m;
+  std::mt19937_64 rng(19);
+  uint64_t bad = 0;
+  {
+    auto d = OpenOrDie(o);
+    RandomOps(*d, m, rng, 100);
+    BOOST_REQUIRE(d->Checkpoint().ok());
+    RandomOps(*d, m, rng, 100);
+    bad = *d->Checkpoint();
+    RandomOps(*d, m, rng, 50);
+  }
+  test::XorByte(dir / CheckpointFileName(bad), 5000);
+  o.checkpoint_every_log_bytes = 1ull << 30;  // on, and far from due
+  auto d = OpenOrDie(o);
+  BOOST_REQUIRE(d->Stats().recovery.checkpoint_lsn < bad);
+  for (int i = 0; i < 1000 && d->Stats().last_checkpoint_lsn <= bad; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  BOOST_TEST(d->Stats().last_checkpoint_lsn == d->Stats().durable_lsn);
+  BOOST_TEST(!std::filesystem::exists(dir / CheckpointFileName(bad)));
+  ExpectEqual(*d, m);
+}
+
 // Nothing logged since the newest checkpoint: Checkpoint() returns its LSN
 // and writes nothing (the file stays the same file, not a copy renamed over
 // it), whether this process wrote that checkpoint or loaded it. A newest
