@@ -37,6 +37,23 @@ std::vector<float> Sample(std::mt19937_64& rng, int n) {
   return sample;
 }
 
+// Two checkpoints with ops before, between and after them; the newer one is
+// then damaged, so that Open falls back to the older. Returns its LSN.
+uint64_t DamageTheNewerOfTwoCheckpoints(const test::TempDir& dir, const DurableIndexOptions& o, Model& m,
+                                        std::mt19937_64& rng) {
+  uint64_t newer = 0;
+  {
+    auto d = OpenOrDie(o);
+    RandomOps(*d, m, rng, 100);
+    BOOST_REQUIRE(d->Checkpoint().ok());
+    RandomOps(*d, m, rng, 100);
+    newer = *d->Checkpoint();
+    RandomOps(*d, m, rng, 50);
+  }
+  test::XorByte(dir / CheckpointFileName(newer), 5000);
+  return newer;
+}
+
 }  // namespace
 
 
@@ -121,15 +138,7 @@ BOOST_AUTO_TEST_CASE(newest_checkpoint_corrupted_previous_is_used) {
   Model m;
   std::mt19937_64 rng(3);
   uint64_t newest = 0;
-  {
-    auto d = OpenOrDie(o);
-    RandomOps(*d, m, rng, 100);
-    BOOST_REQUIRE(d->Checkpoint().ok());
-    RandomOps(*d, m, rng, 100);
-    newest = *d->Checkpoint();
-    RandomOps(*d, m, rng, 50);
-  }
-  test::XorByte(dir / CheckpointFileName(newest), 5000);
+  newest = DamageTheNewerOfTwoCheckpoints(dir, o, m, rng);
   auto d = OpenOrDie(o);
   const auto& r = d->Stats().recovery;
   BOOST_TEST(r.checkpoint_lsn < newest);
@@ -149,15 +158,7 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_that_did_not_verify_is_not_kept_as_a_generatio
   Model m;
   std::mt19937_64 rng(5);
   uint64_t bad = 0, newest = 0;
-  {
-    auto d = OpenOrDie(o);
-    RandomOps(*d, m, rng, 100);
-    BOOST_REQUIRE(d->Checkpoint().ok());
-    RandomOps(*d, m, rng, 100);
-    bad = *d->Checkpoint();
-    RandomOps(*d, m, rng, 50);
-  }
-  test::XorByte(dir / CheckpointFileName(bad), 5000);
+  bad = DamageTheNewerOfTwoCheckpoints(dir, o, m, rng);
   {
     auto d = OpenOrDie(o);
     BOOST_REQUIRE(d->Stats().recovery.checkpoint_lsn < bad);
@@ -348,15 +349,7 @@ BOOST_AUTO_TEST_CASE(a_fallback_is_followed_at_once_by_an_automatic_checkpoint) 
   Model m;
   std::mt19937_64 rng(19);
   uint64_t bad = 0;
-  {
-    auto d = OpenOrDie(o);
-    RandomOps(*d, m, rng, 100);
-    BOOST_REQUIRE(d->Checkpoint().ok());
-    RandomOps(*d, m, rng, 100);
-    bad = *d->Checkpoint();
-    RandomOps(*d, m, rng, 50);
-  }
-  test::XorByte(dir / CheckpointFileName(bad), 5000);
+  bad = DamageTheNewerOfTwoCheckpoints(dir, o, m, rng);
   o.checkpoint_every_log_bytes = 1ull << 30;  // on, and far from due
   auto d = OpenOrDie(o);
   BOOST_REQUIRE(d->Stats().recovery.checkpoint_lsn < bad);
