@@ -35,6 +35,15 @@ bool DeviceOk(const std::string& device) {
   return false;
 }
 
+// CLI11's PositiveNumber names DBL_MAX, in full, as the top of its range.
+const CLI::Validator kPositive(
+    [](std::string& s) -> std::string {
+      char* end = nullptr;
+      const double v = std::strtod(s.c_str(), &end);
+      return end != s.c_str() && *end == '\0' && v > 0 ? "" : "must be more than 0, not '" + s + "'";
+    },
+    "> 0");
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -53,36 +62,36 @@ int main(int argc, char** argv) {
 
   WalBenchConfig wc;
   auto add_wal_options = [&](CLI::App* sub) {
-    sub->add_option("--threads", wc.threads, "writer threads in workload 1")->capture_default_str();
-    sub->add_option("--inflight", wc.inflight, "durable writes in flight")->capture_default_str();
-    sub->add_option("--max-write-kib", wc.max_write_kib, "largest write the log issues")->capture_default_str();
+    sub->add_option("--threads", wc.threads, "writer threads in workload 1")->capture_default_str()->check(kPositive);
+    sub->add_option("--inflight", wc.inflight, "durable writes in flight")->capture_default_str()->check(kPositive);
+    sub->add_option("--max-write-kib", wc.max_write_kib, "largest write the log issues")->capture_default_str()->check(kPositive);
     sub->add_option("--min-concurrent-kib", wc.min_concurrent_kib,
                     "bytes gathered before another write starts while writes are in flight")
         ->capture_default_str();
-    sub->add_option("--segment-mib", wc.segment_mib, "segment size")->capture_default_str();
+    sub->add_option("--segment-mib", wc.segment_mib, "segment size")->capture_default_str()->check(kPositive);
     sub->add_option("--only", wc.only, "workloads to run, e.g. 13")->capture_default_str();
     sub->add_flag("!--no-fio", wc.fio, "skip the fio baseline");
   };
   auto* wal = app.add_subcommand("wal", "durable appends: 64 writers, batches, latency; vs RocksDB, naive, raw device");
   wal->add_option("--dir", wc.dir, "directory on the disk to measure (required)")->required();
-  wal->add_option("--dim", wc.dim, "float32 components per vector")->capture_default_str();
-  wal->add_option("--batch", wc.batch, "records per batch in workload 2")->capture_default_str();
+  wal->add_option("--dim", wc.dim, "float32 components per vector")->capture_default_str()->check(kPositive);
+  wal->add_option("--batch", wc.batch, "records per batch in workload 2")->capture_default_str()->check(kPositive);
   wal->add_option("--batches-in-flight", wc.batches_in_flight,
-                  "workload 2: batches the one writer keeps outstanding (AppendManyAsync); 1 = blocking AppendMany")
+                  "workload 2: batches the one writer keeps outstanding (AppendManyAsync)->check(kPositive); 1 = blocking AppendMany")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
-  wal->add_option("--seconds", wc.seconds, "duration of each measurement")->capture_default_str();
-  wal->add_option("--repeat", wc.repeat, "runs per measurement; medians are reported")->capture_default_str();
+  wal->add_option("--seconds", wc.seconds, "duration of each measurement")->capture_default_str()->check(kPositive);
+  wal->add_option("--repeat", wc.repeat, "runs per measurement->check(kPositive); medians are reported")->capture_default_str();
   wal->add_flag("!--no-rocksdb", wc.rocksdb, "skip the RocksDB baseline");
   add_wal_options(wal);
 
   StoreBenchConfig sc;
   auto add_store_options = [&](CLI::App* sub) {
     sub->add_option("--dir", sc.dir, "directory on the disk to measure (required)")->required();
-    sub->add_option("--vectors", sc.vectors, "vectors in the store")->capture_default_str();
-    sub->add_option("--dim", sc.dim, "float32 components per vector")->capture_default_str();
+    sub->add_option("--vectors", sc.vectors, "vectors in the store")->capture_default_str()->check(kPositive);
+    sub->add_option("--dim", sc.dim, "float32 components per vector")->capture_default_str()->check(kPositive);
     sub->add_option("--index", sc.description, "FAISS index_factory description")->capture_default_str();
-    sub->add_option("--repeat", sc.repeat, "runs per measurement; medians are reported")->capture_default_str();
+    sub->add_option("--repeat", sc.repeat, "runs per measurement->check(kPositive); medians are reported")->capture_default_str();
   };
   auto* rec = app.add_subcommand("recovery", "restart time: full log replay vs raw read; peak memory");
   add_store_options(rec);
@@ -96,21 +105,21 @@ int main(int argc, char** argv) {
   StoreWorkloadConfig xc;
   auto add_workload_options = [&](CLI::App* sub) {
     sub->add_option("--dir", xc.dir, "directory on the disk to measure (required)")->required();
-    sub->add_option("--vectors", xc.vectors, "vectors in the store")->capture_default_str();
-    sub->add_option("--dim", xc.dim, "float32 components per vector")->capture_default_str();
+    sub->add_option("--vectors", xc.vectors, "vectors in the store")->capture_default_str()->check(kPositive);
+    sub->add_option("--dim", xc.dim, "float32 components per vector")->capture_default_str()->check(kPositive);
     sub->add_option("--index", xc.description, "FAISS index_factory description")->capture_default_str();
     sub->add_option("--writers", xc.writers, "threads doing single-op upserts")->capture_default_str();
     sub->add_option("--searchers", xc.searchers, "threads doing batched searches")->capture_default_str();
-    sub->add_option("--batch", xc.batch, "vectors per atomic batch")->capture_default_str();
-    sub->add_option("--queries", xc.queries, "queries per search call")->capture_default_str();
-    sub->add_option("--k", xc.k, "neighbours per query")->capture_default_str();
+    sub->add_option("--batch", xc.batch, "vectors per atomic batch")->capture_default_str()->check(kPositive);
+    sub->add_option("--queries", xc.queries, "queries per search call")->capture_default_str()->check(kPositive);
+    sub->add_option("--k", xc.k, "neighbours per query")->capture_default_str()->check(kPositive);
     sub->add_option("--nprobe", xc.nprobe, "IVF lists probed per query, in the store and in FAISS; 0: FAISS's own (1)")
         ->capture_default_str();
     sub->add_option("--ef-search", xc.ef_search,
                     "HNSW candidates kept per query, in the store and in FAISS; 0: FAISS's own (16)")
         ->capture_default_str();
-    sub->add_option("--seconds", xc.seconds, "duration of each measurement")->capture_default_str();
-    sub->add_option("--repeat", xc.repeat, "runs per measurement; medians are reported")->capture_default_str();
+    sub->add_option("--seconds", xc.seconds, "duration of each measurement")->capture_default_str()->check(kPositive);
+    sub->add_option("--repeat", xc.repeat, "runs per measurement->check(kPositive); medians are reported")->capture_default_str();
     sub->add_option("--checkpoint-mib", xc.checkpoint_mib, "automatic checkpoint interval")->capture_default_str();
     sub->add_option("--stall-intervals", xc.stall_writes_at_intervals,
                     "writers wait once the log since the last checkpoint reaches this many intervals; 0: never")
@@ -144,9 +153,9 @@ int main(int argc, char** argv) {
   size_t all_vectors = 20000;
   auto* all = app.add_subcommand("all", "every workload, short (about a minute), and one summary table");
   all->add_option("--dir", all_dir, "directory on the disk to measure")->capture_default_str();
-  all->add_option("--seconds", all_seconds, "duration of each measurement")->capture_default_str();
-  all->add_option("--vectors", all_vectors, "vectors in each store")->capture_default_str();
-  all->add_option("--dim", xc.dim, "float32 components per vector")->capture_default_str();
+  all->add_option("--seconds", all_seconds, "duration of each measurement")->capture_default_str()->check(kPositive);
+  all->add_option("--vectors", all_vectors, "vectors in each store")->capture_default_str()->check(kPositive);
+  all->add_option("--dim", xc.dim, "float32 components per vector")->capture_default_str()->check(kPositive);
   all->add_option("--index", xc.description, "FAISS index_factory description")->capture_default_str();
   add_wal_options(all);
   CLI11_PARSE(app, argc, argv);
