@@ -190,6 +190,7 @@ Status DurableIndexImpl::Recover(RecoveryStats* st) {
     return Status::Corruption(opts_.dir + ": the checkpoint ends at LSN " + std::to_string(last_checkpoint_lsn_) +
                               " but the log starts at LSN " + std::to_string(rep.first_lsn));
   st->tail_note = rep.tail_note;
+  if (!rep.seal_note.empty()) st->tail_note += (st->tail_note.empty() ? "" : "; ") + rep.seal_note;
   st->log_bytes_read = rep.bytes_read;
   st->dropped = rep.dropped;
   st->skipped = rep.skipped;

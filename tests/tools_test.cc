@@ -177,6 +177,24 @@ BOOST_AUTO_TEST_CASE(inspect_judges_recovery_from_the_newest_checkpoint_that_ver
   BOOST_TEST(v["recovery"] == "recovery refuses to open: no checkpoint verifies", v.dump());
 }
 
+// The store was closed (sealed) after the crash's recovery: a last record that
+// now reads as torn was acknowledged, and verify says recovery will refuse.
+BOOST_AUTO_TEST_CASE(inspect_reports_sealed_records_the_log_no_longer_holds) {
+  test::TempDir t;
+  std::string store = CrashedStore(t);
+  json segs = RunJson(kInspect + " --json segments " + store);
+  const uint64_t last = segs["last_lsn"].get<uint64_t>();
+  json rec = RunJson(kInspect + " --json dump --from " + std::to_string(last) + " " + store)["records"][0];
+  test::Fill(store + "/wal/" + wal::SegmentFileName(rec["segment"].get<uint64_t>()), rec["offset"].get<uint64_t>() + 512,
+             4096 - 512, 0);
+  json v = RunJson(kInspect + " --json verify " + store, 1);
+  bool named = false;
+  for (const auto& p : v["problems"])
+    named |= p["file"] == store + "/wal/SEAL" && p["first_lsn"] == last && p["last_lsn"] == last;
+  BOOST_TEST(named, v.dump());
+  BOOST_TEST(v["recovery"].get<std::string>().find("refuses to open") != std::string::npos, v.dump());
+}
+
 // A mistyped path is an error, not an empty log that verifies.
 BOOST_AUTO_TEST_CASE(inspect_refuses_a_directory_that_holds_no_vecwal_files) {
   test::TempDir t;

@@ -43,6 +43,12 @@ struct LogFixture {
     BOOST_REQUIRE(wal->Close().ok());
     wal.reset();
   }
+  // Leaves the log as a crash would, with no seal past what it wrote (here
+  // none at all): what a test then tears could have been in flight.
+  void CloseAsCrash() {
+    Close();
+    std::filesystem::remove(dir / kSealFileName);
+  }
   uint64_t Write(uint64_t key, size_t size = 3000) {
     auto p = Payload(key, size);
     auto lsn = wal->Append(RecordType::kOpaque, p);
@@ -336,7 +342,7 @@ BOOST_AUTO_TEST_CASE(second_open_of_a_directory_is_refused) {
 BOOST_AUTO_TEST_CASE(torn_tail_is_cut) {
   Open();
   for (int i = 0; i < 5; ++i) Write(i);
-  Close();
+  CloseAsCrash();
   auto recs = Read();
   // Tear the last record: keep its first 512-byte sector, zero the rest.
   const auto& last = recs.back();
@@ -423,7 +429,7 @@ BOOST_AUTO_TEST_CASE(unacknowledged_writes_past_a_torn_one_are_discarded) {
   for (int i = 0; i < 20; ++i) ps.push_back(Payload(i, 3000));
   for (auto& p : ps) views.push_back({RecordType::kOpaque, p});
   BOOST_REQUIRE(wal->AppendMany(views).ok());
-  Close();
+  CloseAsCrash();
   auto recs = Read();
   BOOST_REQUIRE(recs.size() == 20u);
   std::string seg = test::SegmentPath(dir.path(), recs[4].segment_id);
@@ -439,6 +445,62 @@ BOOST_AUTO_TEST_CASE(unacknowledged_writes_past_a_torn_one_are_discarded) {
   recs = Read(RecoveryMode::kStrict);
   BOOST_REQUIRE(recs.size() == 5u);
   BOOST_TEST((recs[4].payload == Payload(100, 3000)));
+}
+
+// The newest records have no later record to say they were acknowledged, so
+// their damage reads as a torn tail; the seal says it for them. After a clean
+// Close, a torn-looking last record is damage: Open refuses, naming the LSNs,
+// where it used to cut them without a word; salvage drops them, says so, and
+// lowers the seal, so that the log opens again and goes on.
+BOOST_AUTO_TEST_CASE(a_torn_looking_record_below_the_seal_is_damage_not_a_torn_tail) {
+  Open();
+  for (int i = 0; i < 5; ++i) Write(i);
+  Close();
+  auto recs = Read();
+  const std::string seg = test::SegmentPath(dir.path(), recs.back().segment_id);
+  test::Fill(seg, recs.back().offset + 512, 4096 - 512, 0);  // as torn_tail_is_cut tears it
+  LogScanReport rep;
+  BOOST_TEST(Read(RecoveryMode::kTolerateTail, &rep).size() == 4u);  // the reader alone: a torn tail
+  BOOST_TEST(rep.tail_cut);
+  for (auto mode : {RecoveryMode::kTolerateTail, RecoveryMode::kStrict}) {
+    opts.recovery_mode = mode;
+    auto refused = Wal::Open(dir.path(), opts);
+    BOOST_REQUIRE(!refused.ok());
+    BOOST_TEST(refused.status().IsCorruption());
+    if (mode == RecoveryMode::kTolerateTail)
+      BOOST_TEST(refused.status().message().find("LSNs 5 to 5 were acknowledged") != std::string::npos,
+                 refused.status().ToString());
+  }
+  BOOST_TEST(Read(RecoveryMode::kTolerateTail).size() == 4u);  // refusing changed nothing
+  opts.recovery_mode = RecoveryMode::kSalvage;
+  Open();
+  BOOST_REQUIRE(wal->open_report().dropped.size() == 1u);
+  BOOST_TEST(wal->open_report().dropped[0].first_lsn == 5u);
+  BOOST_TEST(wal->open_report().dropped[0].last_lsn == 5u);
+  wal.reset();  // a crash right after: the lowered seal must let the log open
+  opts.recovery_mode = RecoveryMode::kTolerateTail;
+  Open();
+  BOOST_TEST(Write(100) == 5u);
+  Close();
+  // A seal neither of whose slots verifies protects nothing, and is said.
+  test::XorByte(dir / kSealFileName, 3);
+  test::XorByte(dir / kSealFileName, 4096 + 3);
+  Open();
+  BOOST_TEST(wal->open_report().seal_note.find("neither slot verifies") != std::string::npos);
+  BOOST_TEST(Write(101) == 6u);
+  Close();  // seals LSN 6 in slot 1
+  Open();
+  BOOST_TEST(Write(102) == 7u);
+  Close();  // seals LSN 7 in slot 0
+  recs = Read();
+  test::Fill(test::SegmentPath(dir.path(), recs.back().segment_id), recs.back().offset + 512, 4096 - 512, 0);
+  test::XorByte(dir / kSealFileName, 4096 + 3);  // the older slot torn: the newer one is read
+  BOOST_TEST(!Wal::Open(dir.path(), opts).ok());
+  test::XorByte(dir / kSealFileName, 4096 + 3);
+  test::XorByte(dir / kSealFileName, 3);  // the newer torn: the older, LSN 6, does not cover LSN 7
+  Open();
+  BOOST_TEST(wal->open_report().tail_cut);
+  BOOST_TEST(Write(103) == 7u);
 }
 
 BOOST_AUTO_TEST_CASE(damage_proven_acknowledged_is_corruption_not_a_torn_tail) {

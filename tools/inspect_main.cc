@@ -18,6 +18,7 @@
 #include "io/file_system.h"
 #include "recovery/checkpoint_file.h"
 #include "wal/log_reader.h"
+#include "wal/log_seal.h"
 #include "wal/record_ops.h"
 #include "wal/segment_files.h"
 
@@ -329,8 +330,22 @@ int Verify(FileSystem& fs, const Layout& l, bool as_json) {
   std::string verdict;
   auto tolerate = wal::ScanLog(fs, l.log_dir, from, wal::RecoveryMode::kTolerateTail,
                                [](const wal::LogRecord&) { return Status::OK(); });
+  // The seal (wal/log_seal.h) names LSNs acknowledged for certain: a log
+  // that ends below it lost them, whatever its end looks like.
+  auto seal = OrFail(wal::LogSeal::Open(fs, l.log_dir));
+  const uint64_t sealed = seal->sealed_lsn();
+  if (tolerate.ok() && sealed > tolerate->last_lsn && sealed >= from) {
+    const uint64_t first = std::max(tolerate->last_lsn + 1, from);
+    problems.push_back({{"file", seal->path()}, {"first_lsn", first}, {"last_lsn", sealed},
+                        {"problem", "acknowledged (sealed) but not in the log, which ends at LSN " +
+                                        std::to_string(tolerate->last_lsn)}});
+  }
+  if (!seal->note().empty()) problems.push_back({{"file", seal->path()}, {"offset", 0}, {"problem", seal->note()}});
   if (any_checkpoint && !loaded) verdict = "recovery refuses to open: no checkpoint verifies";
   else if (!tolerate.ok()) verdict = "recovery (tolerate_tail) refuses to open: " + tolerate.status().ToString();
+  else if (sealed > tolerate->last_lsn && sealed >= from)
+    verdict = "recovery (tolerate_tail) refuses to open: LSNs up to " + std::to_string(sealed) +
+              " were acknowledged (" + seal->path() + ") but the log ends at LSN " + std::to_string(tolerate->last_lsn);
   else if (tolerate->tail_cut) verdict = "recovery (tolerate_tail) cuts a torn tail: " + tolerate->tail_note;
   else verdict = "recovery (tolerate_tail) reads every record" + (from > 0 ? " after LSN " + std::to_string(from - 1) : "");
   if (loaded)

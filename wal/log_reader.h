@@ -74,6 +74,7 @@ struct LogScanReport {
   // wherever the scan finds the next record at or below from_lsn, an error
   // under strict.
   std::vector<DroppedRange> skipped;
+  std::string seal_note;  // Wal::Open: a seal that could not be read (wal/log_seal.h)
 
   // Where appends continue. In place only when the log ends cleanly: after
   // the last record there is nothing but zeros.

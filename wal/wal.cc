@@ -31,8 +31,22 @@ Result<std::unique_ptr<Wal>> Wal::Open(const std::string& dir, WalOptions opts, 
   VECWAL_RETURN_IF_ERROR(fs.CreateDir(dir));
   VECWAL_ASSIGN_OR_RETURN(wal->lock_, fs.LockDir(dir, opts.lock_wait_ms));
 
+  VECWAL_ASSIGN_OR_RETURN(wal->seal_, LogSeal::Open(fs, dir));
   VECWAL_ASSIGN_OR_RETURN(wal->report_, ScanLog(fs, dir, replay_from, opts.recovery_mode, visit));
-  const LogScanReport& rep = wal->report_;
+  LogScanReport& rep = wal->report_;
+  rep.seal_note = wal->seal_->note();
+  // A log that ends below its seal lost acknowledged records: whatever the
+  // reader made of its end (a torn tail, or zeros), it is damage. Decided
+  // before anything here changes the directory.
+  const uint64_t sealed = wal->seal_->sealed_lsn();
+  if (sealed > rep.last_lsn && sealed >= replay_from) {
+    const uint64_t first = std::max(rep.last_lsn + 1, replay_from);
+    std::string why = "LSNs " + std::to_string(first) + " to " + std::to_string(sealed) + " were acknowledged (" +
+                      wal->seal_->path() + ") but the log ends at LSN " + std::to_string(rep.last_lsn);
+    if (rep.tail_cut) why += ", where " + rep.tail_note;
+    if (opts.recovery_mode != RecoveryMode::kSalvage) return Status::Corruption(dir + ": " + why);
+    rep.dropped.push_back({first, sealed, wal->seal_->path(), why});
+  }
   for (const auto& path : rep.files_to_drop) VECWAL_RETURN_IF_ERROR(fs.Remove(path));
 
   wal->alloc_ = std::make_unique<SegmentAllocator>(fs, dir, opts.segment_bytes, opts.spare_segments);
@@ -86,6 +100,9 @@ Result<std::unique_ptr<Wal>> Wal::Open(const std::string& dir, WalOptions opts, 
   WriterOptions wo{opts.segment_bytes, block, opts.max_writes_in_flight, opts.max_write_bytes,
                    opts.min_concurrent_write_bytes, opts.thread_slice_us};
   wal->writer_ = std::make_unique<GroupCommitWriter>(fs, dir, wo, std::move(queue), *wal->alloc_, std::move(start));
+  // Salvage dropped sealed LSNs, which the log now hands out again: the seal
+  // comes down to where the log ends, or the next Open would refuse it.
+  if (sealed > wal->writer_->durable_lsn()) VECWAL_RETURN_IF_ERROR(wal->seal_->Seal(wal->writer_->durable_lsn()));
   return wal;
 }
 
@@ -95,7 +112,15 @@ Status Wal::Close() {
   if (!writer_) return Status::OK();
   Status s = writer_->Close();
   alloc_->Quiesce();
+  if (s.ok()) s = Seal();  // every append is durable now: a restart finds no torn tail
   return s;
+}
+
+Status Wal::Seal() {
+  const uint64_t lsn = writer_->durable_lsn();
+  std::lock_guard l(seal_mu_);
+  if (lsn <= seal_->sealed_lsn()) return Status::OK();
+  return seal_->Seal(lsn);
 }
 
 Result<uint64_t> Wal::Append(RecordType type, std::span<const std::byte> payload) {
@@ -130,7 +155,11 @@ std::future<Result<uint64_t>> Wal::AppendAsync(RecordType type, std::span<const 
   return fut;
 }
 
-Result<size_t> Wal::ReleaseBefore(uint64_t lsn) { return writer_->ReleaseBefore(lsn); }
+Result<size_t> Wal::ReleaseBefore(uint64_t lsn) {
+  VECWAL_ASSIGN_OR_RETURN(size_t released, writer_->ReleaseBefore(lsn));
+  VECWAL_RETURN_IF_ERROR(Seal());
+  return released;
+}
 
 WalStats Wal::stats() const {
   return {writer_->stats(), writer_->durable_lsn(), opts_.fs->backend_name()};

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -19,6 +20,7 @@
 #include "wal/format.h"
 #include "wal/group_commit_writer.h"
 #include "wal/log_reader.h"
+#include "wal/log_seal.h"
 #include "wal/record_ops.h"
 
 namespace vecwal::wal {
@@ -66,8 +68,13 @@ class Wal {
   void AppendManyAsync(std::span<const RecordView> recs, AppendCallback done);
   std::future<Result<uint64_t>> AppendAsync(RecordType type, std::span<const std::byte> payload);
 
-  // Releases (recycles or removes) every segment whose LSNs are all < lsn.
+  // Releases (recycles or removes) every segment whose LSNs are all < lsn,
+  // then seals the log.
   Result<size_t> ReleaseBefore(uint64_t lsn);
+  // Records the durable LSN in `dir`/SEAL (wal/log_seal.h): a later Open
+  // refuses a log that ends below it, where it would have cut the lost
+  // records as a torn tail. Close and ReleaseBefore do it too.
+  Status Seal();
 
   uint64_t durable_lsn() const { return writer_->durable_lsn(); }
   const LogScanReport& open_report() const { return report_; }
@@ -84,6 +91,8 @@ class Wal {
   std::unique_ptr<DirectoryLock> lock_;
   std::unique_ptr<SegmentAllocator> alloc_;
   std::unique_ptr<GroupCommitWriter> writer_;
+  std::mutex seal_mu_;
+  std::unique_ptr<LogSeal> seal_;  // under seal_mu_
   LogScanReport report_;
 };
 
