@@ -43,6 +43,7 @@ DurableIndexOptions Options(const std::string& dir, const std::string& desc) {
   o.spec = {kDim, index::Metric::kL2, desc};
   o.wal = test::SmallLogOptions();
   o.wal.lock_wait_ms = 5000;
+  o.wal.seal_interval_ms = 2;  // kills land in seals too; a seal past the durable LSN fails the reopen
   o.checkpoint_every_log_bytes = 8 << 10;
   // Writers wait at every interval for the checkpoint it calls for, so that
   // kill points fall in writes waiting at the log limit too.

@@ -54,6 +54,7 @@ void Send(int fd, const Msg& m) {
 [[noreturn]] void RunChild(const std::string& dir, int out, uint64_t seed) {
   WalOptions o = test::SmallLogOptions();
   o.lock_wait_ms = 5000;
+  o.seal_interval_ms = 2;  // kills land in seals too; a seal past the durable LSN fails the reopen
   auto w = Wal::Open(dir, o);
   if (!w.ok()) {
     std::fprintf(stderr, "child open: %s\n", w.status().ToString().c_str());

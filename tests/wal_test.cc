@@ -503,6 +503,18 @@ BOOST_AUTO_TEST_CASE(a_torn_looking_record_below_the_seal_is_damage_not_a_torn_t
   BOOST_TEST(Write(103) == 7u);
 }
 
+// While the log runs, it seals on a timer: after a crash only the records of
+// the last interval are judged without the seal.
+BOOST_AUTO_TEST_CASE(a_running_log_seals_its_durable_lsn_on_a_timer) {
+  opts.seal_interval_ms = 5;
+  Open();
+  for (int i = 0; i < 3; ++i) Write(i);
+  auto fs = NewPosixFileSystem(test::BackendUnderTest());
+  auto sealed = [&] { return (*LogSeal::Open(*fs, dir.path()))->sealed_lsn(); };
+  for (int i = 0; i < 400 && sealed() < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  BOOST_TEST(sealed() == 3u);  // read while the log runs: no Close has sealed it
+}
+
 BOOST_AUTO_TEST_CASE(damage_proven_acknowledged_is_corruption_not_a_torn_tail) {
   opts.max_writes_in_flight = 1;
   Open();

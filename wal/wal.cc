@@ -103,13 +103,29 @@ Result<std::unique_ptr<Wal>> Wal::Open(const std::string& dir, WalOptions opts, 
   // Salvage dropped sealed LSNs, which the log now hands out again: the seal
   // comes down to where the log ends, or the next Open would refuse it.
   if (sealed > wal->writer_->durable_lsn()) VECWAL_RETURN_IF_ERROR(wal->seal_->Seal(wal->writer_->durable_lsn()));
+  if (opts.seal_interval_ms != 0) wal->sealer_ = std::thread([w = wal.get()] { w->SealerLoop(); });
   return wal;
+}
+
+// A failed seal costs nothing acknowledged (the older slot stays true), and
+// the log's own writes report a failing device: the next interval tries again.
+void Wal::SealerLoop() {
+  const auto interval = std::chrono::milliseconds(opts_.seal_interval_ms);
+  std::unique_lock l(seal_mu_);
+  while (!seal_cv_.wait_for(l, interval, [&] { return stop_sealer_; }))
+    if (const uint64_t lsn = writer_->durable_lsn(); lsn > seal_->sealed_lsn()) (void)seal_->Seal(lsn);
 }
 
 Wal::~Wal() { (void)Close(); }
 
 Status Wal::Close() {
   if (!writer_) return Status::OK();
+  {
+    std::lock_guard l(seal_mu_);
+    stop_sealer_ = true;
+  }
+  seal_cv_.notify_all();
+  if (sealer_.joinable()) sealer_.join();
   Status s = writer_->Close();
   alloc_->Quiesce();
   if (s.ok()) s = Seal();  // every append is durable now: a restart finds no torn tail
