@@ -68,6 +68,8 @@ int main(int argc, char** argv) {
     sub->add_option("--min-concurrent-kib", wc.min_concurrent_kib,
                     "bytes gathered before another write starts while writes are in flight")
         ->capture_default_str();
+    sub->add_option("--seal-ms", wc.seal_ms, "how often the log seals its durable LSN; 0: only at close")
+        ->capture_default_str();
     sub->add_option("--segment-mib", wc.segment_mib, "segment size")->capture_default_str()->check(kPositive);
     sub->add_option("--only", wc.only, "workloads to run, e.g. 13")->capture_default_str();
     sub->add_flag("!--no-fio", wc.fio, "skip the fio baseline");

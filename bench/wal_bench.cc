@@ -33,6 +33,7 @@ std::unique_ptr<wal::Wal> OpenLog(const std::string& dir, const WalBenchConfig& 
   o.min_concurrent_write_bytes = c.min_concurrent_kib << 10;
   o.durable_mode = mode;
   o.spare_segments = 4;
+  o.seal_interval_ms = c.seal_ms;
   auto w = wal::Wal::Open(dir, o);
   if (!w.ok()) throw std::runtime_error(w.status().ToString());
   return std::move(w).value();

@@ -20,6 +20,7 @@ struct WalBenchConfig {
   size_t max_write_kib = 1024;
   size_t min_concurrent_kib = 64;
   uint64_t segment_mib = 64;
+  uint64_t seal_ms = 1000;  // WalOptions::seal_interval_ms
   bool rocksdb = true;
   bool fio = true;
   std::string only = "123";  // which workloads to run
