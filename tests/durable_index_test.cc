@@ -233,6 +233,35 @@ BOOST_AUTO_TEST_CASE(mid_log_damage_is_refused_unless_salvaged_and_a_salvaged_st
   }
 }
 
+// After a clean Close the log's seal says its last op was acknowledged: a last
+// record damaged since then is refused, naming its LSN, not cut as a torn
+// tail with the op gone; salvage opens without it and says so.
+BOOST_AUTO_TEST_CASE(a_damaged_last_op_after_a_clean_close_is_refused_not_cut_as_a_torn_tail) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  Model m;
+  std::mt19937_64 rng(23);
+  for (uint64_t id = 1; id <= 20; ++id) m.rows[id] = {Vec(rng), {}};
+  {
+    auto d = OpenOrDie(o);
+    for (const auto& [id, row] : m.rows) BOOST_REQUIRE(d->Insert(id, row.first).ok());
+  }
+  auto log = test::ReadLog(dir / "wal", wal::RecoveryMode::kStrict);
+  BOOST_REQUIRE(log.ok() && log->back().lsn == 20u);
+  test::Fill(test::SegmentPath(dir / "wal", log->back().segment_id), log->back().offset + wal::kRecordHeaderSize + 8,
+             16, 0);
+  auto refused = DurableIndex::Open(o);
+  BOOST_TEST(refused.status().IsCorruption(), refused.status().ToString());
+  BOOST_TEST(refused.status().message().find("LSNs 20 to 20 were acknowledged") != std::string::npos,
+             refused.status().ToString());
+  o.recovery_mode = wal::RecoveryMode::kSalvage;
+  auto d = OpenOrDie(o);
+  BOOST_REQUIRE(d->Stats().recovery.dropped.size() == 1u);
+  BOOST_TEST(d->Stats().recovery.dropped[0].first_lsn == 20u);
+  m.rows.erase(20);
+  ExpectEqual(*d, m);
+}
+
 // The segment that holds a checkpoint's LSN holds the ops before it too
 // (segments are 64 MiB, checkpoints every 256 MiB of log by default): damage
 // there, in ops the checkpoint holds, opens (said in the recovery stats)
