@@ -87,6 +87,7 @@ BOOST_AUTO_TEST_CASE(inspect_lists_dumps_and_verifies_a_clean_store) {
   BOOST_TEST(segs["segments"][0]["first_lsn"] == 1);
   const uint64_t last = segs["last_lsn"].get<uint64_t>();
   BOOST_TEST(last > 10);
+  BOOST_TEST(segs["sealed_lsn"] == last);  // closed cleanly after the crash's recovery
 
   json all = RunJson(kInspect + " --json dump " + store);
   BOOST_TEST(all["records"].size() == last);

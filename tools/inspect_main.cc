@@ -97,14 +97,15 @@ int Segments(FileSystem& fs, const Layout& l, bool as_json) {
     if (!f.problem.empty()) j["problem"] = f.problem;
     out.push_back(std::move(j));
   }
+  auto seal = OrFail(wal::LogSeal::Open(fs, l.log_dir));
   if (as_json) {
     std::cout << json{{"log_dir", l.log_dir}, {"segments", out}, {"first_lsn", rep.first_lsn},
-                      {"last_lsn", rep.last_lsn}}.dump(2)
+                      {"last_lsn", rep.last_lsn}, {"sealed_lsn", seal->sealed_lsn()}}.dump(2)
               << "\n";
     return 0;
   }
-  fmt::print("log {}: LSNs {}..{}, {} live segment(s)\n\n", l.log_dir, rep.first_lsn, rep.last_lsn,
-             rep.live_segments);
+  fmt::print("log {}: LSNs {}..{}, {} live segment(s), sealed through LSN {}{}\n\n", l.log_dir, rep.first_lsn,
+             rep.last_lsn, rep.live_segments, seal->sealed_lsn(), seal->note().empty() ? "" : " (" + seal->note() + ")");
   fmt::print("{:>6} {:<8} {:>12} {:>12} {:>10} {:>12} {:>12}  {}\n", "id", "state", "first LSN", "last LSN", "records",
              "used bytes", "file bytes", "file");
   for (const auto& j : out) {
