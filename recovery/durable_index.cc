@@ -1229,6 +1229,47 @@ Result<uint64_t> DurableIndexImpl::QuiesceIndex(std::unique_lock<std::mutex>& m)
   return std::max(index_lsn_.load(), last_checkpoint_lsn_.load());
 }
 
+Result<ScrubReport> DurableIndexImpl::Scrub() {
+  ScrubReport rep;
+  {
+    std::lock_guard c(ckpt_mu_);  // no checkpoint retired, and no log released, under the reads
+    if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
+    const uint64_t durable = wal_->durable_lsn();  // past it, a flush in flight may look torn
+    VECWAL_ASSIGN_OR_RETURN(auto lsns, ListCheckpoints(*fs_, opts_.dir));
+    for (uint64_t l : lsns) {
+      const std::string path = opts_.dir + "/" + CheckpointFileName(l);
+      auto v = VerifyCheckpoint(*fs_, path);
+      std::vector<std::string> found;
+      if (!v.ok()) found.push_back(v.status().ToString());
+      else
+        for (const auto& sec : v->sections)
+          if (!sec.problem.empty()) found.push_back(sec.problem);
+      if (found.empty()) {
+        ++rep.checkpoints_verified;
+        continue;
+      }
+      rep.problems.insert(rep.problems.end(), found.begin(), found.end());
+      if (std::ranges::find(unverified_checkpoints_, l) == unverified_checkpoints_.end())
+        unverified_checkpoints_.push_back(l);
+      if (l == last_checkpoint_lsn_) checkpoint_on_disk_ = false;  // the next checkpoint is written anew
+    }
+    const uint64_t from = lsns.empty() ? 1 : lsns.back() + 1;
+    auto scan = wal::ScanLog(*fs_, opts_.dir + "/wal", from, wal::RecoveryMode::kSalvage, [&](const wal::LogRecord& r) {
+      rep.log_records_verified += r.lsn <= durable;
+      return Status::OK();
+    });
+    if (!scan.ok()) return scan.status().WithContext("scrubbing " + opts_.dir + "/wal");
+    for (const auto& d : scan->dropped)
+      if (d.first_lsn <= durable)
+        rep.problems.push_back(d.where + ": LSNs " + std::to_string(d.first_lsn) + " to " +
+                               std::to_string(d.last_lsn) + ": " + d.reason);
+    if (rep.problems.empty()) return rep;
+    if (!scan->dropped.empty()) checkpoint_on_disk_ = false;
+  }
+  VECWAL_ASSIGN_OR_RETURN(rep.repaired_at_lsn, Checkpoint());
+  return rep;
+}
+
 // The last snapshot's bytes per vector, or a float vector and its ids before
 // there is one; under ckpt_mu_.
 uint64_t DurableIndexImpl::SnapshotBytesEstimate(uint64_t live) const {

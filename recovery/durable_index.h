@@ -135,6 +135,13 @@ struct RecoveryStats {
   std::vector<wal::DroppedRange> skipped;
 };
 
+struct ScrubReport {
+  uint64_t checkpoints_verified = 0;  // kept checkpoints whose every section matched its CRC
+  uint64_t log_records_verified = 0;  // durable log records read back and verified
+  std::vector<std::string> problems;  // each damaged file, with offset and LSNs; empty: none
+  uint64_t repaired_at_lsn = 0;       // the checkpoint written to repair them; 0: none was needed
+};
+
 struct Entry {
   std::vector<float> vector;
   std::vector<std::byte> payload;
@@ -244,6 +251,14 @@ class DurableIndex {
   // since the newest checkpoint, that one already holds this state and its
   // LSN is returned with nothing written. Writers are not held meanwhile.
   virtual Result<uint64_t> Checkpoint() = 0;
+  // Reads back every kept checkpoint and the log after the oldest, checking
+  // every CRC, as a scrubber does: damage is found while the store still
+  // holds every op in memory, not at the next Open, where the damaged copy
+  // may be the one it needs. Damage found is repaired by a checkpoint at once
+  // (a checkpoint that did not verify counts as no generation and is retired;
+  // damaged log records end up below it, where Open passes over them). Writes
+  // and searches go on; automatic checkpoints wait for the reads.
+  virtual Result<ScrubReport> Scrub() = 0;
   virtual DurableIndexStats Stats() const = 0;
   virtual Status Close() = 0;
 

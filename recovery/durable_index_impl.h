@@ -54,6 +54,7 @@ class DurableIndexImpl final : public DurableIndex {
   Status Train(std::span<const float> sample) override;
   bool NeedsTraining() const override;
   Result<uint64_t> Checkpoint() override;
+  Result<ScrubReport> Scrub() override;
   DurableIndexStats Stats() const override;
   Status Close() override;
   using DurableIndex::ApplyAsync;

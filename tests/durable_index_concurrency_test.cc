@@ -641,7 +641,7 @@ BOOST_AUTO_TEST_CASE(an_automatic_checkpoint_keeps_no_write_waiting) {
 }
 
 // Writers, searchers and checkpoints at once (run under ThreadSanitizer in CI).
-BOOST_AUTO_TEST_CASE(concurrent_writers_searchers_and_checkpoints) {
+BOOST_AUTO_TEST_CASE(concurrent_writers_searchers_checkpoints_and_scrubs) {
   test::TempDir dir;
   auto o = Options(dir.path(), "HNSW8");
   o.checkpoint_every_log_bytes = 32 << 10;
@@ -675,6 +675,13 @@ BOOST_AUTO_TEST_CASE(concurrent_writers_searchers_and_checkpoints) {
     while (!stop) {
       if (!d->Checkpoint().ok()) ++errors;
       std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    }
+  });
+  ts.emplace_back([&] {  // a scrub reads back the log the writers append to: no damage there
+    while (!stop) {
+      auto s = d->Scrub();
+      if (!s.ok() || !s->problems.empty() || s->repaired_at_lsn != 0) ++errors;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   });
   for (int w = 0; w < 3; ++w) ts[w].join();

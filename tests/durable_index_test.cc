@@ -389,6 +389,52 @@ BOOST_AUTO_TEST_CASE(a_fallback_is_followed_at_once_by_an_automatic_checkpoint) 
   ExpectEqual(*d, m);
 }
 
+// Scrub finds damage while the store still holds every op, and repairs it
+// with a checkpoint: a damaged older checkpoint, found by no Open until the
+// newer one also went bad, and a damaged log record, which would have kept
+// the store from opening at all.
+BOOST_AUTO_TEST_CASE(scrub_finds_damage_while_the_store_runs_and_a_checkpoint_repairs_it) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  Model m;
+  std::mt19937_64 rng(29);
+  auto d = OpenOrDie(o);
+  RandomOps(*d, m, rng, 100);
+  const uint64_t older = *d->Checkpoint();
+  RandomOps(*d, m, rng, 100);
+  BOOST_REQUIRE(d->Checkpoint().ok());
+  RandomOps(*d, m, rng, 50);
+  auto clean = d->Scrub();
+  BOOST_REQUIRE(clean.ok());
+  BOOST_TEST(clean->problems.empty());
+  BOOST_TEST(clean->checkpoints_verified == 2u);
+  BOOST_TEST(clean->log_records_verified == d->Stats().durable_lsn - older);  // the log after the older one
+  BOOST_TEST(clean->repaired_at_lsn == 0u);
+
+  test::XorByte(dir / CheckpointFileName(older), 5000);
+  auto found = d->Scrub();
+  BOOST_REQUIRE(found.ok());
+  BOOST_REQUIRE(found->problems.size() == 1u);
+  BOOST_TEST(found->problems[0].find(CheckpointFileName(older)) != std::string::npos, found->problems[0]);
+  BOOST_TEST(found->repaired_at_lsn == d->Stats().durable_lsn);
+  BOOST_TEST(!std::filesystem::exists(dir / CheckpointFileName(older)));
+
+  RandomOps(*d, m, rng, 50);  // a log record after the newest checkpoint goes bad
+  auto log = test::ReadLog(dir / "wal", wal::RecoveryMode::kStrict);
+  BOOST_REQUIRE(log.ok());
+  const auto& victim = (*log)[log->size() - 20];
+  test::XorByte(test::SegmentPath(dir / "wal", victim.segment_id), victim.offset + wal::kRecordHeaderSize + 4);
+  found = d->Scrub();
+  BOOST_REQUIRE(found.ok());
+  BOOST_REQUIRE(found->problems.size() == 1u);
+  BOOST_TEST(found->problems[0].find("LSNs " + std::to_string(victim.lsn)) != std::string::npos, found->problems[0]);
+  BOOST_TEST(found->repaired_at_lsn >= victim.lsn);
+  BOOST_REQUIRE(d->Close().ok());
+  d = OpenOrDie(o);  // the damaged record is below the checkpoint now
+  BOOST_TEST(d->Stats().recovery.checkpoint_lsn >= victim.lsn);
+  ExpectEqual(*d, m);
+}
+
 // Nothing logged since the newest checkpoint: Checkpoint() returns its LSN
 // and writes nothing (the file stays the same file, not a copy renamed over
 // it), whether this process wrote that checkpoint or loaded it. A newest
