@@ -7,6 +7,7 @@
 #include <future>
 
 #include "io/crc32c.h"
+#include "io/little_endian.h"
 #include "recovery/io_threads.h"
 #include "wal/format.h"
 
@@ -28,15 +29,6 @@ struct Section {
   uint64_t offset = 0, length = 0;
   uint32_t crc = 0;
 };
-
-template <typename T>
-void Put(std::byte* p, size_t off, T v) { std::memcpy(p + off, &v, sizeof(T)); }
-template <typename T>
-T Get(const std::byte* p, size_t off) {
-  T v;
-  std::memcpy(&v, p + off, sizeof(T));
-  return v;
-}
 
 // Streams a section into the file through five aligned staging buffers,
 // with its CRC: while one fills, the others are written (O_DIRECT, so every
@@ -187,26 +179,26 @@ Result<Header> ReadHeader(File& f, const std::string& path) {
   if (size < kHeaderBytes) return Status::Corruption(path + ": " + std::to_string(size) + " bytes, no header block");
   VECWAL_ASSIGN_OR_RETURN(auto hb, ReadRange(f, 0, kHeaderBytes));
   const std::byte* p = hb.data();
-  if (Get<uint64_t>(p, 0) != kMagic) return Status::Corruption(path + ": not a vecwal checkpoint (bad magic)");
-  if (Get<uint32_t>(p, kCrcOffset) != crc32c::Value(p, kCrcOffset))
+  if (GetLE<uint64_t>(p, 0) != kMagic) return Status::Corruption(path + ": not a vecwal checkpoint (bad magic)");
+  if (GetLE<uint32_t>(p, kCrcOffset) != crc32c::Value(p, kCrcOffset))
     return Status::Corruption(path + ": header block checksum mismatch at offset 0");
-  if (uint32_t v = Get<uint32_t>(p, 8); v != kCheckpointVersion)
+  if (uint32_t v = GetLE<uint32_t>(p, 8); v != kCheckpointVersion)
     return Status::NotSupported(path + ": checkpoint version " + std::to_string(v) + ", this build reads " +
                                 std::to_string(kCheckpointVersion));
   Header h;
-  h.info.lsn = Get<uint64_t>(p, 16);
-  h.info.spec.dim = Get<uint32_t>(p, 24);
-  h.info.spec.metric = static_cast<index::Metric>(Get<uint8_t>(p, 28));
-  h.info.live_count = Get<uint64_t>(p, 32);
-  h.info.payload_count = Get<uint64_t>(p, 40);
-  uint32_t nsec = Get<uint32_t>(p, 48), dlen = Get<uint32_t>(p, 52);
+  h.info.lsn = GetLE<uint64_t>(p, 16);
+  h.info.spec.dim = GetLE<uint32_t>(p, 24);
+  h.info.spec.metric = static_cast<index::Metric>(GetLE<uint8_t>(p, 28));
+  h.info.live_count = GetLE<uint64_t>(p, 32);
+  h.info.payload_count = GetLE<uint64_t>(p, 40);
+  uint32_t nsec = GetLE<uint32_t>(p, 48), dlen = GetLE<uint32_t>(p, 52);
   if (dlen > kMaxDescription || nsec > (kCrcOffset - kTableOffset) / kEntryBytes)
     return Status::Corruption(path + ": header block fields out of range");
   h.info.spec.description.assign(reinterpret_cast<const char*>(p + 56), dlen);
   h.info.file_bytes = size;
   for (uint32_t i = 0; i < nsec; ++i) {
     const std::byte* e = p + kTableOffset + i * kEntryBytes;
-    Section s{Get<uint32_t>(e, 0), Get<uint64_t>(e, 8), Get<uint64_t>(e, 16), Get<uint32_t>(e, 24)};
+    Section s{GetLE<uint32_t>(e, 0), GetLE<uint64_t>(e, 8), GetLE<uint64_t>(e, 16), GetLE<uint32_t>(e, 24)};
     if (s.offset % 4096 != 0 || s.offset < kHeaderBytes || s.offset + s.length > size)
       return Status::Corruption(Where(path, s) + ": outside the file of " + std::to_string(size) + " bytes");
     h.sections.push_back(s);
@@ -353,8 +345,8 @@ Result<Payloads> DecodePayloads(std::span<const std::byte> b, uint64_t count, co
   size_t pos = 0;
   for (uint64_t i = 0; i < count; ++i) {
     if (b.size() - pos < 12) return Status::Corruption(where + ": payload " + std::to_string(i) + " truncated");
-    uint64_t id = Get<uint64_t>(b.data(), pos);
-    uint32_t len = Get<uint32_t>(b.data(), pos + 8);
+    uint64_t id = GetLE<uint64_t>(b.data(), pos);
+    uint32_t len = GetLE<uint32_t>(b.data(), pos + 8);
     pos += 12;
     if (b.size() - pos < len) return Status::Corruption(where + ": payload of id " + std::to_string(id) + " truncated");
     out.emplace(id, std::vector<std::byte>(b.begin() + pos, b.begin() + pos + len));
@@ -431,25 +423,25 @@ Result<std::string> WriteCheckpointFile(FileSystem& fs, const std::string& dir, 
   if (recycled) VECWAL_RETURN_IF_ERROR(fs.Truncate(tmp, at));
   AlignedBuffer hb(kHeaderBytes, 4096);
   std::byte* p = hb.data();
-  Put(p, 0, kMagic);
-  Put(p, 8, kCheckpointVersion);
-  Put(p, 12, static_cast<uint32_t>(kHeaderBytes));
-  Put(p, 16, lsn);
-  Put(p, 24, spec.dim);
-  Put(p, 28, static_cast<uint8_t>(spec.metric));
-  Put(p, 32, live_count);
-  Put(p, 40, static_cast<uint64_t>(payloads.size()));
-  Put(p, 48, static_cast<uint32_t>(sections.size()));
-  Put(p, 52, static_cast<uint32_t>(spec.description.size()));
+  PutLE(p, 0, kMagic);
+  PutLE(p, 8, kCheckpointVersion);
+  PutLE(p, 12, static_cast<uint32_t>(kHeaderBytes));
+  PutLE(p, 16, lsn);
+  PutLE(p, 24, spec.dim);
+  PutLE(p, 28, static_cast<uint8_t>(spec.metric));
+  PutLE(p, 32, live_count);
+  PutLE(p, 40, static_cast<uint64_t>(payloads.size()));
+  PutLE(p, 48, static_cast<uint32_t>(sections.size()));
+  PutLE(p, 52, static_cast<uint32_t>(spec.description.size()));
   std::memcpy(p + 56, spec.description.data(), spec.description.size());
   for (size_t i = 0; i < sections.size(); ++i) {
     std::byte* e = p + kTableOffset + i * kEntryBytes;
-    Put(e, 0, sections[i].kind);
-    Put(e, 8, sections[i].offset);
-    Put(e, 16, sections[i].length);
-    Put(e, 24, sections[i].crc);
+    PutLE(e, 0, sections[i].kind);
+    PutLE(e, 8, sections[i].offset);
+    PutLE(e, 16, sections[i].length);
+    PutLE(e, 24, sections[i].crc);
   }
-  Put(p, kCrcOffset, crc32c::Value(p, kCrcOffset));
+  PutLE(p, kCrcOffset, crc32c::Value(p, kCrcOffset));
   VECWAL_RETURN_IF_ERROR(f->WriteAt(0, hb.span()));
   VECWAL_RETURN_IF_ERROR(f->Sync());
   f.reset();

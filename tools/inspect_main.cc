@@ -335,16 +335,15 @@ int Verify(FileSystem& fs, const Layout& l, bool as_json) {
   // that ends below it lost them, whatever its end looks like.
   auto seal = OrFail(wal::LogSeal::Open(fs, l.log_dir));
   const uint64_t sealed = seal->sealed_lsn();
-  if (tolerate.ok() && sealed > tolerate->last_lsn && sealed >= from) {
-    const uint64_t first = std::max(tolerate->last_lsn + 1, from);
-    problems.push_back({{"file", seal->path()}, {"first_lsn", first}, {"last_lsn", sealed},
+  const auto lost = tolerate.ok() ? seal->FirstLost(tolerate->last_lsn, from) : std::nullopt;
+  if (lost)
+    problems.push_back({{"file", seal->path()}, {"first_lsn", *lost}, {"last_lsn", sealed},
                         {"problem", "acknowledged (sealed) but not in the log, which ends at LSN " +
                                         std::to_string(tolerate->last_lsn)}});
-  }
   if (!seal->note().empty()) problems.push_back({{"file", seal->path()}, {"offset", 0}, {"problem", seal->note()}});
   if (any_checkpoint && !loaded) verdict = "recovery refuses to open: no checkpoint verifies";
   else if (!tolerate.ok()) verdict = "recovery (tolerate_tail) refuses to open: " + tolerate.status().ToString();
-  else if (sealed > tolerate->last_lsn && sealed >= from)
+  else if (lost)
     verdict = "recovery (tolerate_tail) refuses to open: LSNs up to " + std::to_string(sealed) +
               " were acknowledged (" + seal->path() + ") but the log ends at LSN " + std::to_string(tolerate->last_lsn);
   else if (tolerate->tail_cut) verdict = "recovery (tolerate_tail) cuts a torn tail: " + tolerate->tail_note;

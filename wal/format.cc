@@ -1,6 +1,5 @@
 #include "wal/format.h"
 
-#include <bit>
 #include <cstdio>
 #include <chrono>
 #include <cstring>
@@ -8,24 +7,9 @@
 #include <random>
 
 #include "io/crc32c.h"
+#include "io/little_endian.h"
 
 namespace vecwal::wal {
-namespace {
-
-template <typename T>
-void Put(std::byte* dst, size_t off, T v) {
-  std::memcpy(dst + off, &v, sizeof(T));  // x86-64 and arm64 Linux are little-endian
-}
-template <typename T>
-T Get(const std::byte* src, size_t off) {
-  T v;
-  std::memcpy(&v, src + off, sizeof(T));
-  return v;
-}
-
-}  // namespace
-
-static_assert(std::endian::native == std::endian::little, "vecwal's on-disk format is little-endian");
 
 bool IsKnownRecordType(uint8_t t) { return t >= 1 && t <= 5; }
 
@@ -46,48 +30,48 @@ const char* ToString(RecordType t) {
 //  56 u32 zero   60 u32 crc32c of bytes [0,60)
 void EncodeSegmentHeader(const SegmentHeader& h, std::byte* dst) {
   std::memset(dst, 0, kSegmentHeaderSize);
-  Put(dst, 0, kSegmentMagic);
-  Put(dst, 8, kFormatVersion);
-  Put(dst, 12, h.block_size);
-  Put(dst, 16, h.segment_id);
-  Put(dst, 24, h.epoch);
-  Put(dst, 32, h.first_lsn);
-  Put(dst, 40, h.segment_bytes);
-  Put(dst, 48, h.created_unix_ns);
-  Put(dst, 60, crc32c::Value(dst, 60));
+  PutLE(dst, 0, kSegmentMagic);
+  PutLE(dst, 8, kFormatVersion);
+  PutLE(dst, 12, h.block_size);
+  PutLE(dst, 16, h.segment_id);
+  PutLE(dst, 24, h.epoch);
+  PutLE(dst, 32, h.first_lsn);
+  PutLE(dst, 40, h.segment_bytes);
+  PutLE(dst, 48, h.created_unix_ns);
+  PutLE(dst, 60, crc32c::Value(dst, 60));
 }
 
 std::optional<SegmentHeader> DecodeSegmentHeader(const std::byte* src) {
-  if (Get<uint64_t>(src, 0) != kSegmentMagic || Get<uint32_t>(src, 8) != kFormatVersion) return std::nullopt;
-  if (Get<uint32_t>(src, 60) != crc32c::Value(src, 60) || Get<uint32_t>(src, 56) != 0) return std::nullopt;
+  if (GetLE<uint64_t>(src, 0) != kSegmentMagic || GetLE<uint32_t>(src, 8) != kFormatVersion) return std::nullopt;
+  if (GetLE<uint32_t>(src, 60) != crc32c::Value(src, 60) || GetLE<uint32_t>(src, 56) != 0) return std::nullopt;
   SegmentHeader h;
-  h.block_size = Get<uint32_t>(src, 12);
-  h.segment_id = Get<uint64_t>(src, 16);
-  h.epoch = Get<uint64_t>(src, 24);
-  h.first_lsn = Get<uint64_t>(src, 32);
-  h.segment_bytes = Get<uint64_t>(src, 40);
-  h.created_unix_ns = Get<uint64_t>(src, 48);
+  h.block_size = GetLE<uint32_t>(src, 12);
+  h.segment_id = GetLE<uint64_t>(src, 16);
+  h.epoch = GetLE<uint64_t>(src, 24);
+  h.first_lsn = GetLE<uint64_t>(src, 32);
+  h.segment_bytes = GetLE<uint64_t>(src, 40);
+  h.created_unix_ns = GetLE<uint64_t>(src, 48);
   return h;
 }
 
 void EncodeRecordHeader(const RecordHeader& h, std::byte* dst) {
-  Put(dst, 0, h.crc);
-  Put(dst, 4, h.length);
-  Put(dst, 8, h.lsn);
-  Put(dst, 16, h.acked);
-  Put(dst, 24, h.segment_id);
+  PutLE(dst, 0, h.crc);
+  PutLE(dst, 4, h.length);
+  PutLE(dst, 8, h.lsn);
+  PutLE(dst, 16, h.acked);
+  PutLE(dst, 24, h.segment_id);
   std::memset(dst + 32, 0, 8);
-  Put(dst, 32, h.type);
+  PutLE(dst, 32, h.type);
 }
 
 RecordHeader DecodeRecordHeader(const std::byte* src) {
   RecordHeader h;
-  h.crc = Get<uint32_t>(src, 0);
-  h.length = Get<uint32_t>(src, 4);
-  h.lsn = Get<uint64_t>(src, 8);
-  h.acked = Get<uint64_t>(src, 16);
-  h.segment_id = Get<uint64_t>(src, 24);
-  h.type = Get<uint8_t>(src, 32);
+  h.crc = GetLE<uint32_t>(src, 0);
+  h.length = GetLE<uint32_t>(src, 4);
+  h.lsn = GetLE<uint64_t>(src, 8);
+  h.acked = GetLE<uint64_t>(src, 16);
+  h.segment_id = GetLE<uint64_t>(src, 24);
+  h.type = GetLE<uint8_t>(src, 32);
   for (int i = 33; i < 40; ++i)
     if (src[i] != std::byte{0}) h.type = 0;  // nonzero reserved bytes: never a valid record
   return h;
@@ -100,7 +84,7 @@ uint32_t RecordCrc(uint32_t payload_crc, const std::byte* header, uint64_t epoch
 
 bool IsZeroHeader(const std::byte* src) {
   uint64_t acc = 0;
-  for (size_t i = 0; i < kRecordHeaderSize; i += 8) acc |= Get<uint64_t>(src, i);
+  for (size_t i = 0; i < kRecordHeaderSize; i += 8) acc |= GetLE<uint64_t>(src, i);
   return acc == 0;
 }
 

@@ -6,6 +6,7 @@
 
 #include "io/aligned_buffer.h"
 #include "io/crc32c.h"
+#include "io/little_endian.h"
 
 namespace vecwal::wal {
 namespace {
@@ -20,24 +21,13 @@ struct Slot {
   uint64_t lsn = 0;
 };
 
-template <typename T>
-void Put(std::byte* dst, size_t off, T v) {
-  std::memcpy(dst + off, &v, sizeof(T));
-}
-template <typename T>
-T Get(const std::byte* src, size_t off) {
-  T v;
-  std::memcpy(&v, src + off, sizeof(T));
-  return v;
-}
-
 // Layout of a slot: u64 magic, u32 version, u32 slot index, u64 seq,
 // u64 sealed LSN, u64 unix ns written, u32 CRC32C of bytes [0, 40), zeros.
 std::optional<Slot> DecodeSlot(const std::byte* p, uint32_t index) {
-  if (Get<uint64_t>(p, 0) != kSealMagic || Get<uint32_t>(p, 8) != kSealVersion || Get<uint32_t>(p, 12) != index ||
-      Get<uint32_t>(p, kCrcOffset) != crc32c::Value(p, kCrcOffset))
+  if (GetLE<uint64_t>(p, 0) != kSealMagic || GetLE<uint32_t>(p, 8) != kSealVersion || GetLE<uint32_t>(p, 12) != index ||
+      GetLE<uint32_t>(p, kCrcOffset) != crc32c::Value(p, kCrcOffset))
     return std::nullopt;
-  return Slot{Get<uint64_t>(p, 16), Get<uint64_t>(p, 24)};
+  return Slot{GetLE<uint64_t>(p, 16), GetLE<uint64_t>(p, 24)};
 }
 
 }  // namespace
@@ -82,15 +72,15 @@ Status LogSeal::Seal(uint64_t lsn) {
   AlignedBuffer block(kSlotBytes, std::max<size_t>(4096, file_->alignment()));
   std::byte* p = block.data();
   std::memset(p, 0, kSlotBytes);
-  Put(p, 0, kSealMagic);
-  Put(p, 8, kSealVersion);
-  Put(p, 12, index);
-  Put(p, 16, next_seq_);
-  Put(p, 24, lsn);
-  Put(p, 32, static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+  PutLE(p, 0, kSealMagic);
+  PutLE(p, 8, kSealVersion);
+  PutLE(p, 12, index);
+  PutLE(p, 16, next_seq_);
+  PutLE(p, 24, lsn);
+  PutLE(p, 32, static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                        std::chrono::system_clock::now().time_since_epoch())
                                        .count()));
-  Put(p, kCrcOffset, crc32c::Value(p, kCrcOffset));
+  PutLE(p, kCrcOffset, crc32c::Value(p, kCrcOffset));
   VECWAL_RETURN_IF_ERROR(file_->WriteAt(index * kSlotBytes, block.span()));
   VECWAL_RETURN_IF_ERROR(file_->Sync());
   if (created) VECWAL_RETURN_IF_ERROR(fs_.SyncDir(dir_));

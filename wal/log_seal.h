@@ -17,7 +17,9 @@
 #pragma once
 
 #include <cstdint>
+#include <algorithm>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "io/file_system.h"
@@ -33,6 +35,13 @@ class LogSeal {
   static Result<std::unique_ptr<LogSeal>> Open(FileSystem& fs, const std::string& dir);
 
   uint64_t sealed_lsn() const { return sealed_lsn_; }
+  // The first sealed LSN that a log whose valid records end at last_lsn no
+  // longer holds, of those a reader from `from` needs (all of them up to
+  // sealed_lsn() are then lost); nullopt where none is.
+  std::optional<uint64_t> FirstLost(uint64_t last_lsn, uint64_t from) const {
+    if (sealed_lsn_ <= last_lsn || sealed_lsn_ < from) return std::nullopt;
+    return std::max(last_lsn + 1, from);
+  }
   const std::string& note() const { return note_; }
   std::string path() const { return dir_ + "/" + kSealFileName; }
 

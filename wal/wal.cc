@@ -39,8 +39,8 @@ Result<std::unique_ptr<Wal>> Wal::Open(const std::string& dir, WalOptions opts, 
   // reader made of its end (a torn tail, or zeros), it is damage. Decided
   // before anything here changes the directory.
   const uint64_t sealed = wal->seal_->sealed_lsn();
-  if (sealed > rep.last_lsn && sealed >= replay_from) {
-    const uint64_t first = std::max(rep.last_lsn + 1, replay_from);
+  if (const auto lost = wal->seal_->FirstLost(rep.last_lsn, replay_from)) {
+    const uint64_t first = *lost;
     std::string why = "LSNs " + std::to_string(first) + " to " + std::to_string(sealed) + " were acknowledged (" +
                       wal->seal_->path() + ") but the log ends at LSN " + std::to_string(rep.last_lsn);
     if (rep.tail_cut) why += ", where " + rep.tail_note;

@@ -8,13 +8,13 @@
 // held by one Wal at a time, across processes (a LOCK file, flock).
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <future>
 #include <memory>
-#include <condition_variable>
 #include <mutex>
-#include <thread>
 #include <span>
+#include <thread>
 #include <string>
 #include <vector>
 
