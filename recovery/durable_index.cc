@@ -1251,7 +1251,6 @@ Result<ScrubReport> DurableIndexImpl::Scrub() {
       rep.problems.insert(rep.problems.end(), found.begin(), found.end());
       if (std::ranges::find(unverified_checkpoints_, l) == unverified_checkpoints_.end())
         unverified_checkpoints_.push_back(l);
-      if (l == last_checkpoint_lsn_) checkpoint_on_disk_ = false;  // the next checkpoint is written anew
     }
     const uint64_t from = lsns.empty() ? 1 : lsns.back() + 1;
     auto scan = wal::ScanLog(*fs_, opts_.dir + "/wal", from, wal::RecoveryMode::kSalvage, [&](const wal::LogRecord& r) {
@@ -1264,7 +1263,9 @@ Result<ScrubReport> DurableIndexImpl::Scrub() {
         rep.problems.push_back(d.where + ": LSNs " + std::to_string(d.first_lsn) + " to " +
                                std::to_string(d.last_lsn) + ": " + d.reason);
     if (rep.problems.empty()) return rep;
-    if (!scan->dropped.empty()) checkpoint_on_disk_ = false;
+    // Written even with nothing logged since the newest checkpoint: it is
+    // what retires the damaged ones (and replaces the newest, if that is one).
+    checkpoint_on_disk_ = false;
   }
   VECWAL_ASSIGN_OR_RETURN(rep.repaired_at_lsn, Checkpoint());
   return rep;
