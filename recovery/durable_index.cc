@@ -1363,6 +1363,8 @@ Result<uint64_t> DurableIndexImpl::FinishCheckpoint(uint64_t lsn) {
   // Open fell back to, and a second bad checkpoint left nothing to open.
   std::erase(unverified_checkpoints_, lsn);
   VECWAL_ASSIGN_OR_RETURN(auto lsns, ListCheckpoints(*fs_, opts_.dir));
+  if (std::ranges::find(lsns, lsn) == lsns.end())  // before any is retired
+    return Status::Corruption(opts_.dir + ": " + CheckpointFileName(lsn) + ", just written, is not listed");
   const size_t keep = std::max<size_t>(opts_.keep_checkpoints, 1);
   std::vector<uint64_t> kept;
   for (uint64_t l : lsns)
@@ -1371,7 +1373,6 @@ Result<uint64_t> DurableIndexImpl::FinishCheckpoint(uint64_t lsn) {
     else
       kept.push_back(l);
   unverified_checkpoints_.clear();
-  if (kept.empty()) return Status::Corruption(opts_.dir + ": " + CheckpointFileName(lsn) + ", just written, is not listed");
   VECWAL_RETURN_IF_ERROR(fs_->SyncDir(opts_.dir));
   VECWAL_RETURN_IF_ERROR(wal_->ReleaseBefore(kept.back() + 1).status());  // Close waits on ckpt_mu_
   return lsn;

@@ -175,9 +175,9 @@ class DurableIndexImpl final : public DurableIndex {
   // A checkpoint at last_checkpoint_lsn_ that verified is on disk (this
   // process loaded or wrote it); under ckpt_mu_.
   bool checkpoint_on_disk_ = false;
-  // The LSNs of checkpoints that did not verify at Open; under ckpt_mu_. No
-  // generation: the next checkpoint retires them, and keeps the log from the
-  // checkpoints that did.
+  // The LSNs of checkpoints that did not verify, at Open or in a Scrub;
+  // under ckpt_mu_. No generation: the next checkpoint retires them, and
+  // keeps the log from the checkpoints that did.
   std::vector<uint64_t> unverified_checkpoints_;
   std::atomic<uint64_t> log_bytes_since_checkpoint_{0};
   uint64_t checkpoint_counted_bytes_ = 0;  // of them, those the checkpoint under way holds; under ckpt_mu_
