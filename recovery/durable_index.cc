@@ -1231,6 +1231,10 @@ Result<uint64_t> DurableIndexImpl::QuiesceIndex(std::unique_lock<std::mutex>& m)
 
 Result<ScrubReport> DurableIndexImpl::Scrub() {
   ScrubReport rep;
+  auto no_generation = [&](uint64_t lsn) {  // retired by the repair
+    if (std::ranges::find(unverified_checkpoints_, lsn) == unverified_checkpoints_.end())
+      unverified_checkpoints_.push_back(lsn);
+  };
   {
     std::lock_guard c(ckpt_mu_);  // no checkpoint retired, and no log released, under the reads
     if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
@@ -1249,8 +1253,7 @@ Result<ScrubReport> DurableIndexImpl::Scrub() {
         continue;
       }
       rep.problems.insert(rep.problems.end(), found.begin(), found.end());
-      if (std::ranges::find(unverified_checkpoints_, l) == unverified_checkpoints_.end())
-        unverified_checkpoints_.push_back(l);
+      no_generation(l);
     }
     const uint64_t from = lsns.empty() ? 1 : lsns.back() + 1;
     auto scan = wal::ScanLog(*fs_, opts_.dir + "/wal", from, wal::RecoveryMode::kSalvage, [&](const wal::LogRecord& r) {
@@ -1258,11 +1261,28 @@ Result<ScrubReport> DurableIndexImpl::Scrub() {
       return Status::OK();
     });
     if (!scan.ok()) return scan.status().WithContext("scrubbing " + opts_.dir + "/wal");
+    uint64_t first_damaged = ~0ull;
     for (const auto& d : scan->dropped)
-      if (d.first_lsn <= durable)
+      if (d.first_lsn <= durable) {
         rep.problems.push_back(d.where + ": LSNs " + std::to_string(d.first_lsn) + " to " +
                                std::to_string(d.last_lsn) + ": " + d.reason);
+        first_damaged = std::min(first_damaged, d.first_lsn);
+      }
+    // Damage to the newest records reads as a torn tail, which salvage cuts
+    // without a dropped range; here every LSN up to `durable` is known
+    // acknowledged.
+    if (scan->last_lsn < durable) {
+      rep.problems.push_back(opts_.dir + "/wal: LSNs " + std::to_string(scan->last_lsn + 1) + " to " +
+                             std::to_string(durable) + " are acknowledged but the log ends before them" +
+                             (scan->tail_cut ? ": " + scan->tail_note : ""));
+      first_damaged = std::min(first_damaged, scan->last_lsn + 1);
+    }
+    // A checkpoint below damaged log records is no generation either: an Open
+    // from it would replay into the damage. The repair retires it, so that
+    // the log kept starts past the damage, not at a checkpoint that needs it.
     if (rep.problems.empty()) return rep;
+    for (uint64_t l : lsns)
+      if (l < first_damaged) no_generation(l);
     // Written even with nothing logged since the newest checkpoint: it is
     // what retires the damaged ones (and replaces the newest, if that is one).
     checkpoint_on_disk_ = false;

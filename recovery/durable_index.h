@@ -254,10 +254,12 @@ class DurableIndex {
   // Reads back every kept checkpoint and the log after the oldest, checking
   // every CRC, as a scrubber does: damage is found while the store still
   // holds every op in memory, not at the next Open, where the damaged copy
-  // may be the one it needs. Damage found is repaired by a checkpoint at once
-  // (a checkpoint that did not verify counts as no generation and is retired;
-  // damaged log records end up below it, where Open passes over them). Writes
-  // and searches go on; automatic checkpoints wait for the reads.
+  // may be the one it needs. Damage found is repaired by a checkpoint at once:
+  // a checkpoint that did not verify counts as no generation and is retired,
+  // and so is one whose replay would reach damaged log records, which end up
+  // below the new one, where Open passes over them. The store may then hold
+  // one generation until the next checkpoint. Writes and searches go on;
+  // automatic checkpoints wait for the reads.
   virtual Result<ScrubReport> Scrub() = 0;
   virtual DurableIndexStats Stats() const = 0;
   virtual Status Close() = 0;

@@ -400,15 +400,20 @@ BOOST_AUTO_TEST_CASE(scrub_finds_damage_while_the_store_runs_and_a_checkpoint_re
   std::mt19937_64 rng(29);
   auto d = OpenOrDie(o);
   RandomOps(*d, m, rng, 100);
-  const uint64_t older = *d->Checkpoint();
+  const uint64_t first = *d->Checkpoint();
   RandomOps(*d, m, rng, 100);
-  const uint64_t newest = *d->Checkpoint();
+  const uint64_t older = *d->Checkpoint();
   auto clean = d->Scrub();
   BOOST_REQUIRE(clean.ok());
   BOOST_TEST(clean->problems.empty());
   BOOST_TEST(clean->checkpoints_verified == 2u);
-  BOOST_TEST(clean->log_records_verified == d->Stats().durable_lsn - older);  // the log after the older one
+  BOOST_TEST(clean->log_records_verified == d->Stats().durable_lsn - first);  // the log after the older one
   BOOST_TEST(clean->repaired_at_lsn == 0u);
+  // A clean scrub leaves the generations as they were: the next checkpoint
+  // keeps the one before it.
+  RandomOps(*d, m, rng, 20);
+  const uint64_t newest = *d->Checkpoint();
+  BOOST_TEST(std::filesystem::exists(dir / CheckpointFileName(older)));
 
   test::XorByte(dir / CheckpointFileName(older), 5000);
   auto found = d->Scrub();
@@ -421,13 +426,29 @@ BOOST_AUTO_TEST_CASE(scrub_finds_damage_while_the_store_runs_and_a_checkpoint_re
   RandomOps(*d, m, rng, 50);  // a log record after the newest checkpoint goes bad
   auto log = test::ReadLog(dir / "wal", wal::RecoveryMode::kStrict);
   BOOST_REQUIRE(log.ok());
-  const auto& victim = (*log)[log->size() - 20];
+  const test::ReadBack victim = (*log)[log->size() - 20];
   test::XorByte(test::SegmentPath(dir / "wal", victim.segment_id), victim.offset + wal::kRecordHeaderSize + 4);
   found = d->Scrub();
   BOOST_REQUIRE(found.ok());
   BOOST_REQUIRE(found->problems.size() == 1u);
   BOOST_TEST(found->problems[0].find("LSNs " + std::to_string(victim.lsn)) != std::string::npos, found->problems[0]);
   BOOST_TEST(found->repaired_at_lsn >= victim.lsn);
+
+  RandomOps(*d, m, rng, 30);  // the newest record goes bad: to a scan, a torn tail
+  log = test::ReadLog(dir / "wal", wal::RecoveryMode::kSalvage);  // past the record damaged above
+  BOOST_REQUIRE(log.ok());
+  const test::ReadBack newest_record = log->back();
+  BOOST_REQUIRE(newest_record.lsn == d->Stats().durable_lsn);
+  test::XorByte(test::SegmentPath(dir / "wal", newest_record.segment_id),
+                newest_record.offset + wal::kRecordHeaderSize + 4);
+  found = d->Scrub();
+  BOOST_REQUIRE(found.ok());
+  for (const auto& p : found->problems) BOOST_TEST_MESSAGE("scrub: " << p);
+  BOOST_REQUIRE(found->problems.size() == 1u);
+  BOOST_TEST(found->problems[0].find("LSNs " + std::to_string(newest_record.lsn) + " to " +
+                                     std::to_string(newest_record.lsn)) != std::string::npos,
+             found->problems[0]);
+  BOOST_TEST(found->repaired_at_lsn >= newest_record.lsn);
   BOOST_REQUIRE(d->Close().ok());
   d = OpenOrDie(o);  // the damaged record is below the checkpoint now
   BOOST_TEST(d->Stats().recovery.checkpoint_lsn >= victim.lsn);
