@@ -137,8 +137,7 @@ BOOST_AUTO_TEST_CASE(newest_checkpoint_corrupted_previous_is_used) {
   auto o = Options(dir.path());
   Model m;
   std::mt19937_64 rng(3);
-  uint64_t newest = 0;
-  newest = DamageTheNewerOfTwoCheckpoints(dir, o, m, rng);
+  const uint64_t newest = DamageTheNewerOfTwoCheckpoints(dir, o, m, rng);
   auto d = OpenOrDie(o);
   const auto& r = d->Stats().recovery;
   BOOST_TEST(r.checkpoint_lsn < newest);
@@ -157,8 +156,8 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_that_did_not_verify_is_not_kept_as_a_generatio
   o.wal.segment_bytes = 64 << 10;  // the log before a kept checkpoint is released for real
   Model m;
   std::mt19937_64 rng(5);
-  uint64_t bad = 0, newest = 0;
-  bad = DamageTheNewerOfTwoCheckpoints(dir, o, m, rng);
+  const uint64_t bad = DamageTheNewerOfTwoCheckpoints(dir, o, m, rng);
+  uint64_t newest = 0;
   {
     auto d = OpenOrDie(o);
     BOOST_REQUIRE(d->Stats().recovery.checkpoint_lsn < bad);
@@ -377,8 +376,7 @@ BOOST_AUTO_TEST_CASE(a_fallback_is_followed_at_once_by_an_automatic_checkpoint) 
   auto o = Options(dir.path());
   Model m;
   std::mt19937_64 rng(19);
-  uint64_t bad = 0;
-  bad = DamageTheNewerOfTwoCheckpoints(dir, o, m, rng);
+  const uint64_t bad = DamageTheNewerOfTwoCheckpoints(dir, o, m, rng);
   o.checkpoint_every_log_bytes = 1ull << 30;  // on, and far from due
   auto d = OpenOrDie(o);
   BOOST_REQUIRE(d->Stats().recovery.checkpoint_lsn < bad);
