@@ -64,7 +64,8 @@ int main(int argc, char** argv) {
   auto add_wal_options = [&](CLI::App* sub) {
     sub->add_option("--threads", wc.threads, "writer threads in workload 1")->capture_default_str()->check(kPositive);
     sub->add_option("--inflight", wc.inflight, "durable writes in flight")->capture_default_str()->check(kPositive);
-    sub->add_option("--max-write-kib", wc.max_write_kib, "largest write the log issues")->capture_default_str()->check(kPositive);
+    sub->add_option("--max-write-kib", wc.max_write_kib, "largest write the log issues")
+        ->capture_default_str()->check(kPositive);
     sub->add_option("--min-concurrent-kib", wc.min_concurrent_kib,
                     "bytes gathered before another write starts while writes are in flight")
         ->capture_default_str();

@@ -140,7 +140,8 @@ class Scanner {
       // Wholly below from_lsn, as the next segment's first LSN proves.
       if (mode_ != RecoveryMode::kStrict && next && next->state == State::kLive &&
           next->header.first_lsn <= from_lsn_) {
-        report_.skipped.push_back({expected_, next->header.first_lsn - 1, info.path, "damaged segment header: " + info.problem});
+        report_.skipped.push_back(
+            {expected_, next->header.first_lsn - 1, info.path, "damaged segment header: " + info.problem});
         return Status::OK();
       }
       if (mode_ != RecoveryMode::kSalvage) return Status::Corruption(why);
