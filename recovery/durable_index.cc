@@ -1277,10 +1277,10 @@ Result<ScrubReport> DurableIndexImpl::Scrub() {
                              (scan->tail_cut ? ": " + scan->tail_note : ""));
       first_damaged = std::min(first_damaged, scan->last_lsn + 1);
     }
+    if (rep.problems.empty()) return rep;
     // A checkpoint below damaged log records is no generation either: an Open
     // from it would replay into the damage. The repair retires it, so that
     // the log kept starts past the damage, not at a checkpoint that needs it.
-    if (rep.problems.empty()) return rep;
     for (uint64_t l : lsns)
       if (l < first_damaged) no_generation(l);
     // Written even with nothing logged since the newest checkpoint: it is
