@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
   wal->add_option("--seconds", wc.seconds, "duration of each measurement")->capture_default_str()->check(kPositive);
-  wal->add_option("--repeat", wc.repeat, "runs per measurement->check(kPositive); medians are reported")->capture_default_str();
+  wal->add_option("--repeat", wc.repeat, "runs per measurement; medians are reported")->check(kPositive)->capture_default_str();
   wal->add_flag("!--no-rocksdb", wc.rocksdb, "skip the RocksDB baseline");
   add_wal_options(wal);
 
@@ -94,7 +94,7 @@ int main(int argc, char** argv) {
     sub->add_option("--vectors", sc.vectors, "vectors in the store")->capture_default_str()->check(kPositive);
     sub->add_option("--dim", sc.dim, "float32 components per vector")->capture_default_str()->check(kPositive);
     sub->add_option("--index", sc.description, "FAISS index_factory description")->capture_default_str();
-    sub->add_option("--repeat", sc.repeat, "runs per measurement->check(kPositive); medians are reported")->capture_default_str();
+    sub->add_option("--repeat", sc.repeat, "runs per measurement; medians are reported")->check(kPositive)->capture_default_str();
   };
   auto* rec = app.add_subcommand("recovery", "restart time: full log replay vs raw read; peak memory");
   add_store_options(rec);
@@ -122,7 +122,7 @@ int main(int argc, char** argv) {
                     "HNSW candidates kept per query, in the store and in FAISS; 0: FAISS's own (16)")
         ->capture_default_str();
     sub->add_option("--seconds", xc.seconds, "duration of each measurement")->capture_default_str()->check(kPositive);
-    sub->add_option("--repeat", xc.repeat, "runs per measurement->check(kPositive); medians are reported")->capture_default_str();
+    sub->add_option("--repeat", xc.repeat, "runs per measurement; medians are reported")->check(kPositive)->capture_default_str();
     sub->add_option("--checkpoint-mib", xc.checkpoint_mib, "automatic checkpoint interval")->capture_default_str();
     sub->add_option("--stall-intervals", xc.stall_writes_at_intervals,
                     "writers wait once the log since the last checkpoint reaches this many intervals; 0: never")

@@ -1,5 +1,7 @@
 #include "io/fault_file_system.h"
 
+#include <algorithm>
+#include <cstring>
 #include <deque>
 
 #include "io/aligned_buffer.h"
@@ -30,7 +32,15 @@ class FaultFile final : public File {
       case FaultInjectionFileSystem::Verdict::kFailSync:
         sync_poisoned_ = true;
         return base_->WriteAt(off, src);
-      case FaultInjectionFileSystem::Verdict::kPass: return base_->WriteAt(off, src);
+      case FaultInjectionFileSystem::Verdict::kPass:
+        if (fs_->FlipsWritesTo(path()) && !src.empty()) {
+          // A copy: the caller's bytes stay as given. Aligned for O_DIRECT.
+          AlignedBuffer lied(src.size(), std::max<size_t>(base_->alignment(), 64), AlignedBuffer::kUninitialized);
+          std::memcpy(lied.data(), src.data(), src.size());
+          lied.data()[src.size() / 2] ^= std::byte{0x10};
+          return base_->WriteAt(off, lied.span().first(src.size()));
+        }
+        return base_->WriteAt(off, src);
     }
     return Status::OK();
   }
@@ -139,6 +149,16 @@ void FaultInjectionFileSystem::HoldOpensOf(const std::string& part) {
   hold_open_part_ = part;
 }
 
+void FaultInjectionFileSystem::FlipBitInWritesTo(const std::string& part) {
+  std::lock_guard lk(mu_);
+  flip_part_ = part;
+}
+
+bool FaultInjectionFileSystem::FlipsWritesTo(const std::string& path) {
+  std::lock_guard lk(mu_);
+  return !flip_part_.empty() && path.find(flip_part_) != std::string::npos;
+}
+
 void FaultInjectionFileSystem::ReleaseOpens() {
   {
     std::lock_guard lk(mu_);
@@ -153,6 +173,7 @@ void FaultInjectionFileSystem::ClearFaults() {
     fail_from_ = sync_fail_from_ = crash_at_ = kNever;
     fail_open_part_.clear();
     hold_open_part_.clear();
+    flip_part_.clear();
     fail_reserve_ = false;
     crashed_ = false;
   }

@@ -47,6 +47,10 @@ class FaultInjectionFileSystem final : public FileSystem {
   // Write number n keeps only its first `keep_bytes` (rounded down to 512)
   // and every I/O after it fails with EIO: a power cut during that write.
   void CrashAtWrite(uint64_t n, size_t keep_bytes);
+  // Every File::WriteAt to a path that contains `part` reaches the file with
+  // one bit flipped (in its middle byte) and reports success: a disk that
+  // stores other bytes than it was given, which only a read-back can catch.
+  void FlipBitInWritesTo(const std::string& part);
   void ClearFaults();
 
   bool crashed() const { return crashed_; }
@@ -73,6 +77,7 @@ class FaultInjectionFileSystem final : public FileSystem {
     size_t keep_bytes = 0;
   };
   Verdict NextWrite();
+  bool FlipsWritesTo(const std::string& path);
   Status CheckAlive(const std::string& what) const;
 
  private:
@@ -84,6 +89,7 @@ class FaultInjectionFileSystem final : public FileSystem {
   size_t crash_keep_ = 0;
   std::string fail_open_part_;  // empty: none
   std::string hold_open_part_;  // empty: none
+  std::string flip_part_;       // empty: none
   std::condition_variable released_;
   std::atomic<unsigned> opens_held_{0};
   int fail_open_err_ = 0;

@@ -96,6 +96,14 @@ Result<std::string> WriteCheckpoint(FileSystem& fs, const std::string& dir, uint
                                     const IndexSectionSource& source, const Payloads& payloads,
                                     const CheckpointPacing& pacing = {});
 
+// Copies the checkpoint at `from` into the directory `to_dir` under the same
+// name, as WriteCheckpoint writes one (a .tmp file, synced, renamed, the
+// directory synced), and returns what it holds. Each section's CRC is checked
+// as it is read, before the copy is named: Corruption names `from`'s damaged
+// section. The copy is not read back here.
+Result<CheckpointInfo> CopyCheckpoint(FileSystem& fs, const std::string& from, const std::string& to_dir,
+                                      const CheckpointPacing& pacing = {});
+
 struct LoadedCheckpoint {
   CheckpointInfo info;
   std::unique_ptr<index::VectorIndex> index;

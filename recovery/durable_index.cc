@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <semaphore>
 #include <thread>
@@ -1067,6 +1068,10 @@ bool DurableIndexImpl::NeedsTraining() const { return !trained_.load(); }
 
 Result<uint64_t> DurableIndexImpl::Checkpoint() {
   std::lock_guard c(ckpt_mu_);
+  return CheckpointLocked();
+}
+
+Result<uint64_t> DurableIndexImpl::CheckpointLocked() {
   checkpoint_started_ = Clock::now();
   // A compaction this checkpoint did not put in place ends with the index held.
   struct EndCompaction {
@@ -1289,6 +1294,50 @@ Result<ScrubReport> DurableIndexImpl::Scrub() {
   }
   VECWAL_ASSIGN_OR_RETURN(rep.repaired_at_lsn, Checkpoint());
   return rep;
+}
+
+Result<BackupInfo> DurableIndexImpl::Backup(const std::string& dest) {
+  auto refused = [&](const std::string& why) { return Status::InvalidArgument("backup to " + dest + ": " + why); };
+  if (dest.empty()) return refused("no directory named");
+  VECWAL_RETURN_IF_ERROR(fs_->CreateDir(dest));
+  VECWAL_ASSIGN_OR_RETURN(const auto names, fs_->ListDir(dest));
+  // The lock file alone is what a backup that failed leaves, and holds nothing.
+  for (const auto& n : names)
+    if (n != "LOCK") return refused("the directory is not empty (it holds " + n + ")");
+  // Held until the copy is named, so that no Open makes a store there meanwhile.
+  VECWAL_ASSIGN_OR_RETURN(const auto dest_lock, fs_->LockDir(dest, 0));
+  const auto parent = std::filesystem::path(dest).parent_path();
+  VECWAL_RETURN_IF_ERROR(fs_->SyncDir(parent.empty() ? "." : parent.string()));  // dest's own entry
+  std::lock_guard c(ckpt_mu_);  // the checkpoint copied is not retired under the copy
+  if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
+  for (int attempt = 0;; ++attempt) {
+    VECWAL_ASSIGN_OR_RETURN(const uint64_t lsn, CheckpointLocked());
+    const std::string from = opts_.dir + "/" + CheckpointFileName(lsn);
+    auto copied = CopyCheckpoint(*fs_, from, dest, LogPacing());
+    if (!copied.ok()) {
+      // Damage found in the store's own file, which Open would have fallen
+      // back from: it is no generation, and is written anew to be copied.
+      if (copied.status().code() != Status::Code::kCorruption || attempt > 0)
+        return copied.status().WithContext("backup of " + opts_.dir + " to " + dest);
+      if (std::ranges::find(unverified_checkpoints_, lsn) == unverified_checkpoints_.end())
+        unverified_checkpoints_.push_back(lsn);
+      checkpoint_on_disk_ = false;
+      continue;
+    }
+    // Read back: a device may store other bytes than it acknowledged.
+    BackupInfo info{lsn, copied->file_bytes, dest + "/" + CheckpointFileName(lsn)};
+    auto v = VerifyCheckpoint(*fs_, info.path);
+    std::string problem;
+    if (v.ok())
+      for (const auto& sec : v->sections)
+        if (!sec.problem.empty()) problem += (problem.empty() ? "" : "; ") + sec.problem;
+    if (v.ok() && problem.empty()) return info;
+    (void)fs_->Remove(info.path);
+    if (!v.ok() && v.status().code() != Status::Code::kCorruption)
+      return v.status().WithContext("backup of " + opts_.dir + " to " + dest + ": reading the copy back");
+    return Status::Corruption("backup of " + opts_.dir + " to " + dest +
+                              ": the copy read back wrong: " + (v.ok() ? problem : v.status().ToString()));
+  }
 }
 
 // The last snapshot's bytes per vector, or a float vector and its ids before

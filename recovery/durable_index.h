@@ -142,6 +142,12 @@ struct ScrubReport {
   uint64_t repaired_at_lsn = 0;       // the checkpoint written to repair them; 0: none was needed
 };
 
+struct BackupInfo {
+  uint64_t lsn = 0;    // the backup holds exactly the ops up to this LSN
+  uint64_t bytes = 0;  // the checkpoint file it is
+  std::string path;    // that file, in the destination
+};
+
 struct Entry {
   std::vector<float> vector;
   std::vector<std::byte> payload;
@@ -261,6 +267,17 @@ class DurableIndex {
   // one generation until the next checkpoint. Writes and searches go on;
   // automatic checkpoints wait for the reads.
   virtual Result<ScrubReport> Scrub() = 0;
+  // Writes into `dest` (a directory that is empty or not there yet, whose
+  // parent is) a store that Open opens as this one was at the returned LSN:
+  // every op acknowledged before the call, and some placed meanwhile. It is
+  // a checkpoint (taken where ops were logged since the newest, which is
+  // kept as one of the store's generations), copied with the pacing of a
+  // checkpoint, its CRCs checked as it is read and the copy read back whole.
+  // Where the store's own file no longer verifies, it is written anew and
+  // copied once more. Writes and searches go on; automatic checkpoints
+  // wait. The copy's leftovers are removed where it fails; until the copy is
+  // named, `dest` holds no checkpoint (Open would make an empty store there).
+  virtual Result<BackupInfo> Backup(const std::string& dest) = 0;
   virtual DurableIndexStats Stats() const = 0;
   virtual Status Close() = 0;
 

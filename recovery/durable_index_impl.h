@@ -55,6 +55,7 @@ class DurableIndexImpl final : public DurableIndex {
   bool NeedsTraining() const override;
   Result<uint64_t> Checkpoint() override;
   Result<ScrubReport> Scrub() override;
+  Result<BackupInfo> Backup(const std::string& dest) override;
   DurableIndexStats Stats() const override;
   Status Close() override;
   using DurableIndex::ApplyAsync;
@@ -115,6 +116,7 @@ class DurableIndexImpl final : public DurableIndex {
   uint64_t SnapshotBytesEstimate(uint64_t live) const;
   Result<uint64_t> Persist(Snapshot&& snap);    // under ckpt_mu_, not write_mu_
   Result<uint64_t> FinishCheckpoint(uint64_t lsn);
+  Result<uint64_t> CheckpointLocked();  // Checkpoint() under ckpt_mu_
   CheckpointPacing LogPacing() const;  // under ckpt_mu_: wal_ stays
   Status Recover(RecoveryStats* stats);
 

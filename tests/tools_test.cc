@@ -337,6 +337,26 @@ BOOST_AUTO_TEST_CASE(bench_store_workloads_print_each_figure_beside_its_baseline
   BOOST_TEST(Run(kBench + " --device gpu search" + common).status == 2);
 }
 
+// The checkpoint workload times a backup (copied and read back) beside a raw
+// copy of the same file; a count of zero is refused by name.
+BOOST_AUTO_TEST_CASE(bench_checkpoint_prints_a_backup_beside_a_raw_copy) {
+  test::TempDir t;
+  const std::string cmd = kBench + " checkpoint --dir " + t.path() + " --dim 16 --vectors 600";
+  Ran zero = Run(cmd + " --repeat 0 2>&1");
+  BOOST_TEST(zero.status != 0);
+  BOOST_TEST(zero.out.find("--repeat: must be more than 0") != std::string::npos, zero.out);
+  BOOST_REQUIRE(Run(cmd + " --json " + (t / "ck.json")).status == 0);
+  json j = json::parse(Slurp(t / "ck.json"));
+  bool found = false;
+  for (const auto& row : j["rows"])
+    if (row["metric"] == "backup B/s") {
+      found = true;
+      BOOST_TEST(row["vecwal"].get<double>() > 0.0, row.dump());
+      BOOST_TEST(row["ratio"].get<double>() > 0.0, row.dump());
+    }
+  BOOST_TEST(found, j.dump());
+}
+
 BOOST_AUTO_TEST_CASE(bench_baseline_flags_a_regression_against_a_saved_run) {
   test::TempDir t;
   const std::string cmd = kBench + " search --dir " + t.path() + " --seconds 0.3 --dim 16 --vectors 600";
