@@ -121,6 +121,10 @@ int main(int argc, char** argv) {
     sub->add_option("--ef-search", xc.ef_search,
                     "HNSW candidates kept per query, in the store and in FAISS; 0: FAISS's own (16)")
         ->capture_default_str();
+    sub->add_option("--filter-share", xc.filter_share,
+                    "search: share of the ids a filter passes, in the store and in FAISS (an IDSelector); 0: none")
+        ->check(CLI::Range(0.0, 1.0))
+        ->capture_default_str();
     sub->add_option("--seconds", xc.seconds, "duration of each measurement")->capture_default_str()->check(kPositive);
     sub->add_option("--repeat", xc.repeat, "runs per measurement; medians are reported")->check(kPositive)->capture_default_str();
     sub->add_option("--checkpoint-mib", xc.checkpoint_mib, "automatic checkpoint interval")->capture_default_str();

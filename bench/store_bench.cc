@@ -6,12 +6,17 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <thread>
 
 #include <faiss/AutoTune.h>
 #include <faiss/IndexFlat.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/IndexPreTransform.h>
+#include <faiss/impl/IDSelector.h>
 #include <faiss/index_factory.h>
 #include <fmt/core.h>
 
@@ -164,6 +169,49 @@ std::vector<Row> RunIngestBench(const StoreWorkloadConfig& c) {
   return rows;
 }
 
+// A filter's ids for the search workload: about `share` of 0..n-1, spread
+// over them, as packed bits (FAISS's IDSelectorBitmap) and as a predicate.
+struct SearchFilter {
+  SearchFilter(size_t n, double share) : bits((n + 7) / 8) {
+    std::mt19937_64 rng(11);
+    std::bernoulli_distribution in(share);
+    for (size_t id = 0; id < n; ++id)
+      if (in(rng)) bits[id >> 3] |= static_cast<uint8_t>(1u << (id & 7));
+  }
+  bool operator()(uint64_t id) const { return id >> 3 < bits.size() && (bits[id >> 3] >> (id & 7) & 1) != 0; }
+  std::vector<uint8_t> bits;
+};
+
+// Per-call parameters for FAISS's own search of `fi` with a selector, the
+// knobs as set on the index (a params object replaces them): what a FAISS
+// user writes to filter a search.
+struct FaissFilteredParams {
+  FaissFilteredParams(faiss::Index& fi, faiss::IDSelector* sel) {
+    faiss::Index* core = &fi;
+    auto* pre = dynamic_cast<faiss::IndexPreTransform*>(core);
+    if (pre != nullptr) core = pre->index;
+    faiss::SearchParameters* own = &plain;
+    if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(core)) {
+      ivf_params.nprobe = ivf->nprobe;
+      own = &ivf_params;
+    } else if (auto* hnsw = dynamic_cast<faiss::IndexHNSW*>(core)) {
+      hnsw_params.efSearch = hnsw->hnsw.efSearch;
+      own = &hnsw_params;
+    }
+    own->sel = sel;
+    top = own;
+    if (pre != nullptr) {
+      pre_params.index_params = own;
+      top = &pre_params;
+    }
+  }
+  faiss::SearchParameters plain;
+  faiss::SearchParametersIVF ivf_params;
+  faiss::SearchParametersHNSW hnsw_params;
+  faiss::SearchParametersPreTransform pre_params;
+  faiss::SearchParameters* top = nullptr;
+};
+
 std::vector<Row> RunSearchBench(const StoreWorkloadConfig& c) {
   Scratch s(c.dir);
   const auto data = RandomVectors(c.vectors, c.dim, 2);
@@ -180,6 +228,15 @@ std::vector<Row> RunSearchBench(const StoreWorkloadConfig& c) {
   if (c.nprobe != 0) knobs = fmt::format("nprobe={}", c.nprobe);
   if (c.ef_search != 0) knobs += fmt::format("{}efSearch={}", knobs.empty() ? "" : ",", c.ef_search);
   if (!knobs.empty()) faiss::ParameterSpace().set_index_parameters(fi.get(), knobs.c_str());
+  const SearchFilter filter(c.vectors, c.filter_share);
+  faiss::IDSelectorBitmap selector(filter.bits.size(), filter.bits.data());
+  std::optional<FaissFilteredParams> fparams;
+  index::SearchParams ours_params;
+  if (c.filter_share > 0) {
+    fparams.emplace(*fi, &selector);
+    ours_params.filter = std::cref(filter);
+  }
+  const faiss::SearchParameters* theirs_params = fparams ? fparams->top : nullptr;
   auto query = [&](uint64_t i) {
     return std::span<const float>(queries.data() + (i % 16) * c.queries * c.dim, c.queries * c.dim);
   };
@@ -194,9 +251,11 @@ std::vector<Row> RunSearchBench(const StoreWorkloadConfig& c) {
     exact.add(static_cast<faiss::Index::idx_t>(c.vectors), data.data());
     std::vector<float> dd(static_cast<size_t>(nq * k));
     std::vector<faiss::Index::idx_t> truth(dd.size()), theirs(dd.size());
-    exact.search(nq, queries.data(), k, dd.data(), truth.data());
-    fi->search(nq, queries.data(), k, dd.data(), theirs.data());
-    auto ours = d->Search(queries, c.k);
+    faiss::SearchParameters exact_params;
+    exact_params.sel = &selector;
+    exact.search(nq, queries.data(), k, dd.data(), truth.data(), fparams ? &exact_params : nullptr);
+    fi->search(nq, queries.data(), k, dd.data(), theirs.data(), theirs_params);
+    auto ours = d->Search(queries, c.k, ours_params);
     Check(ours.status());
     size_t ours_hits = 0, faiss_hits = 0;
     for (size_t q = 0; q < static_cast<size_t>(nq); ++q) {
@@ -213,12 +272,13 @@ std::vector<Row> RunSearchBench(const StoreWorkloadConfig& c) {
   std::vector<float> dist(c.queries * c.k * static_cast<size_t>(c.searchers));
   std::vector<faiss::Index::idx_t> labels(dist.size());
   for (int r = 0; r < c.repeat; ++r) {
-    auto o = TimeCalls(c.searchers, c.seconds, [&](int, uint64_t i) { return d->Search(query(i), c.k).ok(); });
+    auto o = TimeCalls(c.searchers, c.seconds,
+                       [&](int, uint64_t i) { return d->Search(query(i), c.k, ours_params).ok(); });
     auto f = TimeCalls(c.searchers, c.seconds, [&](int t, uint64_t i) {
       auto q = query(i);
       const size_t off = static_cast<size_t>(t) * c.queries * c.k;
       fi->search(static_cast<faiss::Index::idx_t>(c.queries), q.data(), static_cast<faiss::Index::idx_t>(c.k),
-                 dist.data() + off, labels.data() + off);
+                 dist.data() + off, labels.data() + off, theirs_params);
       return true;
     });
     ours_qps.push_back(o.per_sec * static_cast<double>(c.queries));
@@ -226,9 +286,10 @@ std::vector<Row> RunSearchBench(const StoreWorkloadConfig& c) {
     ours_p99.push_back(o.lat.p99_us);
     faiss_p99.push_back(f.lat.p99_us);
   }
-  const std::string w = fmt::format("search {}k x {}-d {}{}, k={}, {} queries/call, {} threads", c.vectors / 1000,
-                                    c.dim, c.description, knobs.empty() ? "" : " " + knobs, c.k, c.queries,
-                                    c.searchers);
+  const std::string w = fmt::format(
+      "search {}k x {}-d {}{}, k={}, {} queries/call, {} threads{}", c.vectors / 1000, c.dim, c.description,
+      knobs.empty() ? "" : " " + knobs, c.k, c.queries, c.searchers,
+      c.filter_share > 0 ? fmt::format(", filter passes {:g}%", 100 * c.filter_share) : std::string());
   return {{w, "queries/s", Median(ours_qps), "FAISS CPU search, same index", Median(faiss_qps), true, ""},
           {w, "call p99 us", Median(ours_p99), "FAISS CPU search p99", Median(faiss_p99), false, ""},
           {w, "recall@k", ours_recall, "FAISS CPU search recall@k", faiss_recall, true, ""}};

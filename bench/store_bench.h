@@ -39,6 +39,9 @@ struct StoreWorkloadConfig {
   // Search knobs (0: FAISS's own), given to the store and to the FAISS
   // baseline alike: nprobe for IVF, ef_search for HNSW.
   size_t nprobe = 0, ef_search = 0;
+  // search: the share of the ids a filter passes (0: no filter), the same
+  // ids for the store and for FAISS (an IDSelectorBitmap).
+  double filter_share = 0;
   bool rocksdb = true;
 };
 

@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstring>
 #include <future>
+#include <optional>
 #include <typeinfo>
 #include <unistd.h>
 #include <unordered_map>
@@ -404,6 +405,47 @@ Result<SlotTables> ParseSlotTable(std::span<const std::byte> b) {
 std::unique_ptr<faiss::Index> WithIds(faiss::Index* raw);
 faiss::IndexIVF* LabelledIvf(faiss::Index* raw);
 
+// A caller's filter, asked of the labels FAISS sees: rows of the index under
+// an id map (turned into slots as the map turns them), or slots. A slot with
+// no id (a tombstone) is no member either, so it takes no place among the
+// hits FAISS keeps. Asked of each candidate, it looks the slot's id up and
+// calls the filter: where a call's queries will compare more candidates than
+// the index holds (a flat scan, or IVF probing many lists), the filter is
+// asked once per id instead (MaskSlots), and each candidate costs a load.
+class FilterSelector final : public faiss::IDSelector {
+ public:
+  FilterSelector(const std::vector<faiss::Index::idx_t>* row_to_slot, const IdTable& id_of,
+                 const std::function<bool(uint64_t)>& filter)
+      : row_to_slot_(row_to_slot), id_of_(id_of), filter_(filter) {}
+  void MaskSlots(uint64_t slots) {
+    mask_.assign(slots, 0);
+    for (const auto& [slot, id] : id_of_) {
+      if (slot >= mask_.size()) mask_.resize(slot + 1, 0);  // never, while next_slot_ bounds the slots
+      mask_[slot] = filter_(id) ? 1 : 0;
+    }
+    masked_ = true;
+  }
+  bool is_member(idx_t label) const override {
+    if (label < 0) return false;
+    const auto slot = static_cast<uint64_t>(row_to_slot_ != nullptr ? (*row_to_slot_)[static_cast<size_t>(label)] : label);
+    if (masked_) return slot < mask_.size() && mask_[slot] != 0;
+    const auto it = id_of_.find(slot);
+    return it != id_of_.end() && filter_(it->second);
+  }
+
+ private:
+  const std::vector<faiss::Index::idx_t>* row_to_slot_;
+  const IdTable& id_of_;
+  const std::function<bool(uint64_t)>& filter_;
+  std::vector<uint8_t> mask_;  // by slot, where masked_
+  bool masked_ = false;
+};
+
+// What Build is given for a filter that CheckSearchParams only checks.
+struct NoMembers final : faiss::IDSelector {
+  bool is_member(idx_t) const override { return false; }
+};
+
 class FaissIndex final : public VectorIndex {
  public:
   FaissIndex(IndexSpec spec, std::unique_ptr<faiss::Index> idx) : spec_(std::move(spec)), index_(std::move(idx)) {
@@ -532,8 +574,12 @@ class FaissIndex final : public VectorIndex {
                                const SearchParams& params) const override {
     VECWAL_RETURN_IF_ERROR(CheckRows(queries, "queries"));
     VECWAL_RETURN_IF_ERROR(CheckResultSize(queries.size() / spec_.dim, k));
+    const auto* map = dynamic_cast<const faiss::IndexIDMap2*>(index_.get());
+    std::optional<FilterSelector> sel;
+    if (params.filter) sel.emplace(map != nullptr ? &map->id_map : nullptr, id_of_, params.filter);
     FaissSearchParams fp;
-    VECWAL_RETURN_IF_ERROR(fp.Build(Searched(), params, spec_.description));
+    VECWAL_RETURN_IF_ERROR(fp.Build(Searched(), params, spec_.description, sel ? &*sel : nullptr));
+    if (sel && static_cast<double>(queries.size() / spec_.dim) * fp.scanned_share() >= 1.0) sel->MaskSlots(next_slot_);
     SearchResults r;
     r.nq = queries.size() / spec_.dim;
     r.k = k;
@@ -578,6 +624,7 @@ class FaissIndex final : public VectorIndex {
           auto it = id_of_.find(static_cast<uint64_t>(slot));
           if (it == id_of_.end()) continue;  // a tombstone
           if (skip != nullptr && skip->contains(it->second)) continue;
+          if (params.filter && !params.filter(it->second)) continue;
           r.ids[q * k + out] = it->second;
           r.distances[q * k + out] = d[i * kk + j];
           ++out;
@@ -592,7 +639,8 @@ class FaissIndex final : public VectorIndex {
 
   Status CheckSearchParams(const SearchParams& params) const override {
     FaissSearchParams fp;
-    return fp.Build(Searched(), params, spec_.description);
+    NoMembers none;
+    return fp.Build(Searched(), params, spec_.description, params.filter ? &none : nullptr);
   }
 
   // Flat computes distances by BLAS from FAISS's threshold on, and so does

@@ -11,13 +11,19 @@
 
 namespace vecwal::index {
 
-Status FaissSearchParams::Build(const faiss::Index& searched, const SearchParams& p, const std::string& description) {
+Status FaissSearchParams::Build(const faiss::Index& searched, const SearchParams& p, const std::string& description,
+                                faiss::IDSelector* sel) {
   top_ = nullptr;
   least_k_ = 0;
   ivf_ef_ = 0;
   ivf_core_ = nullptr;
   pre_core_ = nullptr;
-  if (p.nprobe == 0 && p.ef_search == 0) return Status::OK();
+  ivf_.sel = hnsw_.sel = plain_.sel = nullptr;
+  scanned_share_ = 1;
+  if (p.nprobe == 0 && p.ef_search == 0 && sel == nullptr) return Status::OK();
+  const std::string asked = p.nprobe == 0 && p.ef_search == 0 ? "a search filter"
+                            : sel == nullptr                   ? "search options nprobe and ef_search"
+                                                               : "search options nprobe and ef_search, and a filter,";
   const faiss::Index* core = &searched;
   const auto* pre = dynamic_cast<const faiss::IndexPreTransform*>(core);  // OPQ, PCA, ... in front
   if (pre != nullptr) core = pre->index;
@@ -25,10 +31,10 @@ Status FaissSearchParams::Build(const faiss::Index& searched, const SearchParams
   const auto* hnsw = dynamic_cast<const faiss::IndexHNSW*>(core);
   const std::string which = "'" + description + "'";
   if (dynamic_cast<const faiss::IndexRefine*>(core) != nullptr)
-    return Status::InvalidArgument("search options nprobe and ef_search cannot reach the index under a Refine in " +
-                                   which + ": FAISS 1.7.3 takes no search parameters through IndexRefine");
+    return Status::InvalidArgument(asked + " cannot reach the index under a Refine in " + which +
+                                   ": FAISS 1.7.3 takes no search parameters through IndexRefine");
   if (dynamic_cast<const faiss::IndexIVFFastScan*>(core) != nullptr)
-    return Status::InvalidArgument("search options nprobe and ef_search cannot reach " + which +
+    return Status::InvalidArgument(asked + " cannot reach " + which +
                                    ": FAISS 1.7.3's IVF fast scan takes no search parameters");
   if (p.nprobe != 0 && ivf == nullptr)
     return Status::InvalidArgument("search option nprobe " + std::to_string(p.nprobe) +
@@ -44,14 +50,21 @@ Status FaissSearchParams::Build(const faiss::Index& searched, const SearchParams
                                    std::to_string(INT_MAX));
   const faiss::SearchParameters* own = nullptr;
   if (hnsw != nullptr) {
-    hnsw_.efSearch = static_cast<int>(p.ef_search);
+    hnsw_.efSearch = p.ef_search != 0 ? static_cast<int>(p.ef_search) : hnsw->hnsw.efSearch;
     hnsw_.check_relative_distance = hnsw->hnsw.check_relative_distance;
+    hnsw_.sel = sel;
     least_k_ = p.ef_search;
+    scanned_share_ = 0;
     own = &hnsw_;
+  } else if (ivf == nullptr) {  // a selector alone, for an index that is neither
+    plain_.sel = sel;
+    own = &plain_;
   } else {
     // Clamped to the lists there are, as FAISS clamps its own.
     ivf_.nprobe = std::min(p.nprobe != 0 ? p.nprobe : ivf->nprobe, ivf->nlist);
     ivf_.max_codes = ivf->max_codes;
+    ivf_.sel = sel;  // not hnsw_'s below: the quantizer's lists are no ids
+    scanned_share_ = static_cast<double>(ivf_.nprobe) / static_cast<double>(std::max<size_t>(ivf->nlist, 1));
     own = &ivf_;
     if (p.ef_search != 0) {  // the quantizer's; see the header
       hnsw_.efSearch = static_cast<int>(p.ef_search);

@@ -6,7 +6,8 @@
 // into another's search or race with it. FAISS 1.7.3 takes parameters in
 // IndexIVF (SearchParametersIVF), IndexHNSW (SearchParametersHNSW) and
 // IndexPreTransform (SearchParametersPreTransform around the others);
-// IndexIDMap2, IndexRefine and IndexIVFFastScan refuse any, so the caller
+// IndexIDMap2, IndexRefine and IndexIVFFastScan refuse any (and so any
+// selector: SearchParameters::sel, which Flat, SQ, HNSW and IVF honour), so the caller
 // searches under the id map and translates its labels, and the other two get
 // a clear error.
 //
@@ -41,13 +42,20 @@ class FaissSearchParams {
   FaissSearchParams(const FaissSearchParams&) = delete;
   FaissSearchParams& operator=(const FaissSearchParams&) = delete;
 
-  // Sets the parameters for a search of `searched`. InvalidArgument, naming
-  // the knob and `description`, where `searched` has no part it applies to.
-  Status Build(const faiss::Index& searched, const SearchParams& p, const std::string& description);
-  // Null where every knob was left at 0: search as FAISS would.
+  // Sets the parameters for a search of `searched`, with `sel` (null: none)
+  // as the selector of the index that holds the vectors (never a coarse
+  // quantizer's). InvalidArgument, naming the knob and `description`, where
+  // `searched` has no part it applies to.
+  Status Build(const faiss::Index& searched, const SearchParams& p, const std::string& description,
+               faiss::IDSelector* sel = nullptr);
+  // Null where every knob was left at 0 and there is no selector: search as FAISS would.
   const faiss::SearchParameters* get() const { return top_; }
   // The fewest hits to ask FAISS for (see above); 0: no floor.
   size_t least_k() const { return least_k_; }
+  // About the share of the vectors one query's search compares (asks a
+  // selector of): all for a flat scan, nprobe of nlist for IVF, few (0
+  // here) for a graph. Set where Build had a selector.
+  double scanned_share() const { return scanned_share_; }
   // Whether searches go through SearchIvfWithQuantizerEf.
   bool ivf_quantizer_ef() const { return ivf_core_ != nullptr; }
   // IndexIVF::search of the IVF index (behind its transform, if any) with the
@@ -59,8 +67,10 @@ class FaissSearchParams {
   faiss::SearchParametersIVF ivf_;
   faiss::SearchParametersHNSW hnsw_;
   faiss::SearchParametersPreTransform pre_;
+  faiss::SearchParameters plain_;  // a selector alone
   const faiss::SearchParameters* top_ = nullptr;
   size_t least_k_ = 0;
+  double scanned_share_ = 1;
   size_t ivf_ef_ = 0;  // lists asked of the quantizer
   const faiss::IndexIVF* ivf_core_ = nullptr;
   const faiss::IndexPreTransform* pre_core_ = nullptr;

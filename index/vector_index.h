@@ -62,6 +62,15 @@ Status CheckResultSize(size_t nq, size_t k);
 struct SearchParams {
   size_t nprobe = 0;     // IVF: inverted lists probed per query (at most the lists it has)
   size_t ef_search = 0;  // HNSW, or an IVF's HNSW quantizer: candidates kept on the graph
+  // Only ids it says true of are searched (empty: every id): a tenant's, a
+  // document's. FAISS asks it of each candidate as it searches (IDSelector),
+  // from several threads at once, so it must be thread-safe and cheap (a
+  // bitmap, a hash set). A Flat index then scans without BLAS, and an
+  // approximate one may find fewer than k of a small share of the ids, as
+  // FAISS does. Hits are checked against it again, so that an index FAISS
+  // searches without it (none in 1.7.3 that takes parameters) returns fewer
+  // hits, never one it refuses.
+  std::function<bool(uint64_t id)> filter;
 };
 
 // Row-major, nq x k; rows with fewer than k hits end in kNoId.

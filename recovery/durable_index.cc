@@ -873,11 +873,13 @@ Status DurableIndexImpl::Apply(const WriteBatch& batch) {
 Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> queries, size_t k,
                                                       const index::SearchParams& asked) const {
   const index::SearchParams params{asked.nprobe != 0 ? asked.nprobe : opts_.search.nprobe,
-                                   asked.ef_search != 0 ? asked.ef_search : opts_.search.ef_search};
+                                   asked.ef_search != 0 ? asked.ef_search : opts_.search.ef_search,
+                                   asked.filter ? asked.filter : opts_.search.filter};
   // Chunks are sized from the time per query of earlier searches, which
   // other knobs would make wrong by orders of magnitude: such a call times
   // its own, from a first chunk of one query (or of the batch floor).
-  const bool own_rates = params.nprobe != opts_.search.nprobe || params.ef_search != opts_.search.ef_search;
+  const bool own_rates = params.nprobe != opts_.search.nprobe || params.ef_search != opts_.search.ef_search ||
+                         asked.filter;  // a Flat search with one scans without BLAS
   std::array<std::atomic<uint64_t>, 3> call_rates{};
   auto& rates = own_rates ? call_rates : search_ns_per_query_;
   searches_.fetch_add(1);
@@ -940,12 +942,13 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
         std::shared_lock rr(recent_mu_);
         if (!recent_->empty() || merging_ != nullptr) {
           any_recent = true;
-          recent = recent_->Search(q, k);
+          recent = recent_->Search(q, k, params.filter);
           if (merging_ != nullptr) {
             index::IdSet newer;
             for (uint64_t id : recent_->ids())
               if (merging_->Find(id)) newer.insert(id);
-            recent = MergeHits(merging_->Search(q, k + newer.size()), newer, recent, k, opts_.spec.metric);
+            recent = MergeHits(merging_->Search(q, k + newer.size(), params.filter), newer, recent, k,
+                               opts_.spec.metric);
             for (uint64_t id : merging_->ids())
               if (index_->Contains(id)) hidden.insert(id);
           }

@@ -112,6 +112,7 @@ struct DurableIndexOptions {
   // How hard a search of an approximate index works, for each knob a
   // Search call leaves at 0: nprobe (IVF), ef_search (HNSW). 0 here as well:
   // FAISS's own, nprobe 1 and efSearch 16, which suit small indexes only.
+  // A filter set here applies to every call that sets none.
   // Open refuses a knob the index has no part for. The recent writes are
   // searched exactly whatever these say.
   index::SearchParams search;
@@ -230,8 +231,10 @@ class DurableIndex {
   std::future<Status> ApplyAsync(const WriteBatch& batch);
 
   // k nearest of each of the nq queries (nq x dim floats). `params` sets,
-  // for this call, how hard an approximate index searches; a knob left at 0
-  // takes DurableIndexOptions::search's. A knob the index has no part for is
+  // for this call, how hard an approximate index searches, and which ids it
+  // may return (a filter, asked of the recent writes and of the index's
+  // candidates alike); a knob left at 0, or no filter, takes
+  // DurableIndexOptions::search's. A knob the index has no part for is
   // InvalidArgument, and so is a query with a NaN or infinite component.
   virtual Result<index::SearchResults> Search(std::span<const float> queries, size_t k,
                                               const index::SearchParams& params) const = 0;

@@ -61,7 +61,8 @@ std::optional<RecentWrites::Found> RecentWrites::Find(uint64_t id) const {
 // queries/s (vecwal-bench search, 256 queries a call, 2 searchers, whole
 // calls at once); by these, 0.99x. Deleted entries' rows are searched with
 // the rest and dropped after.
-index::SearchResults RecentWrites::Search(std::span<const float> queries, size_t k) const {
+index::SearchResults RecentWrites::Search(std::span<const float> queries, size_t k,
+                                         const std::function<bool(uint64_t)>& filter) const {
   index::SearchResults r;
   r.nq = queries.size() / spec_.dim;
   r.k = k;
@@ -70,7 +71,9 @@ index::SearchResults RecentWrites::Search(std::span<const float> queries, size_t
   const size_t n = ids_.size();
   const auto live = static_cast<size_t>(std::count(present_.begin(), present_.end(), uint8_t{1}));
   if (live == 0 || r.nq == 0 || k == 0) return r;
-  const size_t kk = std::min(n, k + (n - live));
+  // Each entry a filter refuses is one more to look past: with one, all of
+  // them are (there are at most a few thousand).
+  const size_t kk = filter ? n : std::min(n, k + (n - live));
   std::vector<float> dist(r.nq * kk);
   std::vector<int64_t> rows(r.nq * kk);
   index::ExactKnn(spec_, queries, rows_, kk, dist, rows);
@@ -80,7 +83,8 @@ index::SearchResults RecentWrites::Search(std::span<const float> queries, size_t
     for (size_t j = 0; j < kk; ++j) {
       const int64_t row = rows[q * kk + j];
       if (row < 0) break;
-      if (present_[static_cast<size_t>(row)]) hits.emplace_back(dist[q * kk + j], ids_[static_cast<size_t>(row)]);
+      const uint64_t id = ids_[static_cast<size_t>(row)];
+      if (present_[static_cast<size_t>(row)] && (!filter || filter(id))) hits.emplace_back(dist[q * kk + j], id);
     }
     std::sort(hits.begin(), hits.end(), [&](const auto& a, const auto& b) {
       if (a.first != b.first) return index::Closer(spec_.metric, a.first, b.first);

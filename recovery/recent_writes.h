@@ -52,8 +52,10 @@ class RecentWrites {
 
   // The k present entries closest to each query (nq x dim floats), best
   // first, ties by id (at the k-th place, FAISS's choice among the tied);
-  // rows short of k end in kNoId.
-  index::SearchResults Search(std::span<const float> queries, size_t k) const;
+  // rows short of k end in kNoId. Only ids `filter` says true of, where it
+  // is set (SearchParams::filter).
+  index::SearchResults Search(std::span<const float> queries, size_t k,
+                              const std::function<bool(uint64_t)>& filter = {}) const;
 
   // Each entry once, for the merge: present ones with their vector (dim
   // floats) and payload, deleted ones with none.

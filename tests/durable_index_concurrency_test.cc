@@ -662,12 +662,15 @@ BOOST_AUTO_TEST_CASE(concurrent_writers_searchers_checkpoints_and_scrubs) {
   for (int r = 0; r < 2; ++r)
     ts.emplace_back([&, r] {
       std::mt19937_64 rng(100 + r);
+      // The second searcher asks only for the second writer's ids.
+      const auto writer_1 = [](uint64_t id) { return id / 1000 == 1; };
       while (!stop) {
         auto q = Vec(rng);
-        auto res = d->Search(q, 5);
+        auto res = r == 0 ? d->Search(q, 5) : d->Search(q, 5, {.filter = writer_1});
         if (!res.ok()) ++errors;
         for (uint64_t id : res->ids)
-          if (id != index::kNoId && id % 1000 >= 100) ++errors;  // only ids that were written
+          if (id != index::kNoId && (id % 1000 >= 100 || (r == 1 && !writer_1(id))))
+            ++errors;  // only ids that were written, and that the filter passes
         std::this_thread::sleep_for(std::chrono::microseconds(500));  // leave the writers a core
       }
     });
@@ -675,6 +678,15 @@ BOOST_AUTO_TEST_CASE(concurrent_writers_searchers_checkpoints_and_scrubs) {
     while (!stop) {
       if (!d->Checkpoint().ok()) ++errors;
       std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    }
+  });
+  std::vector<uint64_t> backed_up;  // the LSN of each backup
+  ts.emplace_back([&] {  // backups beside the checkpoints they take and copy
+    for (int b = 0; !stop; ++b) {
+      auto info = d->Backup(dir / ("backup-" + std::to_string(b)));
+      if (!info.ok()) ++errors;
+      else backed_up.push_back(info->lsn);
+      std::this_thread::sleep_for(std::chrono::milliseconds(40));
     }
   });
   ts.emplace_back([&] {  // a scrub reads back the log the writers append to: no damage there
@@ -692,6 +704,11 @@ BOOST_AUTO_TEST_CASE(concurrent_writers_searchers_checkpoints_and_scrubs) {
   BOOST_REQUIRE(d->Close().ok());
   d.reset();
   BOOST_TEST(OpenOrDie(o)->Size() == size);
+  BOOST_TEST(!backed_up.empty());
+  for (size_t b = 0; b < backed_up.size(); ++b) {
+    auto copy = OpenOrDie(Options(dir / ("backup-" + std::to_string(b)), "HNSW8"));
+    BOOST_TEST(copy->Stats().recovery.checkpoint_lsn == backed_up[b]);
+  }
 }
 
 // Writers on disjoint ids, pipelined through one log: each thread's ids end

@@ -716,6 +716,46 @@ BOOST_AUTO_TEST_CASE(search_knobs_come_from_the_options_unless_a_call_sets_its_o
   BOOST_TEST(refused.status().message().find("'HNSW8'") != std::string::npos, refused.status().ToString());
 }
 
+// A filter applies to the recent writes, to the writes a merge is moving and
+// to the index alike: the store's hits equal those of a FAISS Flat index of
+// the model's ids that pass, between merges and after a checkpoint. The
+// options' filter applies where a call sets none.
+BOOST_AUTO_TEST_CASE(a_search_filter_applies_to_recent_writes_and_the_index_alike) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  o.recent_writes_merge_at = 8;  // hits come from the recent writes and the index at once
+  const auto even = [](uint64_t id) { return id % 2 == 0; };
+  o.search.filter = [](uint64_t id) { return id % 3 == 0; };
+  std::mt19937_64 rng(37);
+  Model m;
+  auto d = OpenOrDie(o);
+  const auto q = Sample(rng, 8);
+  auto expect = [&](const std::function<bool(uint64_t)>& passes, const index::SearchParams& p) {
+    auto ref = index::NewFaissIndex({kDim, index::Metric::kL2, "Flat"});
+    std::vector<uint64_t> ids;
+    std::vector<float> vecs;
+    for (const auto& [id, row] : m.rows)
+      if (passes(id)) {
+        ids.push_back(id);
+        vecs.insert(vecs.end(), row.first.begin(), row.first.end());
+      }
+    BOOST_REQUIRE((*ref)->Add(ids, vecs).ok());
+    auto want = (*ref)->Search(q, 5);
+    auto got = d->Search(q, 5, p);
+    BOOST_REQUIRE(want.ok() && got.ok());
+    BOOST_TEST(got->ids == want->ids, boost::test_tools::per_element());
+  };
+  for (int round = 0; round < 6; ++round) {
+    RandomOps(*d, m, rng, 37);  // not a multiple of the merge size: some writes are always recent
+    expect(even, {.filter = even});
+    expect(o.search.filter, {});
+  }
+  BOOST_TEST(d->Stats().recent_writes > 0u);
+  BOOST_REQUIRE(d->Checkpoint().ok());  // the index alone
+  expect(even, {.filter = even});
+  expect(o.search.filter, {});
+}
+
 // Inner product ranks the other way round: the recent writes, the writes a
 // merge is moving and the index are merged by it, largest first. Flat, and
 // IVF probing every list, are exact: the store's hits equal those of a FAISS

@@ -1041,3 +1041,64 @@ BOOST_AUTO_TEST_CASE(an_ivf_hnsw_quantizer_takes_ef_search_as_faiss_takes_its_ow
     }
   }
 }
+
+// A filter reaches FAISS as a selector, so a search of a few ids gets k of
+// them where there are k, from every index type that takes parameters: the
+// exhaustive ones (Flat, SQ, IVF probing every list, a transform in front)
+// return exactly the k best of those ids. Ids removed (HNSW: tombstones) stay
+// out. Indexes that take no parameters refuse a filter by name.
+BOOST_AUTO_TEST_CASE(a_filter_reaches_every_index_type_and_keeps_k_hits_of_a_few_ids) {
+  constexpr size_t kN = 1500, kK = 10;
+  const auto queries = RandomVectors(6, 5);
+  // One id in 30 (50 of them): FAISS's first hits, filtered only afterwards,
+  // would hold about one.
+  auto passes = [](uint64_t id) { return (id / 7) % 30 == 4; };
+  for (std::string desc : {"Flat", "SQ8", "IVF8,Flat", "PCA8,IVF8,Flat", "HNSW16", "IVF8_HNSW16,Flat", "IVF8,PQ4"}) {
+    BOOST_TEST_CONTEXT(desc) {
+      Filled f = MakeFilled(desc, kN, 3, 41);
+      // Some of the passing ids go: they must not come back.
+      std::vector<uint64_t> removed;
+      for (size_t i = 0; i < kN; i += 90) removed.push_back(f.ids[i + 4]);
+      for (uint64_t id : removed) BOOST_REQUIRE(passes(id));
+      BOOST_REQUIRE(f.idx->Remove(removed).ok());
+      SearchParams p{.nprobe = desc.find("IVF") != std::string::npos ? size_t{8} : 0,
+                     .ef_search = desc.find("HNSW") != std::string::npos ? size_t{256} : 0,
+                     .filter = passes};
+      auto r = f.idx->Search(queries, kK, nullptr, p);
+      BOOST_REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+      const std::set<uint64_t> gone(removed.begin(), removed.end());
+      for (uint64_t id : r->ids) {
+        BOOST_TEST(id != kNoId, "a row came up short");
+        BOOST_TEST(passes(id), id);
+        BOOST_TEST(!gone.count(id), id);
+      }
+      if (desc.find("HNSW") != std::string::npos || desc.find("PQ") != std::string::npos) continue;
+      // The exact answer: the same search of an index that holds only those ids.
+      Filled only{Make(desc), {}, {}};
+      for (size_t i = 0; i < kN; ++i)
+        if (passes(f.ids[i]) && !gone.count(f.ids[i])) {
+          only.ids.push_back(f.ids[i]);
+          only.vecs.insert(only.vecs.end(), f.vecs.begin() + i * kDim, f.vecs.begin() + (i + 1) * kDim);
+        }
+      BOOST_REQUIRE(only.idx->Add(only.ids, only.vecs).ok());
+      SearchParams exhaustive = p;
+      exhaustive.filter = nullptr;
+      auto want = only.idx->Search(queries, kK, nullptr, exhaustive);
+      BOOST_REQUIRE(want.ok());
+      BOOST_TEST(r->ids == want->ids, boost::test_tools::per_element());
+    }
+  }
+  // Nothing passes: rows of kNoId, not an error.
+  Filled f = MakeFilled("Flat", 100, 3, 41);
+  auto none = f.idx->Search(queries, kK, nullptr, {.filter = [](uint64_t) { return false; }});
+  BOOST_REQUIRE(none.ok());
+  BOOST_TEST(std::all_of(none->ids.begin(), none->ids.end(), [](uint64_t id) { return id == kNoId; }));
+  for (std::string desc : {"IVF32,Flat,Refine(Flat)", "IVF32,PQ8x4fs"}) {
+    BOOST_TEST_CONTEXT(desc) {
+      auto idx = Make(desc);
+      const Status checked = idx->CheckSearchParams({.filter = passes});
+      BOOST_TEST(checked.code() == Status::Code::kInvalidArgument);
+      BOOST_TEST(checked.ToString().find("filter") != std::string::npos, checked.ToString());
+    }
+  }
+}
