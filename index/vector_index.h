@@ -244,8 +244,10 @@ std::unique_ptr<IndexLoader> NewIndexLoader(const IndexSpec& spec, std::span<con
 // nq x k values, best first; a query's places past the n rows hold row -1.
 // For searching a few thousand vectors beside an index. Where distances tie
 // at the k-th place, which of the tied rows is kept is FAISS's choice.
+// `only` (empty: every row): a byte a row, nonzero for the rows to search;
+// FAISS then compares those alone, query by query.
 void ExactKnn(const IndexSpec& spec, std::span<const float> queries, std::span<const float> rows, size_t k,
-              std::span<float> distances, std::span<int64_t> found);
+              std::span<float> distances, std::span<int64_t> found, std::span<const uint8_t> only = {});
 // Whether distance `a` ranks before `b` under `m`: smaller L2, larger inner product.
 inline bool Closer(Metric m, float a, float b) { return m == Metric::kInnerProduct ? a > b : a < b; }
 

@@ -878,10 +878,9 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
   // Chunks are sized from the time per query of earlier searches, which
   // other knobs would make wrong by orders of magnitude: such a call times
   // its own, from a first chunk of one query (or of the batch floor).
-  const bool own_rates = params.nprobe != opts_.search.nprobe || params.ef_search != opts_.search.ef_search ||
-                         asked.filter;  // a Flat search with one scans without BLAS
+  const bool own_rates = params.nprobe != opts_.search.nprobe || params.ef_search != opts_.search.ef_search;
   std::array<std::atomic<uint64_t>, 3> call_rates{};
-  auto& rates = own_rates ? call_rates : search_ns_per_query_;
+  auto& rates = own_rates ? call_rates : params.filter ? filtered_search_ns_per_query_ : search_ns_per_query_;
   searches_.fetch_add(1);
   const struct Leave {
     std::atomic<size_t>& n;

@@ -231,6 +231,9 @@ class DurableIndexImpl final : public DurableIndex {
   // Only of searches at opts_.search: a call with other knobs keeps its own
   // (an nprobe of 256 costs a hundred times one of 1).
   mutable std::array<std::atomic<uint64_t>, 3> search_ns_per_query_{};
+  // The same for searches with a filter, which cost another time a query
+  // (a flat scan compares only the ids it passes, without BLAS).
+  mutable std::array<std::atomic<uint64_t>, 3> filtered_search_ns_per_query_{};
   size_t search_floor_ = 1;  // index_->SearchBatchFloor(), once recovered
   mutable std::atomic<size_t> search_unwatched_{0};  // chunks from the floor on in a row that nobody waited for
   mutable std::atomic<size_t> searches_{0};               // Search calls under way

@@ -71,20 +71,27 @@ index::SearchResults RecentWrites::Search(std::span<const float> queries, size_t
   const size_t n = ids_.size();
   const auto live = static_cast<size_t>(std::count(present_.begin(), present_.end(), uint8_t{1}));
   if (live == 0 || r.nq == 0 || k == 0) return r;
-  // Each entry a filter refuses is one more to look past: with one, all of
-  // them are (there are at most a few thousand).
-  const size_t kk = filter ? n : std::min(n, k + (n - live));
+  // With a filter, FAISS compares only the rows it passes (and that are
+  // present): k of them, not k past every row it would refuse.
+  std::vector<uint8_t> only;
+  if (filter) {
+    only.resize(n);
+    for (size_t s = 0; s < n; ++s) only[s] = present_[s] != 0 && filter(ids_[s]) ? 1 : 0;
+  }
+  const size_t kk = filter ? std::min(n, k) : std::min(n, k + (n - live));
   std::vector<float> dist(r.nq * kk);
   std::vector<int64_t> rows(r.nq * kk);
-  index::ExactKnn(spec_, queries, rows_, kk, dist, rows);
+  index::ExactKnn(spec_, queries, rows_, kk, dist, rows, only);
   std::vector<std::pair<float, uint64_t>> hits;
   for (size_t q = 0; q < r.nq; ++q) {
     hits.clear();
     for (size_t j = 0; j < kk; ++j) {
       const int64_t row = rows[q * kk + j];
       if (row < 0) break;
-      const uint64_t id = ids_[static_cast<size_t>(row)];
-      if (present_[static_cast<size_t>(row)] && (!filter || filter(id))) hits.emplace_back(dist[q * kk + j], id);
+      // The mask is asked again: FAISS 1.7.3's search for k = 1 by L2 answers
+      // row 0, at an infinite distance, where its selector passes no row.
+      const auto s = static_cast<size_t>(row);
+      if (present_[s] && (only.empty() || only[s])) hits.emplace_back(dist[q * kk + j], ids_[s]);
     }
     std::sort(hits.begin(), hits.end(), [&](const auto& a, const auto& b) {
       if (a.first != b.first) return index::Closer(spec_.metric, a.first, b.first);
