@@ -125,6 +125,8 @@ int main(int argc, char** argv) {
                     "search: share of the ids a filter passes, in the store and in FAISS (an IDSelector); 0: none")
         ->check(CLI::Range(0.0, 1.0))
         ->capture_default_str();
+    sub->add_flag("--filter-as-ids", xc.filter_as_ids,
+                  "search: give the store the filter's ids as a list (SearchParams::ids), not a predicate");
     sub->add_option("--seconds", xc.seconds, "duration of each measurement")->capture_default_str()->check(kPositive);
     sub->add_option("--repeat", xc.repeat, "runs per measurement; medians are reported")->check(kPositive)->capture_default_str();
     sub->add_option("--checkpoint-mib", xc.checkpoint_mib, "automatic checkpoint interval")->capture_default_str();

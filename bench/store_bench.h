@@ -42,6 +42,7 @@ struct StoreWorkloadConfig {
   // search: the share of the ids a filter passes (0: no filter), the same
   // ids for the store and for FAISS (an IDSelectorBitmap).
   double filter_share = 0;
+  bool filter_as_ids = false;  // the store gets them as a list (SearchParams::ids), not a predicate
   bool rocksdb = true;
 };
 

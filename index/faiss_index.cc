@@ -425,12 +425,26 @@ class FilterSelector final : public faiss::IDSelector {
     }
     masked_ = true;
   }
+  // The mask from a list of ids (SearchParams::ids), each looked up once.
+  void MaskIds(std::span<const uint64_t> ids, const IdTable& slot_of, uint64_t slots) {
+    mask_.assign(slots, 0);
+    for (uint64_t id : ids)
+      if (const auto it = slot_of.find(id); it != slot_of.end() && (!filter_ || filter_(id))) {
+        if (it->second >= mask_.size()) mask_.resize(it->second + 1, 0);
+        mask_[it->second] = 1;
+      }
+    masked_ = true;
+  }
   bool is_member(idx_t label) const override {
     if (label < 0) return false;
     const auto slot = static_cast<uint64_t>(row_to_slot_ != nullptr ? (*row_to_slot_)[static_cast<size_t>(label)] : label);
     if (masked_) return slot < mask_.size() && mask_[slot] != 0;
     const auto it = id_of_.find(slot);
     return it != id_of_.end() && filter_(it->second);
+  }
+  // Whether a hit FAISS returned (its slot, and the id it holds) passes.
+  bool Passes(uint64_t slot, uint64_t id) const {
+    return masked_ ? slot < mask_.size() && mask_[slot] != 0 : filter_(id);
   }
 
  private:
@@ -576,10 +590,11 @@ class FaissIndex final : public VectorIndex {
     VECWAL_RETURN_IF_ERROR(CheckResultSize(queries.size() / spec_.dim, k));
     const auto* map = dynamic_cast<const faiss::IndexIDMap2*>(index_.get());
     std::optional<FilterSelector> sel;
-    if (params.filter) sel.emplace(map != nullptr ? &map->id_map : nullptr, id_of_, params.filter);
+    if (params.filter || params.ids) sel.emplace(map != nullptr ? &map->id_map : nullptr, id_of_, params.filter);
     FaissSearchParams fp;
     VECWAL_RETURN_IF_ERROR(fp.Build(Searched(), params, spec_.description, sel ? &*sel : nullptr));
-    if (sel && static_cast<double>(queries.size() / spec_.dim) * fp.scanned_share() >= 1.0) sel->MaskSlots(next_slot_);
+    if (params.ids) sel->MaskIds(*params.ids, slot_of_, next_slot_);
+    else if (sel && static_cast<double>(queries.size() / spec_.dim) * fp.scanned_share() >= 1.0) sel->MaskSlots(next_slot_);
     SearchResults r;
     r.nq = queries.size() / spec_.dim;
     r.k = k;
@@ -624,7 +639,7 @@ class FaissIndex final : public VectorIndex {
           auto it = id_of_.find(static_cast<uint64_t>(slot));
           if (it == id_of_.end()) continue;  // a tombstone
           if (skip != nullptr && skip->contains(it->second)) continue;
-          if (params.filter && !params.filter(it->second)) continue;
+          if (sel && !sel->Passes(static_cast<uint64_t>(slot), it->second)) continue;
           r.ids[q * k + out] = it->second;
           r.distances[q * k + out] = d[i * kk + j];
           ++out;
@@ -640,7 +655,7 @@ class FaissIndex final : public VectorIndex {
   Status CheckSearchParams(const SearchParams& params) const override {
     FaissSearchParams fp;
     NoMembers none;
-    return fp.Build(Searched(), params, spec_.description, params.filter ? &none : nullptr);
+    return fp.Build(Searched(), params, spec_.description, params.filter || params.ids ? &none : nullptr);
   }
 
   // Flat computes distances by BLAS from FAISS's threshold on, and so does

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -71,6 +72,13 @@ struct SearchParams {
   // searches without it (none in 1.7.3 that takes parameters) returns fewer
   // hits, never one it refuses.
   std::function<bool(uint64_t id)> filter;
+  // Only these ids are searched, where set (an empty list: none; ids not in
+  // the index, and repeats, are passed over): a document's chunks, a
+  // tenant's rows. Looked up once a call into a mask of the index's rows,
+  // so each candidate costs a load, as FAISS's own IDSelectorBitmap does; a
+  // list of a few ids costs what they do, a predicate what the index holds.
+  // With a filter as well, an id must pass both. The list must outlive the call.
+  std::optional<std::span<const uint64_t>> ids;
 };
 
 // Row-major, nq x k; rows with fewer than k hits end in kNoId.

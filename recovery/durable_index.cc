@@ -874,13 +874,16 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
                                                       const index::SearchParams& asked) const {
   const index::SearchParams params{asked.nprobe != 0 ? asked.nprobe : opts_.search.nprobe,
                                    asked.ef_search != 0 ? asked.ef_search : opts_.search.ef_search,
-                                   asked.filter ? asked.filter : opts_.search.filter};
+                                   asked.filter ? asked.filter : opts_.search.filter,
+                                   asked.ids ? asked.ids : opts_.search.ids};
   // Chunks are sized from the time per query of earlier searches, which
   // other knobs would make wrong by orders of magnitude: such a call times
   // its own, from a first chunk of one query (or of the batch floor).
   const bool own_rates = params.nprobe != opts_.search.nprobe || params.ef_search != opts_.search.ef_search;
   std::array<std::atomic<uint64_t>, 3> call_rates{};
-  auto& rates = own_rates ? call_rates : params.filter ? filtered_search_ns_per_query_ : search_ns_per_query_;
+  auto& rates = own_rates                      ? call_rates
+                : params.filter || params.ids ? filtered_search_ns_per_query_
+                                              : search_ns_per_query_;
   searches_.fetch_add(1);
   const struct Leave {
     std::atomic<size_t>& n;
@@ -941,12 +944,12 @@ Result<index::SearchResults> DurableIndexImpl::Search(std::span<const float> que
         std::shared_lock rr(recent_mu_);
         if (!recent_->empty() || merging_ != nullptr) {
           any_recent = true;
-          recent = recent_->Search(q, k, params.filter);
+          recent = recent_->Search(q, k, params);
           if (merging_ != nullptr) {
             index::IdSet newer;
             for (uint64_t id : recent_->ids())
               if (merging_->Find(id)) newer.insert(id);
-            recent = MergeHits(merging_->Search(q, k + newer.size(), params.filter), newer, recent, k,
+            recent = MergeHits(merging_->Search(q, k + newer.size(), params), newer, recent, k,
                                opts_.spec.metric);
             for (uint64_t id : merging_->ids())
               if (index_->Contains(id)) hidden.insert(id);

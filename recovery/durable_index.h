@@ -112,7 +112,8 @@ struct DurableIndexOptions {
   // How hard a search of an approximate index works, for each knob a
   // Search call leaves at 0: nprobe (IVF), ef_search (HNSW). 0 here as well:
   // FAISS's own, nprobe 1 and efSearch 16, which suit small indexes only.
-  // A filter set here applies to every call that sets none.
+  // A filter, or a list of ids, set here applies to every call that sets
+  // none (the list must outlive the store).
   // Open refuses a knob the index has no part for. The recent writes are
   // searched exactly whatever these say.
   index::SearchParams search;
@@ -232,9 +233,9 @@ class DurableIndex {
 
   // k nearest of each of the nq queries (nq x dim floats). `params` sets,
   // for this call, how hard an approximate index searches, and which ids it
-  // may return (a filter, asked of the recent writes and of the index's
-  // candidates alike); a knob left at 0, or no filter, takes
-  // DurableIndexOptions::search's. A knob the index has no part for is
+  // may return (a filter, or a list of ids, that the recent writes and the
+  // index's candidates pass alike); a knob left at 0, or no filter or list,
+  // takes DurableIndexOptions::search's. A knob the index has no part for is
   // InvalidArgument, and so is a query with a NaN or infinite component.
   virtual Result<index::SearchResults> Search(std::span<const float> queries, size_t k,
                                               const index::SearchParams& params) const = 0;

@@ -62,7 +62,7 @@ std::optional<RecentWrites::Found> RecentWrites::Find(uint64_t id) const {
 // calls at once); by these, 0.99x. Deleted entries' rows are searched with
 // the rest and dropped after.
 index::SearchResults RecentWrites::Search(std::span<const float> queries, size_t k,
-                                         const std::function<bool(uint64_t)>& filter) const {
+                                         const index::SearchParams& p) const {
   index::SearchResults r;
   r.nq = queries.size() / spec_.dim;
   r.k = k;
@@ -74,11 +74,16 @@ index::SearchResults RecentWrites::Search(std::span<const float> queries, size_t
   // With a filter, FAISS compares only the rows it passes (and that are
   // present): k of them, not k past every row it would refuse.
   std::vector<uint8_t> only;
-  if (filter) {
+  if (p.ids) {
+    only.assign(n, 0);
+    for (uint64_t id : *p.ids)
+      if (const auto it = slot_of_.find(id); it != slot_of_.end())
+        only[it->second] = present_[it->second] != 0 && (!p.filter || p.filter(id)) ? 1 : 0;
+  } else if (p.filter) {
     only.resize(n);
-    for (size_t s = 0; s < n; ++s) only[s] = present_[s] != 0 && filter(ids_[s]) ? 1 : 0;
+    for (size_t s = 0; s < n; ++s) only[s] = present_[s] != 0 && p.filter(ids_[s]) ? 1 : 0;
   }
-  const size_t kk = filter ? std::min(n, k) : std::min(n, k + (n - live));
+  const size_t kk = !only.empty() || p.ids ? std::min(n, k) : std::min(n, k + (n - live));
   std::vector<float> dist(r.nq * kk);
   std::vector<int64_t> rows(r.nq * kk);
   index::ExactKnn(spec_, queries, rows_, kk, dist, rows, only);
@@ -91,7 +96,7 @@ index::SearchResults RecentWrites::Search(std::span<const float> queries, size_t
       // The mask is asked again: FAISS 1.7.3's search for k = 1 by L2 answers
       // row 0, at an infinite distance, where its selector passes no row.
       const auto s = static_cast<size_t>(row);
-      if (present_[s] && (only.empty() || only[s])) hits.emplace_back(dist[q * kk + j], ids_[s]);
+      if (present_[s] && ((!p.ids && !p.filter) || only[s])) hits.emplace_back(dist[q * kk + j], ids_[s]);
     }
     std::sort(hits.begin(), hits.end(), [&](const auto& a, const auto& b) {
       if (a.first != b.first) return index::Closer(spec_.metric, a.first, b.first);

@@ -52,10 +52,9 @@ class RecentWrites {
 
   // The k present entries closest to each query (nq x dim floats), best
   // first, ties by id (at the k-th place, FAISS's choice among the tied);
-  // rows short of k end in kNoId. Only ids `filter` says true of, where it
-  // is set (SearchParams::filter).
-  index::SearchResults Search(std::span<const float> queries, size_t k,
-                              const std::function<bool(uint64_t)>& filter = {}) const;
+  // rows short of k end in kNoId. Only the ids `only` lets through, where
+  // it sets a filter or a list of ids (the rest of it is the index's).
+  index::SearchResults Search(std::span<const float> queries, size_t k, const index::SearchParams& only = {}) const;
 
   // Each entry once, for the merge: present ones with their vector (dim
   // floats) and payload, deleted ones with none.

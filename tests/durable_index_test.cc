@@ -716,10 +716,11 @@ BOOST_AUTO_TEST_CASE(search_knobs_come_from_the_options_unless_a_call_sets_its_o
   BOOST_TEST(refused.status().message().find("'HNSW8'") != std::string::npos, refused.status().ToString());
 }
 
-// A filter applies to the recent writes, to the writes a merge is moving and
-// to the index alike: the store's hits equal those of a FAISS Flat index of
-// the model's ids that pass, between merges and after a checkpoint. The
-// options' filter applies where a call sets none.
+// A filter, or a list of ids, applies to the recent writes, to the writes a
+// merge is moving and to the index alike: the store's hits equal those of a
+// FAISS Flat index of the model's ids that pass, between merges and after a
+// checkpoint. The options' filter applies where a call sets none, with a
+// list of ids too: an id must pass both.
 BOOST_AUTO_TEST_CASE(a_search_filter_applies_to_recent_writes_and_the_index_alike) {
   test::TempDir dir;
   auto o = Options(dir.path());
@@ -745,14 +746,19 @@ BOOST_AUTO_TEST_CASE(a_search_filter_applies_to_recent_writes_and_the_index_alik
     BOOST_REQUIRE(want.ok() && got.ok());
     BOOST_TEST(got->ids == want->ids, boost::test_tools::per_element());
   };
+  std::vector<uint64_t> even_ids;  // the same as a list: present or not, some of them twice
+  for (uint64_t id = 0; id < 200; id += 2) even_ids.insert(even_ids.end(), 1 + (id % 3 == 0), id);
+  const auto both = [](uint64_t id) { return id % 6 == 0; };
   for (int round = 0; round < 6; ++round) {
     RandomOps(*d, m, rng, 37);  // not a multiple of the merge size: some writes are always recent
     expect(even, {.filter = even});
+    expect(both, {.ids = even_ids});  // and the options' filter, which it does not replace
     expect(o.search.filter, {});
   }
   BOOST_TEST(d->Stats().recent_writes > 0u);
   BOOST_REQUIRE(d->Checkpoint().ok());  // the index alone
   expect(even, {.filter = even});
+  expect(both, {.ids = even_ids});
   expect(o.search.filter, {});
 }
 

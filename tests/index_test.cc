@@ -1064,8 +1064,21 @@ BOOST_AUTO_TEST_CASE(a_filter_reaches_every_index_type_and_keeps_k_hits_of_a_few
       SearchParams p{.nprobe = desc.find("IVF") != std::string::npos ? size_t{8} : 0,
                      .ef_search = desc.find("HNSW") != std::string::npos ? size_t{256} : 0,
                      .filter = passes};
+      // The same ids as a list: the removed ones among them, some twice, and
+      // ids the index never held.
+      std::vector<uint64_t> listed;
+      for (uint64_t id : f.ids)
+        if (passes(id)) listed.insert(listed.end(), 1 + (id % 3 == 0), id);
+      listed.push_back(1);
+      listed.push_back(~0ull - 1);
+      SearchParams as_list = p;
+      as_list.filter = nullptr;
+      as_list.ids = listed;
       auto r = f.idx->Search(queries, kK, nullptr, p);
       BOOST_REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+      auto from_list = f.idx->Search(queries, kK, nullptr, as_list);
+      BOOST_REQUIRE_MESSAGE(from_list.ok(), from_list.status().ToString());
+      BOOST_TEST(from_list->ids == r->ids, boost::test_tools::per_element());
       const std::set<uint64_t> gone(removed.begin(), removed.end());
       for (uint64_t id : r->ids) {
         BOOST_TEST(id != kNoId, "a row came up short");
@@ -1090,11 +1103,15 @@ BOOST_AUTO_TEST_CASE(a_filter_reaches_every_index_type_and_keeps_k_hits_of_a_few
   }
   // Nothing passes: rows of kNoId, not an error (FAISS 1.7.3 answers k = 1
   // by L2 with row 0, at an infinite distance, all the same).
+  // An empty list passes nothing too, not everything.
   for (size_t k : {size_t{1}, kK}) {
     Filled f = MakeFilled("Flat", 100, 3, 41);
-    auto none = f.idx->Search(queries, k, nullptr, {.filter = [](uint64_t) { return false; }});
-    BOOST_REQUIRE(none.ok());
-    BOOST_TEST(std::all_of(none->ids.begin(), none->ids.end(), [](uint64_t id) { return id == kNoId; }));
+    for (const SearchParams& nothing :
+         {SearchParams{.filter = [](uint64_t) { return false; }}, SearchParams{.ids = std::span<const uint64_t>()}}) {
+      auto none = f.idx->Search(queries, k, nullptr, nothing);
+      BOOST_REQUIRE(none.ok());
+      BOOST_TEST(std::all_of(none->ids.begin(), none->ids.end(), [](uint64_t id) { return id == kNoId; }));
+    }
   }
   for (std::string desc : {"IVF32,Flat,Refine(Flat)", "IVF32,PQ8x4fs"}) {
     BOOST_TEST_CONTEXT(desc) {
@@ -1102,6 +1119,8 @@ BOOST_AUTO_TEST_CASE(a_filter_reaches_every_index_type_and_keeps_k_hits_of_a_few
       const Status checked = idx->CheckSearchParams({.filter = passes});
       BOOST_TEST(checked.code() == Status::Code::kInvalidArgument);
       BOOST_TEST(checked.ToString().find("filter") != std::string::npos, checked.ToString());
+      const std::vector<uint64_t> one{1};
+      BOOST_TEST(idx->CheckSearchParams({.ids = one}).ToString() == checked.ToString());
     }
   }
 }

@@ -334,12 +334,17 @@ BOOST_AUTO_TEST_CASE(bench_store_workloads_print_each_figure_beside_its_baseline
     }
   }
   // A filtered search, beside FAISS's own search with the same ids selected.
-  BOOST_REQUIRE(Run(kBench + " search" + common + " --filter-share 0.1 --json " + (t / "filtered.json")).status == 0);
-  const json filtered = json::parse(Slurp(t / "filtered.json"));
-  BOOST_REQUIRE(!filtered["rows"].empty());
-  for (const auto& row : filtered["rows"]) {
-    BOOST_TEST(row["workload"].get<std::string>().find("filter passes 10%") != std::string::npos, row.dump());
-    BOOST_TEST(row["vecwal"].get<double>() > 0.0, row.dump());
+  for (const std::string as : {"", " --filter-as-ids"}) {
+    BOOST_REQUIRE(Run(kBench + " search" + common + " --filter-share 0.1" + as + " --json " + (t / "filtered.json"))
+                      .status == 0);
+    const json filtered = json::parse(Slurp(t / "filtered.json"));
+    BOOST_REQUIRE(!filtered["rows"].empty());
+    for (const auto& row : filtered["rows"]) {
+      BOOST_TEST(row["workload"].get<std::string>().find(as.empty() ? "filter passes 10%" : "filter passes 10% (ids)") !=
+                     std::string::npos,
+                 row.dump());
+      BOOST_TEST(row["vecwal"].get<double>() > 0.0, row.dump());
+    }
   }
   // The device is named, not assumed.
   BOOST_TEST(Run(kBench + " --device gpu search" + common).status == 2);
