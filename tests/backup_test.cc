@@ -97,6 +97,43 @@ BOOST_AUTO_TEST_CASE(a_backup_opens_as_the_store_was_when_it_was_taken) {
   ExpectEqual(*OpenOrDie(o), m);
 }
 
+// A trained index (IVF: its centroids) and a graph with tombstones back up
+// and open as they were, untrained stores included.
+BOOST_AUTO_TEST_CASE(trained_and_graph_indexes_back_up_as_they_are) {
+  for (const std::string desc : {"IVF4,Flat", "HNSW8"}) {
+    BOOST_TEST_CONTEXT(desc) {
+      test::TempDir t;
+      auto options = [&](const std::string& dir) {
+        auto o = Options(dir, desc);
+        if (desc == "IVF4,Flat") o.search.nprobe = 4;  // every list: exact, as the model's search
+        o.compact_tombstone_ratio = 1;                 // HNSW keeps its tombstones in the checkpoint
+        return o;
+      };
+      auto o = options(t / "db");
+      std::mt19937_64 rng(59);
+      Model m;
+      auto d = OpenOrDie(o);
+      if (d->NeedsTraining()) {
+        auto untrained = d->Backup(t / "untrained");
+        BOOST_REQUIRE_MESSAGE(untrained.ok(), untrained.status().ToString());
+        BOOST_TEST(OpenOrDie(options(t / "untrained"))->NeedsTraining());
+        std::vector<float> sample;
+        for (int i = 0; i < 400; ++i) {
+          auto v = Vec(rng);
+          sample.insert(sample.end(), v.begin(), v.end());
+        }
+        BOOST_REQUIRE(d->Train(sample).ok());
+      }
+      RandomOps(*d, m, rng, 300);
+      auto info = d->Backup(t / "backup");
+      BOOST_REQUIRE_MESSAGE(info.ok(), info.status().ToString());
+      auto b = OpenOrDie(options(t / "backup"));
+      BOOST_TEST(!b->NeedsTraining());
+      ExpectEqual(*b, m, /*exact_search=*/desc != "HNSW8");
+    }
+  }
+}
+
 // Each writer's upserts are acknowledged in order, so a backup at any LSN
 // holds a prefix of each writer's ids: at least those acknowledged before the
 // call, at most those placed before it returned.
