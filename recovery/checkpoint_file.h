@@ -126,8 +126,9 @@ struct CheckpointReport {
 
 // Reads the header block only (its CRC is checked).
 Result<CheckpointInfo> ReadCheckpointInfo(FileSystem& fs, const std::string& path);
-// Reads the header and every section and checks each CRC, loading nothing:
-// what an inspector runs on a file a live process may be using. An error
+// Reads the header and every section and checks each CRC, loading nothing
+// (each section streams through 8 MiB): what an inspector, a scrub or a
+// backup's read-back runs on a file a live process may be using. An error
 // means the header block itself is unreadable; section damage is reported
 // per section.
 Result<CheckpointReport> VerifyCheckpoint(FileSystem& fs, const std::string& path);

@@ -1241,10 +1241,7 @@ Result<uint64_t> DurableIndexImpl::QuiesceIndex(std::unique_lock<std::mutex>& m)
 
 Result<ScrubReport> DurableIndexImpl::Scrub() {
   ScrubReport rep;
-  auto no_generation = [&](uint64_t lsn) {  // retired by the repair
-    if (std::ranges::find(unverified_checkpoints_, lsn) == unverified_checkpoints_.end())
-      unverified_checkpoints_.push_back(lsn);
-  };
+  auto no_generation = [&](uint64_t lsn) { NoGenerationLocked(lsn); };  // retired by the repair
   {
     std::lock_guard c(ckpt_mu_);  // no checkpoint retired, and no log released, under the reads
     if (!wal_) return Status::Unavailable(opts_.dir + " is closed");
@@ -1324,8 +1321,7 @@ Result<BackupInfo> DurableIndexImpl::Backup(const std::string& dest) {
       // back from: it is no generation, and is written anew to be copied.
       if (copied.status().code() != Status::Code::kCorruption || attempt > 0)
         return copied.status().WithContext("backup of " + opts_.dir + " to " + dest);
-      if (std::ranges::find(unverified_checkpoints_, lsn) == unverified_checkpoints_.end())
-        unverified_checkpoints_.push_back(lsn);
+      NoGenerationLocked(lsn);
       checkpoint_on_disk_ = false;
       continue;
     }
@@ -1343,6 +1339,11 @@ Result<BackupInfo> DurableIndexImpl::Backup(const std::string& dest) {
     return Status::Corruption("backup of " + opts_.dir + " to " + dest +
                               ": the copy read back wrong: " + (v.ok() ? problem : v.status().ToString()));
   }
+}
+
+void DurableIndexImpl::NoGenerationLocked(uint64_t lsn) {
+  if (std::ranges::find(unverified_checkpoints_, lsn) == unverified_checkpoints_.end())
+    unverified_checkpoints_.push_back(lsn);
 }
 
 // The last snapshot's bytes per vector, or a float vector and its ids before

@@ -117,6 +117,9 @@ class DurableIndexImpl final : public DurableIndex {
   Result<uint64_t> Persist(Snapshot&& snap);    // under ckpt_mu_, not write_mu_
   Result<uint64_t> FinishCheckpoint(uint64_t lsn);
   Result<uint64_t> CheckpointLocked();  // Checkpoint() under ckpt_mu_
+  // Under ckpt_mu_: the checkpoint at `lsn` did not verify, and is no
+  // generation: the next checkpoint retires it (FinishCheckpoint).
+  void NoGenerationLocked(uint64_t lsn);
   CheckpointPacing LogPacing() const;  // under ckpt_mu_: wal_ stays
   Status Recover(RecoveryStats* stats);
 
