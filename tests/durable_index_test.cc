@@ -54,6 +54,15 @@ uint64_t DamageTheNewerOfTwoCheckpoints(const test::TempDir& dir, const DurableI
   return newer;
 }
 
+// The store opened from a checkpoint below `below`, said that `damaged` did
+// not verify, and equals its model.
+void ExpectFellBack(const DurableIndex& d, uint64_t below, uint64_t damaged, const Model& m) {
+  const auto& r = d.Stats().recovery;
+  BOOST_TEST(r.checkpoint_lsn < below);
+  BOOST_TEST(r.checkpoint_note.find(CheckpointFileName(damaged)) != std::string::npos, r.checkpoint_note);
+  ExpectEqual(d, m);
+}
+
 }  // namespace
 
 
@@ -138,11 +147,7 @@ BOOST_AUTO_TEST_CASE(newest_checkpoint_corrupted_previous_is_used) {
   Model m;
   std::mt19937_64 rng(3);
   const uint64_t newest = DamageTheNewerOfTwoCheckpoints(dir, o, m, rng);
-  auto d = OpenOrDie(o);
-  const auto& r = d->Stats().recovery;
-  BOOST_TEST(r.checkpoint_lsn < newest);
-  BOOST_TEST(r.checkpoint_note.find(CheckpointFileName(newest)) != std::string::npos, r.checkpoint_note);
-  ExpectEqual(*d, m);
+  ExpectFellBack(*OpenOrDie(o), newest, newest, m);
 }
 
 // A checkpoint that did not verify is no generation: the checkpoints after a
@@ -167,11 +172,7 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_that_did_not_verify_is_not_kept_as_a_generatio
   }
   BOOST_TEST(!std::filesystem::exists(dir / CheckpointFileName(bad)));  // retired: never a fallback again
   test::XorByte(dir / CheckpointFileName(newest), 5000);
-  auto d = OpenOrDie(o);
-  const auto& r = d->Stats().recovery;
-  BOOST_TEST(r.checkpoint_lsn < bad);
-  BOOST_TEST(r.checkpoint_note.find(CheckpointFileName(newest)) != std::string::npos, r.checkpoint_note);
-  ExpectEqual(*d, m);
+  ExpectFellBack(*OpenOrDie(o), bad, newest, m);
 }
 
 // Damage in the middle of the log, in each recovery mode: strict and
