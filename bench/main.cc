@@ -205,6 +205,10 @@ int main(int argc, char** argv) {
       auto batched = xc;
       batched.queries = 64;  // past FAISS's BLAS threshold (20): searched in batches
       add("search, 64 queries a call", RunSearchBench(batched));
+      auto listed = xc;
+      listed.filter_share = 0.01;  // a document's or a tenant's ids, given as a list
+      listed.filter_as_ids = true;
+      add("search, 1% of the ids", RunSearchBench(listed));
       add("mixed", RunMixedBench(xc));
       add("recovery", RunRecoveryBench(sc));
       add("checkpoint", RunCheckpointBench(sc));
