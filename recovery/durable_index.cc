@@ -1442,14 +1442,21 @@ Result<uint64_t> DurableIndexImpl::FinishCheckpoint(uint64_t lsn) {
     return Status::Corruption(opts_.dir + ": " + CheckpointFileName(lsn) + ", just written, is not listed");
   const size_t keep = std::max<size_t>(opts_.keep_checkpoints, 1);
   std::vector<uint64_t> kept;
-  for (uint64_t l : lsns)
-    if (kept.size() == keep || std::ranges::find(unverified_checkpoints_, l) != unverified_checkpoints_.end())
-      VECWAL_RETURN_IF_ERROR(RetireCheckpoint(*fs_, opts_.dir, l));
-    else
-      kept.push_back(l);
+  size_t damaged = 0;
+  for (uint64_t l : lsns) {
+    const bool unverified = std::ranges::find(unverified_checkpoints_, l) != unverified_checkpoints_.end();
+    damaged += unverified;
+    if (kept.size() == keep || unverified) VECWAL_RETURN_IF_ERROR(RetireCheckpoint(*fs_, opts_.dir, l));
+    else kept.push_back(l);
+  }
   unverified_checkpoints_.clear();
   VECWAL_RETURN_IF_ERROR(fs_->SyncDir(opts_.dir));
   VECWAL_RETURN_IF_ERROR(wal_->ReleaseBefore(kept.back() + 1).status());  // Close waits on ckpt_mu_
+  // Damaged generations retired (a Scrub's repair) leave the store short of
+  // `keep`, one bad file from nothing to open: the checkpointer takes the
+  // next one as soon as anything is logged after this one, not a whole
+  // interval of log later.
+  if (damaged > 0 && kept.size() < keep && opts_.checkpoint_every_log_bytes != 0) auto_due_at_ = 1;
   return lsn;
 }
 

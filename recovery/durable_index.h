@@ -268,8 +268,9 @@ class DurableIndex {
   // a checkpoint that did not verify counts as no generation and is retired,
   // and so is one whose replay would reach damaged log records, which end up
   // below the new one, where Open passes over them. The store may then hold
-  // one generation until the next checkpoint. Writes and searches go on;
-  // automatic checkpoints wait for the reads.
+  // one generation until the next checkpoint, which the automatic
+  // checkpointer takes as soon as anything is logged after the repair.
+  // Writes and searches go on; automatic checkpoints wait for the reads.
   virtual Result<ScrubReport> Scrub() = 0;
   // Writes into `dest` (a directory that is empty or not there yet, whose
   // parent is) a store that Open opens as this one was at the returned LSN:

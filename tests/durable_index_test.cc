@@ -454,6 +454,44 @@ BOOST_AUTO_TEST_CASE(scrub_finds_damage_while_the_store_runs_and_a_checkpoint_re
   ExpectEqual(*d, m);
 }
 
+// A scrub's repair retired both generations below a damaged log record and
+// left one: the next op logged brings the second at once, not an interval of
+// log later, and a fallback is there again should the newest go bad.
+BOOST_AUTO_TEST_CASE(after_a_repair_left_one_generation_the_next_logged_op_brings_a_second) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  o.checkpoint_every_log_bytes = 1ull << 30;  // on, and far from due
+  Model m;
+  std::mt19937_64 rng(61);
+  auto d = OpenOrDie(o);
+  for (int i = 0; i < 2; ++i) {
+    RandomOps(*d, m, rng, 100);
+    BOOST_REQUIRE(d->Checkpoint().ok());
+  }
+  RandomOps(*d, m, rng, 50);
+  auto log = test::ReadLog(dir / "wal", wal::RecoveryMode::kStrict);
+  BOOST_REQUIRE(log.ok());
+  const test::ReadBack victim = (*log)[log->size() - 20];  // after both checkpoints
+  test::XorByte(test::SegmentPath(dir / "wal", victim.segment_id), victim.offset + wal::kRecordHeaderSize + 4);
+  auto found = d->Scrub();
+  BOOST_REQUIRE(found.ok());
+  const uint64_t repaired = found->repaired_at_lsn;
+  BOOST_REQUIRE(repaired >= victim.lsn);
+  BOOST_REQUIRE(ListCheckpoints(*NewPosixFileSystem(), dir.path())->size() == 1u);
+  const auto v = Vec(rng);
+  BOOST_REQUIRE(d->Upsert(1000, v).ok());
+  m.rows[1000] = {v, {}};
+  for (int i = 0; i < 1000 && d->Stats().last_checkpoint_lsn <= repaired; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const uint64_t newest = d->Stats().last_checkpoint_lsn;
+  BOOST_TEST(newest > repaired);
+  BOOST_TEST(ListCheckpoints(*NewPosixFileSystem(), dir.path())->size() == 2u);
+  BOOST_REQUIRE(d->Close().ok());
+  d.reset();
+  test::XorByte(dir / CheckpointFileName(newest), 5000);
+  ExpectFellBack(*OpenOrDie(o), newest, newest, m);
+}
+
 // Nothing logged since the newest checkpoint: Checkpoint() returns its LSN
 // and writes nothing (the file stays the same file, not a copy renamed over
 // it), whether this process wrote that checkpoint or loaded it. A newest
