@@ -419,20 +419,15 @@ class FilterSelector final : public faiss::IDSelector {
       : row_to_slot_(row_to_slot), id_of_(id_of), filter_(filter) {}
   void MaskSlots(uint64_t slots) {
     mask_.assign(slots, 0);
-    for (const auto& [slot, id] : id_of_) {
-      if (slot >= mask_.size()) mask_.resize(slot + 1, 0);  // never, while next_slot_ bounds the slots
-      mask_[slot] = filter_(id) ? 1 : 0;
-    }
+    for (const auto& [slot, id] : id_of_)
+      if (filter_(id)) Pass(slot);
     masked_ = true;
   }
   // The mask from a list of ids (SearchParams::ids), each looked up once.
   void MaskIds(std::span<const uint64_t> ids, const IdTable& slot_of, uint64_t slots) {
     mask_.assign(slots, 0);
     for (uint64_t id : ids)
-      if (const auto it = slot_of.find(id); it != slot_of.end() && (!filter_ || filter_(id))) {
-        if (it->second >= mask_.size()) mask_.resize(it->second + 1, 0);
-        mask_[it->second] = 1;
-      }
+      if (const auto it = slot_of.find(id); it != slot_of.end() && (!filter_ || filter_(id))) Pass(it->second);
     masked_ = true;
   }
   bool is_member(idx_t label) const override {
@@ -450,6 +445,11 @@ class FilterSelector final : public faiss::IDSelector {
  private:
   const std::vector<faiss::Index::idx_t>* row_to_slot_;
   const IdTable& id_of_;
+  void Pass(uint64_t slot) {
+    if (slot >= mask_.size()) mask_.resize(slot + 1, 0);  // never, while next_slot_ bounds the slots
+    mask_[slot] = 1;
+  }
+
   const std::function<bool(uint64_t)>& filter_;
   std::vector<uint8_t> mask_;  // by slot, where masked_
   bool masked_ = false;

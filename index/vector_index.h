@@ -68,9 +68,9 @@ struct SearchParams {
   // from several threads at once, so it must be thread-safe and cheap (a
   // bitmap, a hash set). A Flat index then scans without BLAS, and an
   // approximate one may find fewer than k of a small share of the ids, as
-  // FAISS does. Hits are checked against it again, so that an index FAISS
-  // searches without it (none in 1.7.3 that takes parameters) returns fewer
-  // hits, never one it refuses.
+  // FAISS does. Hits are checked against it again: FAISS 1.7.3's L2 search
+  // for k = 1 answers row 0 where it passes no row, and an index FAISS
+  // searched without it would return fewer hits, never one it refuses.
   std::function<bool(uint64_t id)> filter;
   // Only these ids are searched, where set (an empty list: none; ids not in
   // the index, and repeats, are passed over): a document's chunks, a

@@ -169,6 +169,12 @@ std::string Where(const std::string& path, const Section& s) {
          std::to_string(s.length) + " bytes)";
 }
 
+// A read that came back short, `read` bytes into the section.
+Status EndsEarly(const std::string& path, const Section& s, uint64_t read) {
+  return Status::Corruption(Where(path, s) + ": the file ends " + std::to_string(s.length - read) +
+                            " bytes before the section does");
+}
+
 struct Header {
   CheckpointInfo info;
   std::vector<Section> sections;
@@ -232,8 +238,7 @@ Result<SectionBytes> ReadSectionBytes(File& f, const std::string& path, const Se
   const size_t a = std::max<size_t>(f.alignment(), 1);
   SectionBytes out{AlignedBuffer(AlignUp(s.length, a), std::max<size_t>(a, 64), AlignedBuffer::kUninitialized), {}};
   VECWAL_ASSIGN_OR_RETURN(size_t got, f.ReadAt(s.offset, out.buf.span()));
-  if (got < s.length) return Status::Corruption(Where(path, s) + ": the file ends " + std::to_string(s.length - got) +
-                                                " bytes before the section does");
+  if (got < s.length) return EndsEarly(path, s, got);
   out.bytes = out.buf.span().first(s.length);
   return out;
 }
@@ -279,8 +284,7 @@ Result<uint32_t> StreamSectionCrc(File& f, const std::string& path, const Sectio
     const size_t want = static_cast<size_t>(std::min<uint64_t>(s.length - done, buf.size()));
     VECWAL_ASSIGN_OR_RETURN(size_t got, f.ReadAt(s.offset + done, buf.span().first(AlignUp(want, a))));
     if (got < want)
-      return Status::Corruption(Where(path, s) + ": the file ends " + std::to_string(s.length - done - got) +
-                                " bytes before the section does");
+      return EndsEarly(path, s, done + got);
     crc = crc32c::Extend(crc, buf.data(), want);
     done += want;
   }
@@ -311,8 +315,7 @@ Result<std::unique_ptr<index::VectorIndex>> LoadIndexSection(File& f, const std:
                      AlignedBuffer::kUninitialized);
     VECWAL_ASSIGN_OR_RETURN(size_t got, f.ReadAt(s.offset + from, tb.span()));
     if (got < s.length - from)
-      return Status::Corruption(Where(path, s) + ": the file ends " + std::to_string(s.length - from - got) +
-                                " bytes before the section does");
+      return EndsEarly(path, s, from + got);
     VECWAL_RETURN_IF_ERROR(loader->FeedTail(tb.span().subspan(static_cast<size_t>(t - from))
                                                 .first(static_cast<size_t>(s.length - t))));
   }
@@ -346,8 +349,7 @@ Result<std::unique_ptr<index::VectorIndex>> LoadIndexSection(File& f, const std:
     const uint64_t off = chunk * kChunk;
     const size_t want = static_cast<size_t>(std::min<uint64_t>(kChunk, s.length - off));
     if (got < want)
-      return Status::Corruption(Where(path, s) + ": the file ends " + std::to_string(s.length - off - got) +
-                                " bytes before the section does");
+      return EndsEarly(path, s, off + got);
     const std::span<const std::byte> piece{bufs[chunk % bufs.size()].data(), want};
     crc = crc32c::Extend(crc, piece.data(), piece.size());
     VECWAL_RETURN_IF_ERROR(loader->Feed(piece));
@@ -534,8 +536,7 @@ Result<CheckpointInfo> CopyCheckpoint(FileSystem& fs, const std::string& from, c
         return Status::InvalidArgument(from + ": block size " + std::to_string(a) + " does not divide a copy stage");
       VECWAL_ASSIGN_OR_RETURN(size_t got, src.ReadAt(s.offset + done, room.first(AlignUp(n, a))));
       if (got < n)
-        return Status::Corruption(Where(from, s) + ": the file ends " + std::to_string(s.length - done - got) +
-                                  " bytes before the section does");
+        return EndsEarly(from, s, done + got);
       done += n;
       return n;
     }));

@@ -71,8 +71,9 @@ index::SearchResults RecentWrites::Search(std::span<const float> queries, size_t
   const size_t n = ids_.size();
   const auto live = static_cast<size_t>(std::count(present_.begin(), present_.end(), uint8_t{1}));
   if (live == 0 || r.nq == 0 || k == 0) return r;
-  // With a filter, FAISS compares only the rows it passes (and that are
-  // present): k of them, not k past every row it would refuse.
+  // With a filter or a list of ids (`only` then has a byte a row, n being
+  // at least `live`), FAISS compares only the rows they pass (and that are
+  // present): k of them, not k past every row they would refuse.
   std::vector<uint8_t> only;
   if (p.ids) {
     only.assign(n, 0);
@@ -83,7 +84,7 @@ index::SearchResults RecentWrites::Search(std::span<const float> queries, size_t
     only.resize(n);
     for (size_t s = 0; s < n; ++s) only[s] = present_[s] != 0 && p.filter(ids_[s]) ? 1 : 0;
   }
-  const size_t kk = !only.empty() || p.ids ? std::min(n, k) : std::min(n, k + (n - live));
+  const size_t kk = !only.empty() ? std::min(n, k) : std::min(n, k + (n - live));
   std::vector<float> dist(r.nq * kk);
   std::vector<int64_t> rows(r.nq * kk);
   index::ExactKnn(spec_, queries, rows_, kk, dist, rows, only);
@@ -96,7 +97,7 @@ index::SearchResults RecentWrites::Search(std::span<const float> queries, size_t
       // The mask is asked again: FAISS 1.7.3's search for k = 1 by L2 answers
       // row 0, at an infinite distance, where its selector passes no row.
       const auto s = static_cast<size_t>(row);
-      if (present_[s] && ((!p.ids && !p.filter) || only[s])) hits.emplace_back(dist[q * kk + j], ids_[s]);
+      if (present_[s] && (only.empty() || only[s])) hits.emplace_back(dist[q * kk + j], ids_[s]);
     }
     std::sort(hits.begin(), hits.end(), [&](const auto& a, const auto& b) {
       if (a.first != b.first) return index::Closer(spec_.metric, a.first, b.first);
