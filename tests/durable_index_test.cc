@@ -54,6 +54,11 @@ uint64_t DamageTheNewerOfTwoCheckpoints(const test::TempDir& dir, const DurableI
   return newer;
 }
 
+// Flips a bit in the payload of `r`, a record read back from dir/wal.
+void DamagePayload(const test::TempDir& dir, const test::ReadBack& r) {
+  test::XorByte(test::SegmentPath(dir / "wal", r.segment_id), r.offset + wal::kRecordHeaderSize + 4);
+}
+
 // The store opened from a checkpoint below `below`, said that `damaged` did
 // not verify, and equals its model.
 void ExpectFellBack(const DurableIndex& d, uint64_t below, uint64_t damaged, const Model& m) {
@@ -284,7 +289,7 @@ BOOST_AUTO_TEST_CASE(damage_in_the_log_below_the_checkpoint_does_not_keep_the_st
   const auto victim = std::ranges::find_if(*log, [](const test::ReadBack& r) { return r.lsn == 30; });
   BOOST_REQUIRE(victim != log->end());
   BOOST_REQUIRE(victim->segment_id == log->back().segment_id);  // the segment the store reads from
-  test::XorByte(test::SegmentPath(dir / "wal", victim->segment_id), victim->offset + wal::kRecordHeaderSize + 4);
+  DamagePayload(dir, *victim);
   o.recovery_mode = wal::RecoveryMode::kStrict;
   auto strict = DurableIndex::Open(o);
   BOOST_TEST(strict.status().IsCorruption(), strict.status().ToString());
@@ -426,7 +431,7 @@ BOOST_AUTO_TEST_CASE(scrub_finds_damage_while_the_store_runs_and_a_checkpoint_re
   auto log = test::ReadLog(dir / "wal", wal::RecoveryMode::kStrict);
   BOOST_REQUIRE(log.ok());
   const test::ReadBack victim = (*log)[log->size() - 20];
-  test::XorByte(test::SegmentPath(dir / "wal", victim.segment_id), victim.offset + wal::kRecordHeaderSize + 4);
+  DamagePayload(dir, victim);
   found = d->Scrub();
   BOOST_REQUIRE(found.ok());
   BOOST_REQUIRE(found->problems.size() == 1u);
@@ -438,8 +443,7 @@ BOOST_AUTO_TEST_CASE(scrub_finds_damage_while_the_store_runs_and_a_checkpoint_re
   BOOST_REQUIRE(log.ok());
   const test::ReadBack newest_record = log->back();
   BOOST_REQUIRE(newest_record.lsn == d->Stats().durable_lsn);
-  test::XorByte(test::SegmentPath(dir / "wal", newest_record.segment_id),
-                newest_record.offset + wal::kRecordHeaderSize + 4);
+  DamagePayload(dir, newest_record);
   found = d->Scrub();
   BOOST_REQUIRE(found.ok());
   for (const auto& p : found->problems) BOOST_TEST_MESSAGE("scrub: " << p);
@@ -472,7 +476,7 @@ BOOST_AUTO_TEST_CASE(after_a_repair_left_one_generation_the_next_logged_op_bring
   auto log = test::ReadLog(dir / "wal", wal::RecoveryMode::kStrict);
   BOOST_REQUIRE(log.ok());
   const test::ReadBack victim = (*log)[log->size() - 20];  // after both checkpoints
-  test::XorByte(test::SegmentPath(dir / "wal", victim.segment_id), victim.offset + wal::kRecordHeaderSize + 4);
+  DamagePayload(dir, victim);
   auto found = d->Scrub();
   BOOST_REQUIRE(found.ok());
   const uint64_t repaired = found->repaired_at_lsn;
