@@ -14,6 +14,11 @@
 #include "bench/store_bench.h"
 #include "bench/wal_bench.h"
 #include "io/file_system.h"
+#ifdef VECWAL_HAVE_CUDA
+#include "bench/gpu_bench.h"
+#include "gpu/device.h"
+#include "gpu/mirrored_index.h"
+#endif
 
 using namespace vecwal::bench;
 
@@ -24,14 +29,25 @@ std::string DefaultDir() {
   return t && *t ? t : "/var/tmp";
 }
 
-// The durable index runs on the CPU in this build; a request for the GPU is
-// refused by name rather than quietly measured on the CPU.
-bool DeviceOk(const std::string& device) {
+// Where the store benchmarks' index runs. "gpu" puts a Flat index's vectors
+// on CUDA device 0 (gpu::OnDevice), and is refused by name where this build
+// or this machine has none, rather than quietly measured on the CPU. "auto"
+// is the CPU: a GPU figure is only ever one that was asked for.
+bool DeviceOk(const std::string& device, StoreWorkloadConfig& xc) {
   if (device == "cpu" || device == "auto") return true;
-  if (device == "gpu")
-    fmt::print(stderr, "vecwal-bench: --device gpu: this build's durable index has no GPU backend yet; use cpu or auto\n");
-  else
+  if (device != "gpu") {
     fmt::print(stderr, "vecwal-bench: unknown --device '{}' (cpu, gpu, auto)\n", device);
+    return false;
+  }
+#ifdef VECWAL_HAVE_CUDA
+  if (vecwal::gpu::CudaDeviceCount() > 0) {
+    xc.wrap_index = vecwal::gpu::OnDevice(0);
+    return true;
+  }
+  fmt::print(stderr, "vecwal-bench: --device gpu: no CUDA device here; use cpu or auto\n");
+#else
+  fmt::print(stderr, "vecwal-bench: --device gpu: this build has no CUDA (no toolkit was found); use cpu or auto\n");
+#endif
   return false;
 }
 
@@ -58,7 +74,10 @@ int main(int argc, char** argv) {
   app.add_option("--regression-pct", regression_pct, "a ratio worse by more than this is a regression")
       ->capture_default_str();
   app.add_flag("--fail-on-regression", fail_on_regression, "exit 3 when a regression is flagged");
-  app.add_option("--device", device, "where the index runs: cpu, gpu or auto")->capture_default_str();
+  app.add_option("--device", device,
+                 "where ingest, search and mixed run the store's index: cpu, gpu (a Flat index on CUDA device 0) "
+                 "or auto (cpu)")
+      ->capture_default_str();
 
   WalBenchConfig wc;
   auto add_wal_options = [&](CLI::App* sub) {
@@ -167,8 +186,23 @@ int main(int argc, char** argv) {
   all->add_option("--dim", xc.dim, "float32 components per vector")->capture_default_str()->check(kPositive);
   all->add_option("--index", xc.description, "FAISS index_factory description")->capture_default_str();
   add_wal_options(all);
+#ifdef VECWAL_HAVE_CUDA
+  GpuBenchConfig gc;
+  auto* gpu = app.add_subcommand(
+      "gpu", "exact k-NN with the store's index on a GPU vs PyTorch on the same card and FAISS CPU; reopen to first answer");
+  gpu->add_option("--dir", gc.dir, "directory on the disk to measure (required)")->required();
+  gpu->add_option("--vectors", gc.vectors, "vectors in the store")->capture_default_str()->check(kPositive);
+  gpu->add_option("--dim", gc.dim, "float32 components per vector")->capture_default_str()->check(kPositive);
+  gpu->add_option("--k", gc.k, "neighbours per query")->capture_default_str()->check(kPositive);
+  gpu->add_option("--queries", gc.queries, "queries per search call, one measurement each")
+      ->capture_default_str()->check(kPositive);
+  gpu->add_option("--seconds", gc.seconds, "duration of each measurement")->capture_default_str()->check(kPositive);
+  gpu->add_option("--cuda-device", gc.device, "CUDA device")->capture_default_str();
+  gpu->add_option("--torch-script", gc.torch_script, "PyTorch baseline script; empty: none")->capture_default_str();
+  gpu->add_option("--python", gc.python, "the Python that has PyTorch")->capture_default_str();
+#endif
   CLI11_PARSE(app, argc, argv);
-  if (!DeviceOk(device)) return 2;
+  if (!DeviceOk(device, xc)) return 2;
 
   std::vector<Row> rows;
   try {
@@ -186,6 +220,10 @@ int main(int argc, char** argv) {
       rows = RunSearchBench(xc);
     } else if (mixed->parsed()) {
       rows = RunMixedBench(xc);
+#ifdef VECWAL_HAVE_CUDA
+    } else if (gpu->parsed()) {
+      rows = RunGpuBench(gc);
+#endif
     } else {
       fmt::print("vecwal-bench all: dir {}, backend {}, {} s per measurement, {} x {}-d {} stores\n", all_dir,
                  vecwal::NewPosixFileSystem()->backend_name(), all_seconds, all_vectors, xc.dim, xc.description);

@@ -49,6 +49,7 @@ std::unique_ptr<recovery::DurableIndex> OpenStore(const StoreWorkloadConfig& c, 
   o.stall_writes_at_intervals = c.stall_writes_at_intervals;
   o.wal.thread_slice_us = c.writer_slice_us;
   o.search = {c.nprobe, c.ef_search};
+  o.wrap_index = c.wrap_index;
   auto d = recovery::DurableIndex::Open(o);
   if (!d.ok()) throw std::runtime_error(d.status().ToString());
   return std::move(d).value();
@@ -294,7 +295,8 @@ std::vector<Row> RunSearchBench(const StoreWorkloadConfig& c) {
     faiss_p99.push_back(f.lat.p99_us);
   }
   const std::string w = fmt::format(
-      "search {}k x {}-d {}{}, k={}, {} queries/call, {} threads{}", c.vectors / 1000, c.dim, c.description,
+      "search {}k x {}-d {}{}{}, k={}, {} queries/call, {} threads{}", c.vectors / 1000, c.dim, c.description,
+      c.wrap_index ? " on GPU 0" : "",
       knobs.empty() ? "" : " " + knobs, c.k, c.queries, c.searchers,
       c.filter_share > 0 ? fmt::format(", filter passes {:g}%{}", 100 * c.filter_share, c.filter_as_ids ? " (ids)" : "")
                          : std::string());

@@ -9,6 +9,8 @@
 //    them alone.
 #pragma once
 
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -44,6 +46,8 @@ struct StoreWorkloadConfig {
   double filter_share = 0;
   bool filter_as_ids = false;  // the store gets them as a list (SearchParams::ids), not a predicate
   bool rocksdb = true;
+  // The store's wrap_index: gpu::OnDevice where --device gpu asks for it.
+  std::function<Result<std::unique_ptr<index::VectorIndex>>(std::unique_ptr<index::VectorIndex>)> wrap_index;
 };
 
 std::vector<Row> RunIngestBench(const StoreWorkloadConfig& c);

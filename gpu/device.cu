@@ -2,15 +2,22 @@
 
 #include <utility>
 
+#include "gpu/cuda_status.h"
 #include "gpu/device.h"
 
 namespace vecwal::gpu {
-namespace {
 
 Status FromCuda(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return Status::OK();
   return Status::IOError(std::string(what) + ": " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
 }
+
+Status FromCublas(cublasStatus_t s, const char* what) {
+  if (s == CUBLAS_STATUS_SUCCESS) return Status::OK();
+  return Status::IOError(std::string(what) + ": " + cublasGetStatusName(s) + ": " + cublasGetStatusString(s));
+}
+
+namespace {
 
 __global__ void FillKernel(float* p, size_t n, float v) {
   size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;

@@ -51,6 +51,10 @@ Status VectorIndex::AddRows(std::span<const uint64_t> ids, std::span<const std::
   return Add(ids, packed);
 }
 
+Status VectorIndex::ScanLive(size_t, const LiveVisitor&) const {
+  return Status::NotSupported("index '" + spec().description + "' cannot list its vectors");
+}
+
 Status VectorIndex::Compact() {
   VECWAL_ASSIGN_OR_RETURN(auto c, BeginCompaction());
   if (c == nullptr) return Status::OK();
@@ -694,6 +698,47 @@ class FaissIndex final : public VectorIndex {
     if (flat->codes.capacity() - flat->codes.size() >= kPrefaultMin)
       prefault_ = std::make_unique<PagePrefaulter>(data + flat->codes.size(), data + flat->codes.capacity(),
                                                    kReplayPrefaultLead, kPrefaultThreads);
+  }
+
+  Status ScanLive(size_t rows_per_piece, const LiveVisitor& visit) const override {
+    rows_per_piece = std::max<size_t>(rows_per_piece, 1);
+    std::vector<uint64_t> ids;
+    ids.reserve(std::min(rows_per_piece, size()));
+    if (const auto* raw = RawFlat()) {
+      // The rows in place, in row order: no copy of the vectors.
+      const auto& slots = dynamic_cast<const faiss::IndexIDMap2&>(*index_).id_map;
+      const auto* rows = reinterpret_cast<const float*>(raw->codes.data());
+      for (size_t first = 0; first < slots.size(); first += rows_per_piece) {
+        const size_t n = std::min(rows_per_piece, slots.size() - first);
+        ids.clear();
+        for (size_t r = first; r < first + n; ++r) {
+          auto it = id_of_.find(static_cast<uint64_t>(slots[r]));
+          if (it == id_of_.end())
+            return Status::Corruption("index '" + spec_.description + "': row " + std::to_string(r) + " has slot " +
+                                      std::to_string(slots[r]) + ", which holds no id");
+          ids.push_back(it->second);
+        }
+        VECWAL_RETURN_IF_ERROR(visit(ids, std::span(rows + first * spec_.dim, n * spec_.dim)));
+      }
+      return Status::OK();
+    }
+    std::vector<float> vectors;
+    vectors.reserve(ids.capacity() * spec_.dim);
+    auto flush = [&]() -> Status {
+      Status s = ids.empty() ? Status::OK() : visit(ids, vectors);
+      ids.clear();
+      vectors.clear();
+      return s;
+    };
+    for (const auto& [slot, id] : id_of_) {
+      ids.push_back(id);
+      vectors.resize(ids.size() * spec_.dim);
+      VECWAL_RETURN_IF_ERROR(Guard("reconstructing id " + std::to_string(id), [&] {
+        index_->reconstruct(static_cast<faiss::Index::idx_t>(slot), vectors.data() + (ids.size() - 1) * spec_.dim);
+      }));
+      if (ids.size() == rows_per_piece) VECWAL_RETURN_IF_ERROR(flush());
+    }
+    return flush();
   }
 
   size_t size() const override { return slot_of_.size(); }

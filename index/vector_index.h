@@ -213,6 +213,13 @@ class VectorIndex {
   // Writes the FAISS index (loadable by faiss::read_index; labels are slots)
   // and then the slot -> id table, through `sink`, in pieces.
   virtual Status Serialize(const ByteSink& sink) const = 0;
+  // Every live vector, in pieces of at most `rows_per_piece`: the ids and
+  // their vectors (ids.size() x dim floats, as stored: decoded for PQ/SQ),
+  // valid for the call only. For copying the index elsewhere (gpu/'s device
+  // mirror). Needs the index held shared. NotSupported where the backend
+  // cannot list its vectors.
+  using LiveVisitor = std::function<Status(std::span<const uint64_t> ids, std::span<const float> vectors)>;
+  virtual Status ScanLive(size_t rows_per_piece, const LiveVisitor& visit) const;
   // Begins an export (see IndexExport), or returns null where the backend
   // keeps none (a caller then copies through Serialize). Needs exclusive
   // access; one export at a time.

@@ -38,6 +38,13 @@ void WriteBatch::Upsert(uint64_t id, std::span<const float> v, std::span<const s
 }
 void WriteBatch::Remove(uint64_t id) { op_.ops.emplace_back(wal::DeleteOp{id}); }
 
+Result<std::unique_ptr<index::VectorIndex>> DurableIndexImpl::Wrapped(std::unique_ptr<index::VectorIndex> made) const {
+  if (!opts_.wrap_index) return made;
+  VECWAL_ASSIGN_OR_RETURN(auto wrapped, opts_.wrap_index(std::move(made)));
+  if (wrapped == nullptr) return Status::InvalidArgument(opts_.dir + ": the options' wrap_index returned no index");
+  return wrapped;
+}
+
 Result<std::unique_ptr<DurableIndex>> DurableIndex::Open(const DurableIndexOptions& opts) {
   return DurableIndexImpl::Open(opts);
 }
@@ -138,12 +145,13 @@ Status DurableIndexImpl::Recover(RecoveryStats* st) {
     const auto& have = ck->info.spec;
     if (have.dim != opts_.spec.dim || have.metric != opts_.spec.metric || have.description != opts_.spec.description)
       return Status::InvalidArgument(opts_.dir + " holds " + Describe(have) + "; opened with " + Describe(opts_.spec));
-    index_ = std::move(ck->index);
+    VECWAL_ASSIGN_OR_RETURN(index_, Wrapped(std::move(ck->index)));
     payloads_.Reset(std::move(ck->payloads));
     last_checkpoint_lsn_ = ck->info.lsn;
     checkpoint_on_disk_ = true;
   } else {
-    VECWAL_ASSIGN_OR_RETURN(index_, index::NewFaissIndex(opts_.spec));
+    VECWAL_ASSIGN_OR_RETURN(auto fresh, index::NewFaissIndex(opts_.spec));
+    VECWAL_ASSIGN_OR_RETURN(index_, Wrapped(std::move(fresh)));
     if (from_log_alone && !index_->is_trained())
       return Status::Corruption(opts_.dir + ": no checkpoint verifies, and index '" + opts_.spec.description +
                                 "' needs training, which only a checkpoint holds: " + st->checkpoint_note);
@@ -1047,6 +1055,7 @@ Status DurableIndexImpl::Train(std::span<const float> sample) {
   // index and its own sample.
   VECWAL_ASSIGN_OR_RETURN(auto fresh, index::NewFaissIndex(opts_.spec));
   VECWAL_RETURN_IF_ERROR(fresh->Train(sample));
+  VECWAL_ASSIGN_OR_RETURN(fresh, Wrapped(std::move(fresh)));
   {
     // Writers check ids under write_mu_ alone, Contains under recent_mu_.
     std::lock_guard lk(write_mu_);

@@ -117,6 +117,12 @@ struct DurableIndexOptions {
   // Open refuses a knob the index has no part for. The recent writes are
   // searched exactly whatever these say.
   index::SearchParams search;
+  // Applied to every index the store makes or loads, before the log is
+  // replayed into it; the index it returns is the one the store uses, and
+  // must serialize what the one it was given would (checkpoints do not
+  // change). gpu::OnDevice(n) puts a Flat index's vectors on CUDA device n,
+  // where searches then run. Empty: the FAISS CPU index as it is.
+  std::function<Result<std::unique_ptr<index::VectorIndex>>(std::unique_ptr<index::VectorIndex>)> wrap_index;
   wal::WalOptions wal;  // wal.fs is shared with checkpoints
 };
 

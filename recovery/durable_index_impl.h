@@ -100,6 +100,8 @@ class DurableIndexImpl final : public DurableIndex {
   void SetFailed(const Status& s);
   void SetFailedNoNotify(const Status& s);  // under apply_mu_
   Status Validate(uint64_t id, std::span<const float> v, std::span<const std::byte> payload) const;
+  // `made` through the options' wrap_index, where there is one.
+  Result<std::unique_ptr<index::VectorIndex>> Wrapped(std::unique_ptr<index::VectorIndex> made) const;
   struct Snapshot {
     uint64_t lsn = 0, live = 0;
     std::vector<std::byte> index_bytes;

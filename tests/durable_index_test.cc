@@ -19,6 +19,7 @@
 #include "recovery/checkpoint_file.h"
 #include "recovery/durable_index.h"
 #include "tests/durable_index_util.h"
+#include "tests/forwarding_index.h"
 #include "tests/test_util.h"
 
 using namespace vecwal;
@@ -1457,4 +1458,65 @@ BOOST_AUTO_TEST_CASE(checkpoint_during_updates_and_removes_holds_exactly_its_lsn
   BOOST_TEST(mid >= 1);
   // Every one of the newest keep_checkpoints is there: they alone were retired.
   BOOST_TEST(checked == std::min(distinct.size(), o.keep_checkpoints));
+}
+
+// The options' wrap_index (gpu::OnDevice's hook) gets every index the store
+// makes, loads or trains, before the log is replayed into it, and the store
+// then uses the one it returns.
+BOOST_AUTO_TEST_CASE(wrap_index_gets_every_index_made_loaded_or_trained_and_the_store_uses_its_answer) {
+  struct Searches final : test::ForwardingIndex {
+    using ForwardingIndex::ForwardingIndex;
+    std::atomic<int>* calls;
+    using VectorIndex::Search;
+    Result<index::SearchResults> Search(std::span<const float> q, size_t k, const index::IdSet* skip,
+                                        const index::SearchParams& p) const override {
+      ++*calls;
+      return inner_->Search(q, k, skip, p);
+    }
+  };
+  std::atomic<int> searches{0};
+  std::vector<std::pair<bool, size_t>> given;  // (trained, size) of each index wrapped
+  auto wrap = [&](std::unique_ptr<index::VectorIndex> made) -> Result<std::unique_ptr<index::VectorIndex>> {
+    given.emplace_back(made->is_trained(), made->size());
+    auto w = std::make_unique<Searches>(std::move(made));
+    w->calls = &searches;
+    return std::unique_ptr<index::VectorIndex>(std::move(w));
+  };
+  test::TempDir dir;
+  auto o = Options(dir.path(), "IVF4,Flat");
+  o.wrap_index = wrap;
+  std::mt19937_64 rng(12);
+  Model m;
+  {
+    auto d = OpenOrDie(o);
+    BOOST_REQUIRE(d->Train(Sample(rng, 400)).ok());
+    RandomOps(*d, m, rng, 150);
+    BOOST_REQUIRE(d->Checkpoint().ok());
+    RandomOps(*d, m, rng, 150);  // left in the log
+  }
+  BOOST_REQUIRE(given.size() == 2u);
+  BOOST_TEST((given[0] == std::pair<bool, size_t>(false, 0)));  // made at Open
+  BOOST_TEST((given[1] == std::pair<bool, size_t>(true, 0)));   // trained
+  const size_t at_checkpoint = [&] {
+    auto d = OpenOrDie(o);
+    BOOST_REQUIRE(given.size() == 3u);
+    BOOST_TEST(given[2].first);  // loaded, before the log's tail is replayed into it
+    BOOST_REQUIRE_EQUAL(d->Size(), m.rows.size());
+    const int before = searches.load();
+    BOOST_REQUIRE(d->Search(Vec(rng), 3).ok());
+    BOOST_TEST(searches.load() > before);
+    return given[2].second;
+  }();
+  BOOST_TEST(at_checkpoint <= 200u);
+  // A wrapper's error fails the Open with it; no index at all is refused by name.
+  o.wrap_index = [](std::unique_ptr<index::VectorIndex>) -> Result<std::unique_ptr<index::VectorIndex>> {
+    return Status::Unavailable("no card today");
+  };
+  BOOST_TEST(DurableIndex::Open(o).status().ToString().find("no card today") != std::string::npos);
+  o.wrap_index = [](std::unique_ptr<index::VectorIndex>) -> Result<std::unique_ptr<index::VectorIndex>> {
+    return std::unique_ptr<index::VectorIndex>();
+  };
+  auto none = DurableIndex::Open(o);
+  BOOST_TEST((none.status().code() == Status::Code::kInvalidArgument));
+  BOOST_TEST(none.status().ToString().find("wrap_index") != std::string::npos);
 }

@@ -1,13 +1,23 @@
-// gpu/: device memory, streams and one kernel of ours. Runs on the GPU
-// machine; where no CUDA device exists it says so and CTest marks it skipped.
+// gpu/: device memory and streams, the GPU's exact search against the CPU's,
+// the mirrored index against FAISS's Flat, and a durable store recovering
+// onto the card. Runs on the GPU machine; where no CUDA device exists it
+// says so and CTest marks it skipped.
 #define BOOST_TEST_MODULE gpu
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <random>
+#include <set>
 #include <vector>
 
 #include "gpu/device.h"
+#include "gpu/flat_store.h"
+#include "gpu/mirrored_index.h"
+#include "tests/durable_index_util.h"
 
 using namespace vecwal;
 using namespace vecwal::gpu;
@@ -48,4 +58,306 @@ BOOST_AUTO_TEST_CASE(copies_past_the_buffer_are_refused) {
   std::vector<float> host(8);
   BOOST_TEST((buf->CopyFromHost(host.data(), 32, *stream).code() == Status::Code::kInvalidArgument));
   BOOST_TEST((FillFloats(*buf, 8, 1.f, *stream).code() == Status::Code::kInvalidArgument));
+}
+
+// --- DeviceFlatStore: exact search against the CPU's ------------------------
+
+namespace {
+
+std::vector<float> Gaussian(size_t n, uint32_t dim, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> g;
+  std::vector<float> v(n * dim);
+  for (auto& x : v) x = g(rng);
+  return v;
+}
+
+double TrueDistance(const float* q, const float* x, uint32_t dim, bool ip) {
+  double s = 0;
+  for (uint32_t i = 0; i < dim; ++i) s += ip ? double(q[i]) * x[i] : (double(q[i]) - x[i]) * (double(q[i]) - x[i]);
+  return s;
+}
+
+std::unique_ptr<DeviceFlatStore> StoreOf(const std::vector<float>& rows, uint32_t dim, bool ip) {
+  auto s = DeviceFlatStore::Create(0, dim, ip);
+  BOOST_REQUIRE_MESSAGE(s.ok(), s.status().ToString());
+  BOOST_REQUIRE((*s)->Append(rows.data(), rows.size() / dim).ok());
+  return std::move(s).value();
+}
+
+// The GPU's answer to each query is the CPU's (index::ExactKnn, FAISS's
+// kernels) up to ties and float rounding: the k-th distances agree, every
+// row returned is at the distance reported, and none is returned twice.
+void ExpectExact(DeviceFlatStore& store, const std::vector<float>& rows, const std::vector<float>& queries,
+                 size_t k, bool ip, const std::vector<uint8_t>& mask = {}) {
+  const uint32_t dim = store.dim();
+  const size_t nq = queries.size() / dim;
+  std::vector<float> d(nq * k), want_d(nq * k);
+  std::vector<int64_t> r(nq * k), want_r(nq * k);
+  BOOST_REQUIRE(store.Search(queries.data(), nq, k, mask.empty() ? nullptr : mask.data(), d.data(), r.data()).ok());
+  index::IndexSpec spec{dim, ip ? index::Metric::kInnerProduct : index::Metric::kL2, "Flat"};
+  index::ExactKnn(spec, queries, rows, k, want_d, want_r, mask);
+  size_t checked = 0;
+  for (size_t q = 0; q < nq; ++q) {
+    std::set<int64_t> seen;
+    for (size_t j = 0; j < k; ++j) {
+      const size_t at = q * k + j;
+      BOOST_REQUIRE_MESSAGE((r[at] < 0) == (want_r[at] < 0), "query " << q << " place " << j << ": row " << r[at]
+                                                                       << ", the CPU's " << want_r[at]);
+      if (r[at] < 0) {
+        BOOST_REQUIRE(std::isnan(d[at]));
+        continue;
+      }
+      BOOST_REQUIRE(seen.insert(r[at]).second);
+      if (!mask.empty()) BOOST_REQUIRE(mask[r[at]] != 0);
+      const double scale = std::max(1.0, std::abs(double(want_d[at])));
+      BOOST_REQUIRE_MESSAGE(std::abs(d[at] - want_d[at]) <= 1e-3 * scale,
+                            "query " << q << " place " << j << ": distance " << d[at] << ", the CPU's " << want_d[at]);
+      const double truth = TrueDistance(&queries[q * dim], &rows[r[at] * dim], dim, ip);
+      BOOST_REQUIRE_MESSAGE(std::abs(d[at] - truth) <= 1e-3 * std::max(1.0, std::abs(truth)),
+                            "query " << q << " row " << r[at] << ": reported " << d[at] << ", truly " << truth);
+      ++checked;
+    }
+  }
+  BOOST_TEST_MESSAGE("checked " << checked << " hits");
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(gpu_search_equals_the_cpus_exact_search_for_l2_and_inner_product) {
+  for (bool ip : {false, true}) {
+    const uint32_t dim = 96;
+    auto rows = Gaussian(5000, dim, 1), queries = Gaussian(37, dim, 2);
+    auto store = StoreOf(rows, dim, ip);
+    for (size_t k : {size_t{1}, size_t{10}, size_t{129}, DeviceFlatStore::kMaxK}) ExpectExact(*store, rows, queries, k, ip);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(gpu_search_covers_every_tile_slice_and_query_batch) {
+  // 150k rows are three tiles for a batch of 1024 queries, and 1100 queries
+  // two batches; one query alone is split over many blocks and merged.
+  const uint32_t dim = 16;
+  auto rows = Gaussian(150000, dim, 3);
+  auto store = StoreOf(rows, dim, false);
+  ExpectExact(*store, rows, Gaussian(1100, dim, 4), 7, false);
+  ExpectExact(*store, rows, Gaussian(1, dim, 5), 300, false);
+  // The nearest rows placed last: a search that missed the last tile misses them.
+  auto q = Gaussian(3, dim, 6);
+  BOOST_REQUIRE(store->Append(q.data(), 1).ok());
+  rows.insert(rows.end(), q.begin(), q.begin() + dim);
+  ExpectExact(*store, rows, q, 5, false);
+}
+
+BOOST_AUTO_TEST_CASE(k_past_the_rows_pads_with_no_row_and_nan) {
+  const uint32_t dim = 8;
+  auto rows = Gaussian(5, dim, 7);
+  auto store = StoreOf(rows, dim, false);
+  ExpectExact(*store, rows, Gaussian(3, dim, 8), 12, false);
+  auto empty = DeviceFlatStore::Create(0, dim, false);
+  BOOST_REQUIRE(empty.ok());
+  std::vector<float> d(4);
+  std::vector<int64_t> r(4, 99);
+  BOOST_REQUIRE((*empty)->Search(rows.data(), 1, 4, nullptr, d.data(), r.data()).ok());
+  for (int i = 0; i < 4; ++i) BOOST_TEST((r[i] == -1 && std::isnan(d[i])));
+  BOOST_TEST(((*empty)->Search(rows.data(), 1, DeviceFlatStore::kMaxK + 1, nullptr, d.data(), r.data()).code() ==
+              Status::Code::kInvalidArgument));
+}
+
+BOOST_AUTO_TEST_CASE(a_mask_leaves_rows_out_and_k_hits_come_from_the_rest) {
+  const uint32_t dim = 32;
+  auto rows = Gaussian(20000, dim, 9);
+  auto store = StoreOf(rows, dim, true);
+  std::vector<uint8_t> mask(20000, 0);
+  for (size_t i = 0; i < mask.size(); i += 97) mask[i] = 1;  // 1% of the rows
+  ExpectExact(*store, rows, Gaussian(50, dim, 10), 20, true, mask);
+  std::fill(mask.begin(), mask.end(), 0);
+  mask[12345] = 1;
+  ExpectExact(*store, rows, Gaussian(5, dim, 11), 3, true, mask);  // one hit, then padding
+}
+
+BOOST_AUTO_TEST_CASE(moved_rows_and_gathered_adds_land_where_they_are_asked_to) {
+  const uint32_t dim = 24;
+  auto rows = Gaussian(300, dim, 12);
+  auto store = StoreOf(rows, dim, false);
+  BOOST_REQUIRE(store->MoveRow(299, 7).ok());
+  BOOST_REQUIRE(store->Truncate(299).ok());
+  std::vector<float> got(dim);
+  BOOST_REQUIRE(store->ReadRow(7, got.data()).ok());
+  BOOST_TEST((got == std::vector<float>(rows.begin() + 299 * dim, rows.end())));
+  BOOST_TEST(store->rows() == 299u);
+  BOOST_TEST((store->ReadRow(299, got.data()).code() == Status::Code::kInvalidArgument));
+  BOOST_TEST((store->MoveRow(400, 1).code() == Status::Code::kInvalidArgument));
+  // Gathered from unaligned places, through both staging buffers (more
+  // rows than one 8 MiB buffer holds at 24 floats).
+  const size_t n = 100000;
+  auto more = Gaussian(n, dim, 13);
+  std::vector<std::byte> unaligned(more.size() * sizeof(float) + 1);
+  std::memcpy(unaligned.data() + 1, more.data(), more.size() * sizeof(float));
+  std::vector<const std::byte*> at(n);
+  for (size_t i = 0; i < n; ++i) at[i] = unaligned.data() + 1 + (n - 1 - i) * dim * sizeof(float);
+  BOOST_REQUIRE(store->AppendGathered(at.data(), n).ok());
+  BOOST_REQUIRE(store->ReadRow(299, got.data()).ok());
+  BOOST_TEST((got == std::vector<float>(more.end() - dim, more.end())));
+  BOOST_REQUIRE(store->ReadRow(299 + n - 1, got.data()).ok());
+  BOOST_TEST((got == std::vector<float>(more.begin(), more.begin() + dim)));
+  // Searches see the moved row's norm too: its own vector finds it at 0.
+  std::vector<float> d(1);
+  std::vector<int64_t> r(1);
+  std::vector<float> q(rows.begin() + 299 * dim, rows.end());
+  BOOST_REQUIRE(store->Search(q.data(), 1, 1, nullptr, d.data(), r.data()).ok());
+  BOOST_TEST(r[0] == 7);
+  BOOST_TEST(d[0] < 1e-3f);
+}
+
+// --- The mirrored index, and a durable store on the card -------------------
+
+namespace {
+
+std::unique_ptr<index::VectorIndex> FlatOf(uint32_t dim, index::Metric m) {
+  auto i = index::NewFaissIndex({dim, m, "Flat"});
+  BOOST_REQUIRE(i.ok());
+  return std::move(i).value();
+}
+
+void ExpectSameHits(const index::VectorIndex& gpu, const index::VectorIndex& cpu, const std::vector<float>& q,
+                    size_t k, const index::IdSet* skip, const index::SearchParams& p) {
+  auto a = gpu.Search(q, k, skip, p);
+  auto b = cpu.Search(q, k, skip, p);
+  BOOST_REQUIRE_MESSAGE(a.ok(), a.status().ToString());
+  BOOST_REQUIRE(b.ok());
+  BOOST_TEST(a->ids == b->ids, boost::test_tools::per_element());
+  for (size_t i = 0; i < a->ids.size(); ++i)
+    if (a->ids[i] != index::kNoId) BOOST_TEST(std::abs(a->distances[i] - b->distances[i]) <= 1e-3f * std::max(1.f, std::abs(b->distances[i])));
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(a_mirrored_index_answers_as_the_cpu_flat_through_adds_removes_and_filters) {
+  for (auto metric : {index::Metric::kL2, index::Metric::kInnerProduct}) {
+    const uint32_t dim = 40;
+    auto cpu = FlatOf(dim, metric);
+    auto host = FlatOf(dim, metric);
+    std::vector<uint64_t> ids(3000);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = i * 7 + 3;
+    auto v = Gaussian(ids.size(), dim, 20);
+    BOOST_REQUIRE(cpu->Add(ids, v).ok());
+    BOOST_REQUIRE(host->Add(ids, v).ok());
+    auto m = MirrorOnDevice(std::move(host), 0);  // uploads what the host holds
+    BOOST_REQUIRE_MESSAGE(m.ok(), m.status().ToString());
+    auto& gpu = **m;
+    std::vector<uint64_t> gone;
+    for (size_t i = 0; i < ids.size(); i += 5) gone.push_back(ids[i]);
+    gone.push_back(999999);  // absent: ignored by both
+    BOOST_REQUIRE(cpu->Remove(gone).ok());
+    BOOST_REQUIRE(gpu.Remove(gone).ok());
+    std::vector<uint64_t> more(700);
+    for (size_t i = 0; i < more.size(); ++i) more[i] = 100000 + i;
+    auto mv = Gaussian(more.size(), dim, 21);
+    std::vector<const std::byte*> at(more.size());
+    for (size_t i = 0; i < more.size(); ++i) at[i] = reinterpret_cast<const std::byte*>(mv.data() + i * dim);
+    BOOST_REQUIRE(cpu->AddRows(more, at).ok());
+    BOOST_REQUIRE(gpu.AddRows(more, at).ok());
+    BOOST_TEST((gpu.Add(std::vector<uint64_t>{more[0]}, std::vector<float>(dim)).code() == Status::Code::kInvalidArgument));
+    BOOST_TEST(gpu.size() == cpu->size());
+    BOOST_REQUIRE(DeviceStatus(gpu).ok());
+
+    auto q = Gaussian(25, dim, 22);
+    ExpectSameHits(gpu, *cpu, q, 10, nullptr, {});
+    index::IdSet skip{ids[1], ids[2], more[3], 424242};
+    ExpectSameHits(gpu, *cpu, q, 10, &skip, {});
+    index::SearchParams f;
+    f.filter = [](uint64_t id) { return id % 3 == 0; };
+    ExpectSameHits(gpu, *cpu, q, 10, &skip, f);
+    std::vector<uint64_t> few{ids[4], ids[6], more[9], 31337};
+    index::SearchParams l;
+    l.ids = std::span<const uint64_t>(few);
+    ExpectSameHits(gpu, *cpu, q, 5, nullptr, l);
+    // Past the card's k, and a knob a Flat has no part for: the CPU's answers, the CPU's error.
+    ExpectSameHits(gpu, *cpu, Gaussian(2, dim, 23), DeviceFlatStore::kMaxK + 1, nullptr, {});
+    index::SearchParams np;
+    np.nprobe = 4;
+    BOOST_TEST((gpu.Search(q, 3, nullptr, np).status().code() == Status::Code::kInvalidArgument));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(a_mirror_takes_only_a_flat_index_on_a_card_that_exists) {
+  auto hnsw = index::NewFaissIndex({8, index::Metric::kL2, "HNSW16"});
+  BOOST_REQUIRE(hnsw.ok());
+  auto m = MirrorOnDevice(std::move(hnsw).value(), 0);
+  BOOST_TEST((m.status().code() == Status::Code::kInvalidArgument));
+  BOOST_TEST(m.status().ToString().find("HNSW16") != std::string::npos);
+  auto far = MirrorOnDevice(FlatOf(8, index::Metric::kL2), CudaDeviceCount());
+  BOOST_TEST((far.status().code() == Status::Code::kInvalidArgument));
+}
+
+BOOST_AUTO_TEST_CASE(a_store_on_the_card_recovers_onto_it_and_answers_as_on_the_cpu) {
+  using namespace store_test;
+  test::TempDir dir;
+  auto opts = Options(dir.path());
+  const index::VectorIndex* last = nullptr;
+  auto on_card = OnDevice(0);
+  opts.wrap_index = [&](std::unique_ptr<index::VectorIndex> made) -> Result<std::unique_ptr<index::VectorIndex>> {
+    auto m = on_card(std::move(made));
+    if (m.ok()) last = m->get();
+    return m;
+  };
+  std::mt19937_64 rng(31);
+  Model model;
+  {
+    auto d = OpenOrDie(opts);
+    RandomOps(*d, model, rng, 400);
+    BOOST_REQUIRE(d->Checkpoint().ok());
+    RandomOps(*d, model, rng, 400);  // the tail a reopen replays onto the card
+    ExpectEqual(*d, model);
+    BOOST_REQUIRE(last != nullptr && DeviceStatus(*last).ok());
+  }
+  last = nullptr;
+  auto d = OpenOrDie(opts);
+  BOOST_REQUIRE(last != nullptr);
+  BOOST_REQUIRE(DeviceStatus(*last).ok());
+  ExpectEqual(*d, model);
+  RandomOps(*d, model, rng, 200);
+  ExpectEqual(*d, model);
+  BOOST_REQUIRE(d->Close().ok());
+  // The checkpoint it wrote is the CPU store's: it opens without the card.
+  auto cpu_opts = Options(dir.path());
+  auto c = OpenOrDie(cpu_opts);
+  ExpectEqual(*c, model);
+}
+
+BOOST_AUTO_TEST_CASE(a_card_that_fails_a_change_is_dropped_and_searches_go_on_exact_on_the_cpu) {
+  for (bool on_remove : {false, true}) {
+    const uint32_t dim = 12;
+    auto cpu = FlatOf(dim, index::Metric::kL2);
+    auto host = FlatOf(dim, index::Metric::kL2);
+    std::vector<uint64_t> ids(500);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = i;
+    auto v = Gaussian(ids.size(), dim, 40);
+    BOOST_REQUIRE(cpu->Add(ids, v).ok());
+    BOOST_REQUIRE(host->Add(ids, v).ok());
+    auto m = MirrorOnDevice(std::move(host), 0);
+    BOOST_REQUIRE(m.ok());
+    auto& gpu = **m;
+    FailNextDeviceChange(gpu, Status::NoSpace("injected: the card is full"));
+    // The change itself holds (the host has it) and is reported done.
+    std::vector<uint64_t> changed{on_remove ? ids[3] : 9999};
+    if (on_remove) {
+      BOOST_REQUIRE(gpu.Remove(changed).ok());
+      BOOST_REQUIRE(cpu->Remove(changed).ok());
+    } else {
+      auto nv = Gaussian(1, dim, 41);
+      BOOST_REQUIRE(gpu.Add(changed, nv).ok());
+      BOOST_REQUIRE(cpu->Add(changed, nv).ok());
+    }
+    Status st = DeviceStatus(gpu);
+    BOOST_TEST((st.code() == Status::Code::kUnavailable));
+    BOOST_TEST(st.ToString().find("the card is full") != std::string::npos);
+    BOOST_TEST(gpu.Contains(changed[0]) == !on_remove);
+    ExpectSameHits(gpu, *cpu, Gaussian(9, dim, 42), 6, nullptr, {});
+    // Later changes go to the host alone, and searches follow them.
+    std::vector<uint64_t> later{ids[10], ids[11]};
+    BOOST_REQUIRE(gpu.Remove(later).ok());
+    BOOST_REQUIRE(cpu->Remove(later).ok());
+    ExpectSameHits(gpu, *cpu, Gaussian(9, dim, 43), 6, nullptr, {});
+  }
 }

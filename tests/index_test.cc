@@ -1124,3 +1124,46 @@ BOOST_AUTO_TEST_CASE(a_filter_reaches_every_index_type_and_keeps_k_hits_of_a_few
     }
   }
 }
+
+BOOST_AUTO_TEST_CASE(a_scan_lists_every_live_vector_once_in_pieces) {
+  for (std::string desc : {"Flat", "HNSW16", "IVF8,Flat", "SQ8"}) {
+    BOOST_TEST_CONTEXT(desc) {
+      auto f = MakeFilled(desc, 500, 11, 5);
+      // Removed ids are not listed (HNSW keeps them as tombstones), and an
+      // updated id lists its new vector.
+      std::vector<uint64_t> gone(f.ids.begin(), f.ids.begin() + 50);
+      BOOST_REQUIRE(f.idx->Remove(gone).ok());
+      std::vector<uint64_t> moved{f.ids[60]};
+      BOOST_REQUIRE(f.idx->Remove(moved).ok());
+      std::vector<float> far(kDim, 3.f);
+      BOOST_REQUIRE(f.idx->Add(moved, far).ok());
+      std::map<uint64_t, std::vector<float>> seen;
+      size_t pieces = 0;
+      BOOST_REQUIRE(f.idx->ScanLive(64, [&](std::span<const uint64_t> ids, std::span<const float> v) {
+                           BOOST_REQUIRE(ids.size() <= 64u);
+                           BOOST_REQUIRE(v.size() == ids.size() * kDim);
+                           for (size_t i = 0; i < ids.size(); ++i)
+                             BOOST_REQUIRE(seen.emplace(ids[i], std::vector<float>(v.begin() + i * kDim, v.begin() + (i + 1) * kDim)).second);
+                           ++pieces;
+                           return Status::OK();
+                         }).ok());
+      BOOST_TEST(seen.size() == 450u);
+      BOOST_TEST(pieces >= 450u / 64);
+      for (uint64_t id : gone) BOOST_TEST(seen.count(id) == 0u);
+      for (const auto& [id, v] : seen) {
+        auto want = f.idx->Reconstruct(id);
+        BOOST_REQUIRE(want.ok());
+        BOOST_TEST((v == *want), "id " << id);
+      }
+      if (desc == "Flat") BOOST_TEST((seen[f.ids[60]] == far));
+      // A visitor's error ends the scan and is returned.
+      int calls = 0;
+      auto s = f.idx->ScanLive(64, [&](std::span<const uint64_t>, std::span<const float>) {
+        ++calls;
+        return Status::IOError("stop");
+      });
+      BOOST_TEST(s.ToString().find("stop") != std::string::npos);
+      BOOST_TEST(calls == 1);
+    }
+  }
+}

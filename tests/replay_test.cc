@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "recovery/replay_window.h"
+#include "tests/forwarding_index.h"
 
 namespace vecwal::recovery {
 namespace {
@@ -20,17 +21,14 @@ namespace {
 constexpr uint32_t kDim = 4;
 
 // Forwards to a FAISS index; counts overlapping calls, fails the n-th Add.
-class WatchedIndex final : public index::VectorIndex {
+class WatchedIndex final : public test::ForwardingIndex {
  public:
-  explicit WatchedIndex(std::unique_ptr<index::VectorIndex> inner) : inner_(std::move(inner)) {}
+  using ForwardingIndex::ForwardingIndex;
   int fail_add = -1;  // the Add (0-based) that fails
   std::atomic<int> overlaps{0}, adds{0};
   std::thread::id caller;
   std::atomic<int> on_caller_thread{0};
 
-  const index::IndexSpec& spec() const override { return inner_->spec(); }
-  bool is_trained() const override { return inner_->is_trained(); }
-  Status Train(std::span<const float> s) override { return inner_->Train(s); }
   Status Add(std::span<const uint64_t> ids, std::span<const float> v) override {
     Enter();
     const int n = adds++;
@@ -38,28 +36,16 @@ class WatchedIndex final : public index::VectorIndex {
     Leave();
     return s;
   }
+  // Replay adds through AddRows; VectorIndex's own packs the rows for Add.
+  Status AddRows(std::span<const uint64_t> ids, std::span<const std::byte* const> rows) override {
+    return VectorIndex::AddRows(ids, rows);
+  }
   Status Remove(std::span<const uint64_t> ids) override {
     Enter();
     Status s = inner_->Remove(ids);
     Leave();
     return s;
   }
-  Result<index::SearchResults> Search(std::span<const float> q, size_t k, const index::IdSet* skip,
-                                      const index::SearchParams& p) const override {
-    return inner_->Search(q, k, skip, p);
-  }
-  Status CheckSearchParams(const index::SearchParams& p) const override { return inner_->CheckSearchParams(p); }
-  bool Contains(uint64_t id) const override { return inner_->Contains(id); }
-  Result<std::vector<float>> Reconstruct(uint64_t id) const override { return inner_->Reconstruct(id); }
-  size_t size() const override { return inner_->size(); }
-  size_t tombstones() const override { return inner_->tombstones(); }
-  void Reserve(size_t n) override { inner_->Reserve(n); }
-  Result<std::unique_ptr<index::IndexCompaction>> BeginCompaction() override { return inner_->BeginCompaction(); }
-  Status FinishCompaction(std::unique_ptr<index::IndexCompaction> c) override {
-    return inner_->FinishCompaction(std::move(c));
-  }
-  Status Serialize(const index::ByteSink& sink) const override { return inner_->Serialize(sink); }
-  Result<std::unique_ptr<index::IndexExport>> BeginExport() override { return inner_->BeginExport(); }
 
  private:
   void Enter() {
@@ -68,7 +54,6 @@ class WatchedIndex final : public index::VectorIndex {
     std::this_thread::sleep_for(std::chrono::microseconds(200));  // widen any overlap
   }
   void Leave() { busy_ = false; }
-  std::unique_ptr<index::VectorIndex> inner_;
   std::atomic<bool> busy_{false};
 };
 

@@ -1,0 +1,213 @@
+#include "gpu/mirrored_index.h"
+
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "gpu/device.h"
+#include "gpu/flat_store.h"
+#include "index/id_table.h"
+
+namespace vecwal::gpu {
+namespace {
+
+constexpr size_t kUploadPieceRows = 1 << 16;
+
+class MirroredIndex final : public index::VectorIndex {
+ public:
+  MirroredIndex(std::unique_ptr<index::VectorIndex> host, std::unique_ptr<DeviceFlatStore> dev)
+      : host_(std::move(host)), dev_(std::move(dev)) {}
+
+  // Copies the host's vectors to the card, with the table of which id each
+  // device row holds.
+  Status Upload() {
+    VECWAL_RETURN_IF_ERROR(dev_->Reserve(host_->size()));
+    id_of_row_.reserve(host_->size());
+    row_of_.reserve(host_->size());
+    return host_->ScanLive(kUploadPieceRows, [&](std::span<const uint64_t> ids, std::span<const float> v) {
+      VECWAL_RETURN_IF_ERROR(dev_->Append(v.data(), ids.size()));
+      Took(ids);
+      return Status::OK();
+    });
+  }
+
+  Status device_status() const { return device_status_; }
+  void FailNextChange(Status why) { injected_ = std::move(why); }
+
+  const index::IndexSpec& spec() const override { return host_->spec(); }
+  bool is_trained() const override { return host_->is_trained(); }
+  Status Train(std::span<const float> sample) override { return host_->Train(sample); }
+
+  // The host index first: it checks the ids and changes nothing where it
+  // refuses them.
+  Status Add(std::span<const uint64_t> ids, std::span<const float> vectors) override {
+    VECWAL_RETURN_IF_ERROR(host_->Add(ids, vectors));
+    if (dev_) Mirrored(ids, Injected() ? std::exchange(injected_, {}) : dev_->Append(vectors.data(), ids.size()));
+    return Status::OK();
+  }
+  Status AddRows(std::span<const uint64_t> ids, std::span<const std::byte* const> rows) override {
+    VECWAL_RETURN_IF_ERROR(host_->AddRows(ids, rows));
+    if (dev_) Mirrored(ids, Injected() ? std::exchange(injected_, {}) : dev_->AppendGathered(rows.data(), rows.size()));
+    return Status::OK();
+  }
+
+  // The card's rows stay dense: the last row moves into each hole.
+  Status Remove(std::span<const uint64_t> ids) override {
+    VECWAL_RETURN_IF_ERROR(host_->Remove(ids));
+    if (!dev_) return Status::OK();
+    if (Injected()) return Drop(std::exchange(injected_, {}));
+    for (uint64_t id : ids) {
+      auto it = row_of_.find(id);
+      if (it == row_of_.end()) continue;
+      const size_t row = it->second, last = id_of_row_.size() - 1;
+      row_of_.erase(it);
+      if (row != last) {
+        if (Status s = dev_->MoveRow(last, row); !s.ok()) return Drop(s);
+        id_of_row_[row] = id_of_row_[last];
+        row_of_[id_of_row_[row]] = row;
+      }
+      id_of_row_.pop_back();
+    }
+    if (Status s = dev_->Truncate(id_of_row_.size()); !s.ok()) return Drop(s);
+    return Status::OK();
+  }
+
+  using VectorIndex::Search;
+  Result<index::SearchResults> Search(std::span<const float> queries, size_t k, const index::IdSet* skip,
+                                      const index::SearchParams& params) const override {
+    const uint32_t dim = spec().dim;
+    if (!dev_ || k > DeviceFlatStore::kMaxK) return host_->Search(queries, k, skip, params);
+    if (queries.size() % dim != 0)
+      return Status::InvalidArgument("queries: " + std::to_string(queries.size()) +
+                                     " floats are not whole vectors of dimension " + std::to_string(dim));
+    const size_t nq = queries.size() / dim;
+    VECWAL_RETURN_IF_ERROR(index::CheckResultSize(nq, k));
+    VECWAL_RETURN_IF_ERROR(host_->CheckSearchParams(params));
+    index::SearchResults r;
+    r.nq = nq;
+    r.k = k;
+    r.ids.assign(nq * k, index::kNoId);
+    r.distances.assign(nq * k, std::numeric_limits<float>::quiet_NaN());
+    const std::vector<uint8_t> mask = Mask(skip, params);
+    std::vector<int64_t> rows(nq * k);
+    Status s = dev_->Search(queries.data(), nq, k, mask.empty() ? nullptr : mask.data(), r.distances.data(), rows.data());
+    // A card that fails a search (no memory for its scratch, say) leaves the
+    // answer to the CPU index: slower, never wrong. Changing the index is
+    // what drops the mirror, and a search holds it shared.
+    if (!s.ok()) return host_->Search(queries, k, skip, params);
+    for (size_t i = 0; i < rows.size(); ++i)
+      if (rows[i] >= 0) r.ids[i] = id_of_row_[static_cast<size_t>(rows[i])];
+    return r;
+  }
+
+  // Every search call streams all the card's rows through one product per
+  // 1024 queries: below a few dozen queries a call, that read is most of it.
+  size_t SearchBatchFloor() const override { return dev_ ? 64 : host_->SearchBatchFloor(); }
+  Status CheckSearchParams(const index::SearchParams& p) const override { return host_->CheckSearchParams(p); }
+  bool Contains(uint64_t id) const override { return host_->Contains(id); }
+  Result<std::vector<float>> Reconstruct(uint64_t id) const override { return host_->Reconstruct(id); }
+  size_t size() const override { return host_->size(); }
+  size_t tombstones() const override { return host_->tombstones(); }
+  size_t capacity() const override { return host_->capacity(); }
+  void Reserve(size_t n) override {
+    host_->Reserve(n);
+    // Best effort: adds past it grow the card's storage themselves.
+    if (dev_) (void)dev_->Reserve(n);
+  }
+  std::unique_ptr<index::IndexRoom> PrepareRoom(size_t more) const override { return host_->PrepareRoom(more); }
+  void TakeRoom(index::IndexRoom& room) override { host_->TakeRoom(room); }
+  // A flat index removes what it is asked to and keeps no tombstones; a
+  // compaction, if the host had one, changes no live vector.
+  Result<std::unique_ptr<index::IndexCompaction>> BeginCompaction() override { return host_->BeginCompaction(); }
+  Status FinishCompaction(std::unique_ptr<index::IndexCompaction> c) override {
+    return host_->FinishCompaction(std::move(c));
+  }
+  Status Serialize(const index::ByteSink& sink) const override { return host_->Serialize(sink); }
+  Result<std::unique_ptr<index::IndexExport>> BeginExport() override { return host_->BeginExport(); }
+  Status ScanLive(size_t rows_per_piece, const LiveVisitor& visit) const override {
+    return host_->ScanLive(rows_per_piece, visit);
+  }
+
+ private:
+  bool Injected() const { return !injected_.ok(); }
+  void Took(std::span<const uint64_t> ids) {
+    for (uint64_t id : ids) {
+      row_of_[id] = id_of_row_.size();
+      id_of_row_.push_back(id);
+    }
+  }
+  // After the host took an add: the card's rows follow, or the mirror goes.
+  void Mirrored(std::span<const uint64_t> ids, const Status& s) {
+    if (s.ok()) {
+      Took(ids);
+    } else {
+      (void)Drop(s);
+    }
+  }
+  // The host index changed and the card could not follow: searches use the
+  // host from now on. The change itself succeeded (the host holds it), so
+  // the caller is told OK.
+  Status Drop(const Status& why) {
+    device_status_ = Status::Unavailable("GPU mirror of index '" + spec().description +
+                                         "' dropped; searches run on the CPU index: " + why.ToString());
+    dev_.reset();
+    id_of_row_ = {};
+    row_of_ = {};
+    return Status::OK();
+  }
+
+  // A byte a device row, nonzero where the row is searched; empty where all are.
+  std::vector<uint8_t> Mask(const index::IdSet* skip, const index::SearchParams& p) const {
+    const bool skipping = skip != nullptr && !skip->empty();
+    if (!skipping && !p.filter && !p.ids) return {};
+    std::vector<uint8_t> mask(id_of_row_.size(), p.ids ? 0 : 1);
+    if (p.ids) {
+      for (uint64_t id : *p.ids)
+        if (auto it = row_of_.find(id); it != row_of_.end()) mask[it->second] = 1;
+    }
+    if (p.filter) {
+      for (size_t r = 0; r < mask.size(); ++r)
+        if (mask[r] != 0 && !p.filter(id_of_row_[r])) mask[r] = 0;
+    }
+    if (skipping) {
+      for (uint64_t id : *skip)
+        if (auto it = row_of_.find(id); it != row_of_.end()) mask[it->second] = 0;
+    }
+    return mask;
+  }
+
+  std::unique_ptr<index::VectorIndex> host_;
+  std::unique_ptr<DeviceFlatStore> dev_;  // null once dropped
+  Status device_status_;
+  Status injected_;  // FailNextDeviceChange's error, until a change takes it
+  std::vector<uint64_t> id_of_row_;
+  index::IdMap<size_t> row_of_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<index::VectorIndex>> MirrorOnDevice(std::unique_ptr<index::VectorIndex> host, int device) {
+  const auto& spec = host->spec();
+  if (spec.description != "Flat")
+    return Status::InvalidArgument("a GPU mirror takes a 'Flat' index; this one is '" + spec.description + "'");
+  VECWAL_ASSIGN_OR_RETURN(auto dev, DeviceFlatStore::Create(device, spec.dim, spec.metric == index::Metric::kInnerProduct));
+  auto m = std::make_unique<MirroredIndex>(std::move(host), std::move(dev));
+  VECWAL_RETURN_IF_ERROR(m->Upload());
+  return std::unique_ptr<index::VectorIndex>(std::move(m));
+}
+
+std::function<Result<std::unique_ptr<index::VectorIndex>>(std::unique_ptr<index::VectorIndex>)> OnDevice(int device) {
+  return [device](std::unique_ptr<index::VectorIndex> host) { return MirrorOnDevice(std::move(host), device); };
+}
+
+Status DeviceStatus(const index::VectorIndex& index) {
+  const auto* m = dynamic_cast<const MirroredIndex*>(&index);
+  if (m == nullptr) return Status::InvalidArgument("index '" + index.spec().description + "' is not on a GPU");
+  return m->device_status();
+}
+
+void FailNextDeviceChange(index::VectorIndex& index, Status why) {
+  if (auto* m = dynamic_cast<MirroredIndex*>(&index)) m->FailNextChange(std::move(why));
+}
+
+}  // namespace vecwal::gpu
