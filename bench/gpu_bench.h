@@ -22,6 +22,7 @@ struct GpuBenchConfig {
   int device = 0;
   std::string torch_script = "bench/torch_knn.py";   // empty: no PyTorch baseline
   std::string python = "python3";
+  bool faiss_cpu = true;  // a 1024-query call takes FAISS's CPU search about 20 s on 16 cores
 };
 
 std::vector<Row> RunGpuBench(const GpuBenchConfig& c);
