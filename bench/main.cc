@@ -179,7 +179,8 @@ int main(int argc, char** argv) {
   std::string all_dir = DefaultDir();
   double all_seconds = 1.5;
   size_t all_vectors = 20000;
-  auto* all = app.add_subcommand("all", "every workload, short (about a minute), and one summary table");
+  auto* all = app.add_subcommand(
+      "all", "every workload, short (about a minute), and one summary table; with a CUDA card, its search too");
   all->add_option("--dir", all_dir, "directory on the disk to measure")->capture_default_str();
   all->add_option("--seconds", all_seconds, "duration of each measurement")->capture_default_str()->check(kPositive);
   all->add_option("--vectors", all_vectors, "vectors in each store")->capture_default_str()->check(kPositive);
@@ -251,6 +252,17 @@ int main(int argc, char** argv) {
       add("mixed", RunMixedBench(xc));
       add("recovery", RunRecoveryBench(sc));
       add("checkpoint", RunCheckpointBench(sc));
+#ifdef VECWAL_HAVE_CUDA
+      if (vecwal::gpu::CudaDeviceCount() > 0) {  // where there is a card: the same store's search on it
+        GpuBenchConfig g;
+        g.dir = all_dir;
+        g.vectors = all_vectors;
+        g.dim = xc.dim;
+        g.queries = {16, 256};
+        g.seconds = all_seconds;
+        add("gpu", RunGpuBench(g));
+      }
+#endif
     }
   } catch (const std::exception& e) {
     fmt::print(stderr, "vecwal-bench: {}\n", e.what());

@@ -15,8 +15,12 @@ constexpr size_t kUploadPieceRows = 1 << 16;
 
 class MirroredIndex final : public index::VectorIndex {
  public:
-  MirroredIndex(std::unique_ptr<index::VectorIndex> host, std::unique_ptr<DeviceFlatStore> dev)
-      : host_(std::move(host)), dev_(std::move(dev)) {}
+  explicit MirroredIndex(std::unique_ptr<index::VectorIndex> host) : host_(std::move(host)) {}
+
+  void Attach(std::unique_ptr<DeviceFlatStore> dev, std::string card) {
+    dev_ = std::move(dev);
+    card_ = std::move(card);
+  }
 
   // Copies the host's vectors to the card, with the table of which id each
   // device row holds.
@@ -103,6 +107,9 @@ class MirroredIndex final : public index::VectorIndex {
   // Every search call streams all the card's rows through one product per
   // 1024 queries: below a few dozen queries a call, that read is most of it.
   size_t SearchBatchFloor() const override { return dev_ ? 64 : host_->SearchBatchFloor(); }
+  std::string SearchedOn() const override {
+    return dev_ ? card_ : host_->SearchedOn() + " (" + device_status_.ToString() + ")";
+  }
   Status CheckSearchParams(const index::SearchParams& p) const override { return host_->CheckSearchParams(p); }
   bool Contains(uint64_t id) const override { return host_->Contains(id); }
   Result<std::vector<float>> Reconstruct(uint64_t id) const override { return host_->Reconstruct(id); }
@@ -128,6 +135,18 @@ class MirroredIndex final : public index::VectorIndex {
     return host_->ScanLive(rows_per_piece, visit);
   }
 
+  // The card could not take the index, or a change to it: searches use the
+  // host from now on. A change itself succeeded (the host holds it), so its
+  // caller is told OK.
+  Status Drop(const Status& why) {
+    device_status_ = Status::Unavailable("GPU mirror of index '" + spec().description +
+                                         "' dropped; searches run on the CPU index: " + why.ToString());
+    dev_.reset();
+    id_of_row_ = {};
+    row_of_ = {};
+    return Status::OK();
+  }
+
  private:
   bool Injected() const { return !injected_.ok(); }
   void Took(std::span<const uint64_t> ids) {
@@ -143,17 +162,6 @@ class MirroredIndex final : public index::VectorIndex {
     } else {
       (void)Drop(s);
     }
-  }
-  // The host index changed and the card could not follow: searches use the
-  // host from now on. The change itself succeeded (the host holds it), so
-  // the caller is told OK.
-  Status Drop(const Status& why) {
-    device_status_ = Status::Unavailable("GPU mirror of index '" + spec().description +
-                                         "' dropped; searches run on the CPU index: " + why.ToString());
-    dev_.reset();
-    id_of_row_ = {};
-    row_of_ = {};
-    return Status::OK();
   }
 
   // A byte a device row, nonzero where the row is searched; empty where all are.
@@ -178,6 +186,7 @@ class MirroredIndex final : public index::VectorIndex {
 
   std::unique_ptr<index::VectorIndex> host_;
   std::unique_ptr<DeviceFlatStore> dev_;  // null once dropped
+  std::string card_;                      // "cuda:0 (NVIDIA H200, sm_90, 139 GiB)"
   Status device_status_;
   Status injected_;  // FailNextDeviceChange's error, until a change takes it
   std::vector<uint64_t> id_of_row_;
@@ -186,18 +195,38 @@ class MirroredIndex final : public index::VectorIndex {
 
 }  // namespace
 
-Result<std::unique_ptr<index::VectorIndex>> MirrorOnDevice(std::unique_ptr<index::VectorIndex> host, int device) {
+namespace {
+
+// The card and its copy of `m`'s vectors.
+Status PutOnCard(MirroredIndex& m, int device) {
+  const auto& spec = m.spec();
+  VECWAL_ASSIGN_OR_RETURN(auto dev, DeviceFlatStore::Create(device, spec.dim, spec.metric == index::Metric::kInnerProduct));
+  VECWAL_ASSIGN_OR_RETURN(auto described, DescribeDevice(device));
+  m.Attach(std::move(dev), "cuda:" + std::to_string(device) + " (" + described + ")");
+  return m.Upload();
+}
+
+Result<std::unique_ptr<index::VectorIndex>> Mirror(std::unique_ptr<index::VectorIndex> host, int device, IfNoCard if_none) {
   const auto& spec = host->spec();
   if (spec.description != "Flat")
     return Status::InvalidArgument("a GPU mirror takes a 'Flat' index; this one is '" + spec.description + "'");
-  VECWAL_ASSIGN_OR_RETURN(auto dev, DeviceFlatStore::Create(device, spec.dim, spec.metric == index::Metric::kInnerProduct));
-  auto m = std::make_unique<MirroredIndex>(std::move(host), std::move(dev));
-  VECWAL_RETURN_IF_ERROR(m->Upload());
+  auto m = std::make_unique<MirroredIndex>(std::move(host));
+  if (Status s = PutOnCard(*m, device); !s.ok()) {
+    if (if_none == IfNoCard::kFail) return s;
+    (void)m->Drop(Status::Unavailable("CUDA device " + std::to_string(device) + " could not take the index: " + s.ToString()));
+  }
   return std::unique_ptr<index::VectorIndex>(std::move(m));
 }
 
-std::function<Result<std::unique_ptr<index::VectorIndex>>(std::unique_ptr<index::VectorIndex>)> OnDevice(int device) {
-  return [device](std::unique_ptr<index::VectorIndex> host) { return MirrorOnDevice(std::move(host), device); };
+}  // namespace
+
+Result<std::unique_ptr<index::VectorIndex>> MirrorOnDevice(std::unique_ptr<index::VectorIndex> host, int device) {
+  return Mirror(std::move(host), device, IfNoCard::kFail);
+}
+
+std::function<Result<std::unique_ptr<index::VectorIndex>>(std::unique_ptr<index::VectorIndex>)> OnDevice(
+    int device, IfNoCard if_none) {
+  return [device, if_none](std::unique_ptr<index::VectorIndex> host) { return Mirror(std::move(host), device, if_none); };
 }
 
 Status DeviceStatus(const index::VectorIndex& index) {

@@ -26,9 +26,17 @@ namespace vecwal::gpu {
 // description, or a device that does not exist.
 Result<std::unique_ptr<index::VectorIndex>> MirrorOnDevice(std::unique_ptr<index::VectorIndex> host, int device);
 
+// What OnDevice does where the card cannot take the index (no such device,
+// no driver, too little memory): refuse it, so that the store does not
+// open; or keep the store's searches on the CPU (exact, slower), saying why
+// in DeviceStatus and the store's Stats().searched_on, so that a server
+// whose card failed still comes back up and serves.
+enum class IfNoCard { kFail, kSearchOnCpu };
+
 // For DurableIndexOptions::wrap_index: every index the store makes or loads
-// goes onto `device`.
-std::function<Result<std::unique_ptr<index::VectorIndex>>(std::unique_ptr<index::VectorIndex>)> OnDevice(int device);
+// goes onto `device`. An index that is not Flat is refused either way.
+std::function<Result<std::unique_ptr<index::VectorIndex>>(std::unique_ptr<index::VectorIndex>)> OnDevice(
+    int device, IfNoCard if_none = IfNoCard::kFail);
 
 // OK while `index` (one MirrorOnDevice made) searches on its card; the error
 // that dropped the mirror otherwise. InvalidArgument for any other index.

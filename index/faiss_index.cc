@@ -730,11 +730,12 @@ class FaissIndex final : public VectorIndex {
       vectors.clear();
       return s;
     };
-    for (const auto& [slot, id] : id_of_) {
-      ids.push_back(id);
+    for (const auto& entry : id_of_) {
+      const auto slot = static_cast<faiss::Index::idx_t>(entry.first);  // clang's lambdas take no structured binding
+      ids.push_back(entry.second);
       vectors.resize(ids.size() * spec_.dim);
-      VECWAL_RETURN_IF_ERROR(Guard("reconstructing id " + std::to_string(id), [&] {
-        index_->reconstruct(static_cast<faiss::Index::idx_t>(slot), vectors.data() + (ids.size() - 1) * spec_.dim);
+      VECWAL_RETURN_IF_ERROR(Guard("reconstructing id " + std::to_string(entry.second), [&] {
+        index_->reconstruct(slot, vectors.data() + (ids.size() - 1) * spec_.dim);
       }));
       if (ids.size() == rows_per_piece) VECWAL_RETURN_IF_ERROR(flush());
     }

@@ -173,6 +173,9 @@ class VectorIndex {
   // does an IVF index's Flat quantizer. 1 where a call's queries cost the
   // same each, however many.
   virtual size_t SearchBatchFloor() const { return 1; }
+  // Where searches run, for a store's Stats and an operator's logs: "cpu"
+  // here; a GPU mirror names its card, or says why it went back to the CPU.
+  virtual std::string SearchedOn() const { return "cpu"; }
   virtual bool Contains(uint64_t id) const = 0;
   // The stored vector (exact for Flat and HNSW; decoded for PQ/SQ codes).
   virtual Result<std::vector<float>> Reconstruct(uint64_t id) const = 0;

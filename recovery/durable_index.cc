@@ -1500,6 +1500,7 @@ DurableIndexStats DurableIndexImpl::Stats() const {
   {
     std::shared_lock r(state_mu_);
     s.tombstones = index_->tombstones();
+    s.searched_on = index_->SearchedOn();
   }
   return s;
 }

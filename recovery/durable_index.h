@@ -200,6 +200,9 @@ struct DurableIndexStats {
   double write_stall_s = 0;
   uint64_t writes_waiting = 0;
   std::string last_auto_checkpoint_error;
+  // Where searches run (index::VectorIndex::SearchedOn): "cpu", or a GPU
+  // mirror's card, or why the mirror went back to the CPU.
+  std::string searched_on;
   RecoveryStats recovery;
 };
 

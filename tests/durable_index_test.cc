@@ -60,6 +60,14 @@ void DamagePayload(const test::TempDir& dir, const test::ReadBack& r) {
   test::XorByte(test::SegmentPath(dir / "wal", r.segment_id), r.offset + wal::kRecordHeaderSize + 4);
 }
 
+// The newest checkpoint's LSN once the store's checkpointer has taken one
+// past `lsn`, or after 10 s without.
+uint64_t AwaitCheckpointPast(const DurableIndex& d, uint64_t lsn) {
+  for (int i = 0; i < 1000 && d.Stats().last_checkpoint_lsn <= lsn; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  return d.Stats().last_checkpoint_lsn;
+}
+
 // The store opened from a checkpoint below `below`, said that `damaged` did
 // not verify, and equals its model.
 void ExpectFellBack(const DurableIndex& d, uint64_t below, uint64_t damaged, const Model& m) {
@@ -387,9 +395,7 @@ BOOST_AUTO_TEST_CASE(a_fallback_is_followed_at_once_by_an_automatic_checkpoint) 
   o.checkpoint_every_log_bytes = 1ull << 30;  // on, and far from due
   auto d = OpenOrDie(o);
   BOOST_REQUIRE(d->Stats().recovery.checkpoint_lsn < bad);
-  for (int i = 0; i < 1000 && d->Stats().last_checkpoint_lsn <= bad; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  BOOST_TEST(d->Stats().last_checkpoint_lsn == d->Stats().durable_lsn);
+  BOOST_TEST(AwaitCheckpointPast(*d, bad) == d->Stats().durable_lsn);
   BOOST_TEST(!std::filesystem::exists(dir / CheckpointFileName(bad)));
   ExpectEqual(*d, m);
 }
@@ -486,9 +492,7 @@ BOOST_AUTO_TEST_CASE(after_a_repair_left_one_generation_the_next_logged_op_bring
   const auto v = Vec(rng);
   BOOST_REQUIRE(d->Upsert(1000, v).ok());
   m.rows[1000] = {v, {}};
-  for (int i = 0; i < 1000 && d->Stats().last_checkpoint_lsn <= repaired; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  const uint64_t newest = d->Stats().last_checkpoint_lsn;
+  const uint64_t newest = AwaitCheckpointPast(*d, repaired);
   BOOST_TEST(newest > repaired);
   BOOST_TEST(ListCheckpoints(*NewPosixFileSystem(), dir.path())->size() == 2u);
   BOOST_REQUIRE(d->Close().ok());
@@ -1290,9 +1294,7 @@ BOOST_AUTO_TEST_CASE(async_writes_complete_in_order_once_visible_and_close_drain
     });
   for (auto& th : ts) th.join();
   // The checkpointer takes the automatic checkpoints that async writes call for.
-  for (int i = 0; i < 500 && d->Stats().last_checkpoint_lsn == 0; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  BOOST_TEST(d->Stats().last_checkpoint_lsn > 0u, "log bytes since checkpoint " << d->Stats().log_bytes_since_checkpoint);
+  BOOST_TEST(AwaitCheckpointPast(*d, 0) > 0u, "log bytes since checkpoint " << d->Stats().log_bytes_since_checkpoint);
   BOOST_REQUIRE(d->Close().ok());  // waits for every op placed before it
   BOOST_TEST(failures.load() == 0);
   BOOST_TEST(not_visible.load() == 0);
@@ -1473,6 +1475,7 @@ BOOST_AUTO_TEST_CASE(wrap_index_gets_every_index_made_loaded_or_trained_and_the_
       ++*calls;
       return inner_->Search(q, k, skip, p);
     }
+    std::string SearchedOn() const override { return "counted, " + inner_->SearchedOn(); }
   };
   std::atomic<int> searches{0};
   std::vector<std::pair<bool, size_t>> given;  // (trained, size) of each index wrapped
@@ -1505,6 +1508,7 @@ BOOST_AUTO_TEST_CASE(wrap_index_gets_every_index_made_loaded_or_trained_and_the_
     const int before = searches.load();
     BOOST_REQUIRE(d->Search(Vec(rng), 3).ok());
     BOOST_TEST(searches.load() > before);
+    BOOST_TEST(d->Stats().searched_on == "counted, cpu");  // what the store's index says of itself
     return given[2].second;
   }();
   BOOST_TEST(at_checkpoint <= 200u);

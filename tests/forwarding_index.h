@@ -28,6 +28,7 @@ class ForwardingIndex : public index::VectorIndex {
   }
   Status CheckSearchParams(const index::SearchParams& p) const override { return inner_->CheckSearchParams(p); }
   size_t SearchBatchFloor() const override { return inner_->SearchBatchFloor(); }
+  std::string SearchedOn() const override { return inner_->SearchedOn(); }
   bool Contains(uint64_t id) const override { return inner_->Contains(id); }
   Result<std::vector<float>> Reconstruct(uint64_t id) const override { return inner_->Reconstruct(id); }
   size_t size() const override { return inner_->size(); }

@@ -315,6 +315,7 @@ BOOST_AUTO_TEST_CASE(a_store_on_the_card_recovers_onto_it_and_answers_as_on_the_
   auto d = OpenOrDie(opts);
   BOOST_REQUIRE(last != nullptr);
   BOOST_REQUIRE(DeviceStatus(*last).ok());
+  BOOST_TEST(d->Stats().searched_on.rfind("cuda:0 (", 0) == 0u, d->Stats().searched_on);
   ExpectEqual(*d, model);
   RandomOps(*d, model, rng, 200);
   ExpectEqual(*d, model);
@@ -352,6 +353,8 @@ BOOST_AUTO_TEST_CASE(a_card_that_fails_a_change_is_dropped_and_searches_go_on_ex
     Status st = DeviceStatus(gpu);
     BOOST_TEST((st.code() == Status::Code::kUnavailable));
     BOOST_TEST(st.ToString().find("the card is full") != std::string::npos);
+    BOOST_TEST(gpu.SearchedOn().rfind("cpu (", 0) == 0u, gpu.SearchedOn());
+    BOOST_TEST(gpu.SearchedOn().find("the card is full") != std::string::npos, gpu.SearchedOn());
     BOOST_TEST(gpu.Contains(changed[0]) == !on_remove);
     ExpectSameHits(gpu, *cpu, Gaussian(9, dim, 42), 6, nullptr, {});
     // Later changes go to the host alone, and searches follow them.
