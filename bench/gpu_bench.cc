@@ -21,26 +21,6 @@
 namespace vecwal::bench {
 namespace {
 
-void Check(const Status& s) {
-  if (!s.ok()) throw std::runtime_error(s.ToString());
-}
-
-// Uniform in [-1, 1), as the other store benchmarks draw them, on every core:
-// a million 768-d vectors take a thread about 5 s.
-std::vector<float> RandomVectors(size_t n, size_t dim, uint64_t seed) {
-  std::vector<float> v(n * dim);
-  const size_t threads = std::max(1u, std::thread::hardware_concurrency());
-  std::vector<std::thread> ts;
-  for (size_t t = 0; t < threads; ++t)
-    ts.emplace_back([&, t] {
-      std::mt19937_64 rng(seed * 1000 + t);
-      std::uniform_real_distribution<float> u(-1, 1);
-      for (size_t i = v.size() * t / threads; i < v.size() * (t + 1) / threads; ++i) v[i] = u(rng);
-    });
-  for (auto& t : ts) t.join();
-  return v;
-}
-
 // Queries a second over three runs of seconds/3 each (at least one call a
 // run), the median.
 double QueriesPerSec(double seconds, size_t nq, const std::function<void(uint64_t)>& call) {

@@ -2,6 +2,9 @@
 
 #include <fmt/core.h>
 
+#include <random>
+#include <stdexcept>
+
 namespace vecwal::bench {
 
 namespace {
@@ -13,6 +16,27 @@ std::string Human(double v) {
   return fmt::format("{:.1f}", v);
 }
 }  // namespace
+
+std::vector<float> RandomVectors(size_t n, size_t dim, uint64_t seed) {
+  constexpr size_t kPieces = 64;  // each drawn from its own seed, whichever thread draws it
+  std::vector<float> v(n * dim);
+  std::atomic<size_t> next{0};
+  std::vector<std::thread> ts;
+  for (unsigned t = 0; t < std::max(1u, std::thread::hardware_concurrency()); ++t)
+    ts.emplace_back([&] {
+      for (size_t p; (p = next.fetch_add(1)) < kPieces;) {
+        std::mt19937_64 rng(seed * kPieces + p);
+        std::uniform_real_distribution<float> u(-1, 1);
+        for (size_t i = v.size() * p / kPieces; i < v.size() * (p + 1) / kPieces; ++i) v[i] = u(rng);
+      }
+    });
+  for (auto& t : ts) t.join();
+  return v;
+}
+
+void Check(const Status& s) {
+  if (!s.ok()) throw std::runtime_error(s.ToString());
+}
 
 double Ratio(const Row& r) {
   if (r.baseline <= 0 || r.ours <= 0) return 0;

@@ -1,5 +1,6 @@
 // Small measurement helpers for vecwal-bench: timed multi-threaded loops,
-// latency percentiles, medians of repeats, and the result table.
+// latency percentiles, medians of repeats, the result table, and the random
+// vectors the store workloads use.
 #pragma once
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/status.h"
 #include "tools/progress.h"
 
 namespace vecwal::bench {
@@ -109,6 +111,12 @@ struct Row {
 double Ratio(const Row& r);
 
 void PrintTable(const std::vector<Row>& rows);
+
+// n x dim floats, uniform in [-1, 1), drawn on every core (a million 768-d
+// vectors took one thread about 5 s): the same for a seed on any machine.
+std::vector<float> RandomVectors(size_t n, size_t dim, uint64_t seed);
+// Throws std::runtime_error with the status's text where it is an error.
+void Check(const Status& s);
 nlohmann::json ToJson(const std::vector<Row>& rows);
 
 }  // namespace vecwal::bench

@@ -27,14 +27,6 @@
 namespace vecwal::bench {
 namespace {
 
-std::vector<float> RandomVectors(size_t n, size_t dim, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<float> u(-1, 1);
-  std::vector<float> v(n * dim);
-  for (auto& x : v) x = u(rng);
-  return v;
-}
-
 std::unique_ptr<recovery::DurableIndex> OpenStore(const StoreWorkloadConfig& c, const std::string& dir,
                                                   double checkpoint_mib) {
   recovery::DurableIndexOptions o;
@@ -53,10 +45,6 @@ std::unique_ptr<recovery::DurableIndex> OpenStore(const StoreWorkloadConfig& c, 
   auto d = recovery::DurableIndex::Open(o);
   if (!d.ok()) throw std::runtime_error(d.status().ToString());
   return std::move(d).value();
-}
-
-void Check(const Status& s) {
-  if (!s.ok()) throw std::runtime_error(s.ToString());
 }
 
 // Trains on all of `data` when the index needs it, then upserts its first n
