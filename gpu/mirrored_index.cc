@@ -116,11 +116,10 @@ class MirroredIndex final : public index::VectorIndex {
   size_t size() const override { return host_->size(); }
   size_t tombstones() const override { return host_->tombstones(); }
   size_t capacity() const override { return host_->capacity(); }
-  void Reserve(size_t n) override {
-    host_->Reserve(n);
-    // Best effort: adds past it grow the card's storage themselves.
-    if (dev_) (void)dev_->Reserve(n);
-  }
+  // The host's alone: a replay reserves for every log byte being a new
+  // vector, which costs the host address space and the card real memory.
+  // The card's storage doubles as adds need it (a copy on the card).
+  void Reserve(size_t n) override { host_->Reserve(n); }
   std::unique_ptr<index::IndexRoom> PrepareRoom(size_t more) const override { return host_->PrepareRoom(more); }
   void TakeRoom(index::IndexRoom& room) override { host_->TakeRoom(room); }
   // A flat index removes what it is asked to and keeps no tombstones; a
