@@ -6,6 +6,7 @@
 
 #include "gpu/device.h"
 #include "gpu/flat_store.h"
+#include "index/forwarding_index.h"
 #include "index/id_table.h"
 
 namespace vecwal::gpu {
@@ -13,9 +14,16 @@ namespace {
 
 constexpr size_t kUploadPieceRows = 1 << 16;
 
-class MirroredIndex final : public index::VectorIndex {
+// The host FAISS index is the one it forwards to (inner_): every call but
+// the adds, removes and searches, which the card's copy follows or answers.
+// - Reserve is the host's alone: a replay reserves for every log byte being
+//   a new vector, which costs the host address space and the card real
+//   memory. The card's storage doubles as adds need it (a copy on the card).
+// - A flat index removes what it is asked to and keeps no tombstones: a
+//   compaction, if the host had one, would change no live vector.
+class MirroredIndex final : public index::ForwardingIndex {
  public:
-  explicit MirroredIndex(std::unique_ptr<index::VectorIndex> host) : host_(std::move(host)) {}
+  using ForwardingIndex::ForwardingIndex;
 
   void Attach(std::unique_ptr<DeviceFlatStore> dev, std::string card) {
     dev_ = std::move(dev);
@@ -25,10 +33,10 @@ class MirroredIndex final : public index::VectorIndex {
   // Copies the host's vectors to the card, with the table of which id each
   // device row holds.
   Status Upload() {
-    VECWAL_RETURN_IF_ERROR(dev_->Reserve(host_->size()));
-    id_of_row_.reserve(host_->size());
-    row_of_.reserve(host_->size());
-    return host_->ScanLive(kUploadPieceRows, [&](std::span<const uint64_t> ids, std::span<const float> v) {
+    VECWAL_RETURN_IF_ERROR(dev_->Reserve(inner_->size()));
+    id_of_row_.reserve(inner_->size());
+    row_of_.reserve(inner_->size());
+    return inner_->ScanLive(kUploadPieceRows, [&](std::span<const uint64_t> ids, std::span<const float> v) {
       VECWAL_RETURN_IF_ERROR(dev_->Append(v.data(), ids.size()));
       Took(ids);
       return Status::OK();
@@ -38,26 +46,22 @@ class MirroredIndex final : public index::VectorIndex {
   Status device_status() const { return device_status_; }
   void FailNextChange(Status why) { injected_ = std::move(why); }
 
-  const index::IndexSpec& spec() const override { return host_->spec(); }
-  bool is_trained() const override { return host_->is_trained(); }
-  Status Train(std::span<const float> sample) override { return host_->Train(sample); }
-
   // The host index first: it checks the ids and changes nothing where it
   // refuses them.
   Status Add(std::span<const uint64_t> ids, std::span<const float> vectors) override {
-    VECWAL_RETURN_IF_ERROR(host_->Add(ids, vectors));
+    VECWAL_RETURN_IF_ERROR(inner_->Add(ids, vectors));
     if (dev_) Mirrored(ids, Injected() ? std::exchange(injected_, {}) : dev_->Append(vectors.data(), ids.size()));
     return Status::OK();
   }
   Status AddRows(std::span<const uint64_t> ids, std::span<const std::byte* const> rows) override {
-    VECWAL_RETURN_IF_ERROR(host_->AddRows(ids, rows));
+    VECWAL_RETURN_IF_ERROR(inner_->AddRows(ids, rows));
     if (dev_) Mirrored(ids, Injected() ? std::exchange(injected_, {}) : dev_->AppendGathered(rows.data(), rows.size()));
     return Status::OK();
   }
 
   // The card's rows stay dense: the last row moves into each hole.
   Status Remove(std::span<const uint64_t> ids) override {
-    VECWAL_RETURN_IF_ERROR(host_->Remove(ids));
+    VECWAL_RETURN_IF_ERROR(inner_->Remove(ids));
     if (!dev_) return Status::OK();
     if (Injected()) return Drop(std::exchange(injected_, {}));
     for (uint64_t id : ids) {
@@ -80,13 +84,13 @@ class MirroredIndex final : public index::VectorIndex {
   Result<index::SearchResults> Search(std::span<const float> queries, size_t k, const index::IdSet* skip,
                                       const index::SearchParams& params) const override {
     const uint32_t dim = spec().dim;
-    if (!dev_ || k > DeviceFlatStore::kMaxK) return host_->Search(queries, k, skip, params);
+    if (!dev_ || k > DeviceFlatStore::kMaxK) return inner_->Search(queries, k, skip, params);
     if (queries.size() % dim != 0)
       return Status::InvalidArgument("queries: " + std::to_string(queries.size()) +
                                      " floats are not whole vectors of dimension " + std::to_string(dim));
     const size_t nq = queries.size() / dim;
     VECWAL_RETURN_IF_ERROR(index::CheckResultSize(nq, k));
-    VECWAL_RETURN_IF_ERROR(host_->CheckSearchParams(params));
+    VECWAL_RETURN_IF_ERROR(inner_->CheckSearchParams(params));
     index::SearchResults r;
     r.nq = nq;
     r.k = k;
@@ -98,7 +102,7 @@ class MirroredIndex final : public index::VectorIndex {
     // A card that fails a search (no memory for its scratch, say) leaves the
     // answer to the CPU index: slower, never wrong. Changing the index is
     // what drops the mirror, and a search holds it shared.
-    if (!s.ok()) return host_->Search(queries, k, skip, params);
+    if (!s.ok()) return inner_->Search(queries, k, skip, params);
     for (size_t i = 0; i < rows.size(); ++i)
       if (rows[i] >= 0) r.ids[i] = id_of_row_[static_cast<size_t>(rows[i])];
     return r;
@@ -106,34 +110,10 @@ class MirroredIndex final : public index::VectorIndex {
 
   // Every search call streams all the card's rows through one product per
   // 1024 queries: below a few dozen queries a call, that read is most of it.
-  size_t SearchBatchFloor() const override { return dev_ ? 64 : host_->SearchBatchFloor(); }
+  size_t SearchBatchFloor() const override { return dev_ ? 64 : inner_->SearchBatchFloor(); }
   std::string SearchedOn() const override {
-    return dev_ ? card_ : host_->SearchedOn() + " (" + device_status_.ToString() + ")";
+    return dev_ ? card_ : inner_->SearchedOn() + " (" + device_status_.ToString() + ")";
   }
-  Status CheckSearchParams(const index::SearchParams& p) const override { return host_->CheckSearchParams(p); }
-  bool Contains(uint64_t id) const override { return host_->Contains(id); }
-  Result<std::vector<float>> Reconstruct(uint64_t id) const override { return host_->Reconstruct(id); }
-  size_t size() const override { return host_->size(); }
-  size_t tombstones() const override { return host_->tombstones(); }
-  size_t capacity() const override { return host_->capacity(); }
-  // The host's alone: a replay reserves for every log byte being a new
-  // vector, which costs the host address space and the card real memory.
-  // The card's storage doubles as adds need it (a copy on the card).
-  void Reserve(size_t n) override { host_->Reserve(n); }
-  std::unique_ptr<index::IndexRoom> PrepareRoom(size_t more) const override { return host_->PrepareRoom(more); }
-  void TakeRoom(index::IndexRoom& room) override { host_->TakeRoom(room); }
-  // A flat index removes what it is asked to and keeps no tombstones; a
-  // compaction, if the host had one, changes no live vector.
-  Result<std::unique_ptr<index::IndexCompaction>> BeginCompaction() override { return host_->BeginCompaction(); }
-  Status FinishCompaction(std::unique_ptr<index::IndexCompaction> c) override {
-    return host_->FinishCompaction(std::move(c));
-  }
-  Status Serialize(const index::ByteSink& sink) const override { return host_->Serialize(sink); }
-  Result<std::unique_ptr<index::IndexExport>> BeginExport() override { return host_->BeginExport(); }
-  Status ScanLive(size_t rows_per_piece, const LiveVisitor& visit) const override {
-    return host_->ScanLive(rows_per_piece, visit);
-  }
-
   // The card could not take the index, or a change to it: searches use the
   // host from now on. A change itself succeeded (the host holds it), so its
   // caller is told OK.
@@ -183,7 +163,6 @@ class MirroredIndex final : public index::VectorIndex {
     return mask;
   }
 
-  std::unique_ptr<index::VectorIndex> host_;
   std::unique_ptr<DeviceFlatStore> dev_;  // null once dropped
   std::string card_;                      // "cuda:0 (NVIDIA H200, sm_90, 139 GiB)"
   Status device_status_;

@@ -19,7 +19,7 @@
 #include "recovery/checkpoint_file.h"
 #include "recovery/durable_index.h"
 #include "tests/durable_index_util.h"
-#include "tests/forwarding_index.h"
+#include "index/forwarding_index.h"
 #include "tests/test_util.h"
 
 using namespace vecwal;
@@ -1466,7 +1466,7 @@ BOOST_AUTO_TEST_CASE(checkpoint_during_updates_and_removes_holds_exactly_its_lsn
 // makes, loads or trains, before the log is replayed into it, and the store
 // then uses the one it returns.
 BOOST_AUTO_TEST_CASE(wrap_index_gets_every_index_made_loaded_or_trained_and_the_store_uses_its_answer) {
-  struct Searches final : test::ForwardingIndex {
+  struct Searches final : index::ForwardingIndex {
     using ForwardingIndex::ForwardingIndex;
     std::atomic<int>* calls;
     using VectorIndex::Search;

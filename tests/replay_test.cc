@@ -13,7 +13,7 @@
 #include <thread>
 
 #include "recovery/replay_window.h"
-#include "tests/forwarding_index.h"
+#include "index/forwarding_index.h"
 
 namespace vecwal::recovery {
 namespace {
@@ -21,7 +21,7 @@ namespace {
 constexpr uint32_t kDim = 4;
 
 // Forwards to a FAISS index; counts overlapping calls, fails the n-th Add.
-class WatchedIndex final : public test::ForwardingIndex {
+class WatchedIndex final : public index::ForwardingIndex {
  public:
   using ForwardingIndex::ForwardingIndex;
   int fail_add = -1;  // the Add (0-based) that fails

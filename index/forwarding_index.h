@@ -1,5 +1,6 @@
 // ForwardingIndex: a VectorIndex that passes every call to the one it
-// wraps, for tests that watch or change a few of them.
+// wraps. The base for an index that changes a few of them around another
+// (DurableIndexOptions::wrap_index: gpu/'s mirror, tests that watch calls).
 #pragma once
 
 #include <memory>
@@ -7,13 +8,13 @@
 
 #include "index/vector_index.h"
 
-namespace vecwal::test {
+namespace vecwal::index {
 
-class ForwardingIndex : public index::VectorIndex {
+class ForwardingIndex : public VectorIndex {
  public:
-  explicit ForwardingIndex(std::unique_ptr<index::VectorIndex> inner) : inner_(std::move(inner)) {}
+  explicit ForwardingIndex(std::unique_ptr<VectorIndex> inner) : inner_(std::move(inner)) {}
 
-  const index::IndexSpec& spec() const override { return inner_->spec(); }
+  const IndexSpec& spec() const override { return inner_->spec(); }
   bool is_trained() const override { return inner_->is_trained(); }
   Status Train(std::span<const float> s) override { return inner_->Train(s); }
   Status Add(std::span<const uint64_t> ids, std::span<const float> v) override { return inner_->Add(ids, v); }
@@ -22,11 +23,11 @@ class ForwardingIndex : public index::VectorIndex {
   }
   Status Remove(std::span<const uint64_t> ids) override { return inner_->Remove(ids); }
   using VectorIndex::Search;
-  Result<index::SearchResults> Search(std::span<const float> q, size_t k, const index::IdSet* skip,
-                                      const index::SearchParams& p) const override {
+  Result<SearchResults> Search(std::span<const float> q, size_t k, const IdSet* skip,
+                                      const SearchParams& p) const override {
     return inner_->Search(q, k, skip, p);
   }
-  Status CheckSearchParams(const index::SearchParams& p) const override { return inner_->CheckSearchParams(p); }
+  Status CheckSearchParams(const SearchParams& p) const override { return inner_->CheckSearchParams(p); }
   size_t SearchBatchFloor() const override { return inner_->SearchBatchFloor(); }
   std::string SearchedOn() const override { return inner_->SearchedOn(); }
   bool Contains(uint64_t id) const override { return inner_->Contains(id); }
@@ -35,20 +36,20 @@ class ForwardingIndex : public index::VectorIndex {
   size_t tombstones() const override { return inner_->tombstones(); }
   size_t capacity() const override { return inner_->capacity(); }
   void Reserve(size_t n) override { inner_->Reserve(n); }
-  std::unique_ptr<index::IndexRoom> PrepareRoom(size_t more) const override { return inner_->PrepareRoom(more); }
-  void TakeRoom(index::IndexRoom& room) override { inner_->TakeRoom(room); }
-  Result<std::unique_ptr<index::IndexCompaction>> BeginCompaction() override { return inner_->BeginCompaction(); }
-  Status FinishCompaction(std::unique_ptr<index::IndexCompaction> c) override {
+  std::unique_ptr<IndexRoom> PrepareRoom(size_t more) const override { return inner_->PrepareRoom(more); }
+  void TakeRoom(IndexRoom& room) override { inner_->TakeRoom(room); }
+  Result<std::unique_ptr<IndexCompaction>> BeginCompaction() override { return inner_->BeginCompaction(); }
+  Status FinishCompaction(std::unique_ptr<IndexCompaction> c) override {
     return inner_->FinishCompaction(std::move(c));
   }
-  Status Serialize(const index::ByteSink& sink) const override { return inner_->Serialize(sink); }
-  Result<std::unique_ptr<index::IndexExport>> BeginExport() override { return inner_->BeginExport(); }
+  Status Serialize(const ByteSink& sink) const override { return inner_->Serialize(sink); }
+  Result<std::unique_ptr<IndexExport>> BeginExport() override { return inner_->BeginExport(); }
   Status ScanLive(size_t rows_per_piece, const LiveVisitor& visit) const override {
     return inner_->ScanLive(rows_per_piece, visit);
   }
 
  protected:
-  std::unique_ptr<index::VectorIndex> inner_;
+  std::unique_ptr<VectorIndex> inner_;
 };
 
-}  // namespace vecwal::test
+}  // namespace vecwal::index
