@@ -1,11 +1,8 @@
-// DeviceFlatStore: float32 vectors in one GPU's memory, searched exactly.
-//
-// Rows are dense (0..rows()-1): a caller that removes a row moves the last
-// one into its place (MoveRow, then Truncate), as a flat index's storage
-// does, and keeps its own row -> id table. Adds come from host memory
-// through two pinned staging buffers, so one chunk's copy to the device
-// overlaps the packing of the next, and rows given as pointers (the log's
-// read buffers) are gathered straight into them.
+// DeviceFlatStore: float32 vectors in one GPU's memory, searched exactly
+// (a RowStore: see row_store.h for what each call does). Adds come from
+// host memory through two pinned staging buffers, so one chunk's copy to
+// the device overlaps the packing of the next, and rows given as pointers
+// (the log's read buffers) are gathered straight into them.
 //
 // A search is one cuBLAS product per tile of rows (queries x rows, FP32, no
 // TF32: distances match a CPU Flat index's to float rounding) and our own
@@ -22,11 +19,12 @@
 #include <cstdint>
 #include <memory>
 
+#include "gpu/row_store.h"
 #include "io/status.h"
 
 namespace vecwal::gpu {
 
-class DeviceFlatStore {
+class DeviceFlatStore final : public RowStore {
  public:
   // The largest k a search takes: the selection keeps 2 x k candidates of a
   // query in shared memory.
@@ -37,25 +35,19 @@ class DeviceFlatStore {
   DeviceFlatStore(const DeviceFlatStore&) = delete;
   DeviceFlatStore& operator=(const DeviceFlatStore&) = delete;
 
-  uint32_t dim() const;
-  size_t rows() const;
+  uint32_t dim() const override;
+  size_t rows() const override;
+  size_t max_k() const override { return kMaxK; }
   size_t capacity() const;
-  // Device storage for `rows` in all, so that the adds up to it never copy
-  // the whole store into a bigger buffer (which holds both at once).
-  Status Reserve(size_t rows);
-  // Appends n rows of dim floats, contiguous in host memory.
-  Status Append(const float* rows, size_t n);
-  // Appends n rows, row i at rows[i] (dim floats, any alignment).
-  Status AppendGathered(const std::byte* const* rows, size_t n);
-  // Row `to` becomes a copy of row `from`.
-  Status MoveRow(size_t from, size_t to);
-  // Drops the rows from `rows` on.
-  Status Truncate(size_t rows);
-  // The k nearest rows to each of nq queries (nq x dim host floats): row
-  // numbers (-1 where fewer than k rows pass) and distances (+inf there),
-  // nq x k each, best first. `mask` (null: every row) holds a byte a row,
-  // nonzero for the rows to search.
-  Status Search(const float* queries, size_t nq, size_t k, const uint8_t* mask, float* distances, int64_t* rows);
+  // On the card: the adds up to it never copy the whole store into a bigger
+  // buffer (which holds both at once).
+  Status Reserve(size_t rows) override;
+  Status Append(const float* rows, size_t n) override;
+  Status AppendGathered(const std::byte* const* rows, size_t n) override;
+  Status MoveRow(size_t from, size_t to) override;
+  Status Truncate(size_t rows) override;
+  Status Search(const float* queries, size_t nq, size_t k, const uint8_t* mask, float* distances,
+                int64_t* rows) override;
   // Row `row` as stored, for tests and checks.
   Status ReadRow(size_t row, float* out);
 

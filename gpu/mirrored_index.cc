@@ -25,7 +25,7 @@ class MirroredIndex final : public index::ForwardingIndex {
  public:
   using ForwardingIndex::ForwardingIndex;
 
-  void Attach(std::unique_ptr<DeviceFlatStore> dev, std::string card) {
+  void Attach(std::unique_ptr<RowStore> dev, std::string card) {
     dev_ = std::move(dev);
     card_ = std::move(card);
   }
@@ -84,7 +84,7 @@ class MirroredIndex final : public index::ForwardingIndex {
   Result<index::SearchResults> Search(std::span<const float> queries, size_t k, const index::IdSet* skip,
                                       const index::SearchParams& params) const override {
     const uint32_t dim = spec().dim;
-    if (!dev_ || k > DeviceFlatStore::kMaxK) return inner_->Search(queries, k, skip, params);
+    if (!dev_ || k > dev_->max_k()) return inner_->Search(queries, k, skip, params);
     if (queries.size() % dim != 0)
       return Status::InvalidArgument("queries: " + std::to_string(queries.size()) +
                                      " floats are not whole vectors of dimension " + std::to_string(dim));
@@ -163,8 +163,8 @@ class MirroredIndex final : public index::ForwardingIndex {
     return mask;
   }
 
-  std::unique_ptr<DeviceFlatStore> dev_;  // null once dropped
-  std::string card_;                      // "cuda:0 (NVIDIA H200, sm_90, 139 GiB)"
+  std::unique_ptr<RowStore> dev_;  // the card's copy (DeviceFlatStore); null once dropped
+  std::string card_;              // "cuda:0 (NVIDIA H200, sm_90, 139 GiB)"
   Status device_status_;
   Status injected_;  // FailNextDeviceChange's error, until a change takes it
   std::vector<uint64_t> id_of_row_;
@@ -174,6 +174,13 @@ class MirroredIndex final : public index::ForwardingIndex {
 }  // namespace
 
 namespace {
+
+Status CheckFlat(const index::VectorIndex& host) {
+  const auto& spec = host.spec();
+  if (spec.description != "Flat")
+    return Status::InvalidArgument("a GPU mirror takes a 'Flat' index; this one is '" + spec.description + "'");
+  return Status::OK();
+}
 
 // The card and its copy of `m`'s vectors.
 Status PutOnCard(MirroredIndex& m, int device) {
@@ -185,9 +192,7 @@ Status PutOnCard(MirroredIndex& m, int device) {
 }
 
 Result<std::unique_ptr<index::VectorIndex>> Mirror(std::unique_ptr<index::VectorIndex> host, int device, IfNoCard if_none) {
-  const auto& spec = host->spec();
-  if (spec.description != "Flat")
-    return Status::InvalidArgument("a GPU mirror takes a 'Flat' index; this one is '" + spec.description + "'");
+  VECWAL_RETURN_IF_ERROR(CheckFlat(*host));
   auto m = std::make_unique<MirroredIndex>(std::move(host));
   if (Status s = PutOnCard(*m, device); !s.ok()) {
     if (if_none == IfNoCard::kFail) return s;
@@ -197,6 +202,18 @@ Result<std::unique_ptr<index::VectorIndex>> Mirror(std::unique_ptr<index::Vector
 }
 
 }  // namespace
+
+Result<std::unique_ptr<index::VectorIndex>> MirrorOn(std::unique_ptr<index::VectorIndex> host,
+                                                     std::unique_ptr<RowStore> rows, std::string where) {
+  VECWAL_RETURN_IF_ERROR(CheckFlat(*host));
+  if (rows->dim() != host->spec().dim || rows->rows() != 0)
+    return Status::InvalidArgument("a mirror's row store must be empty and of dimension " +
+                                   std::to_string(host->spec().dim));
+  auto m = std::make_unique<MirroredIndex>(std::move(host));
+  m->Attach(std::move(rows), std::move(where));
+  VECWAL_RETURN_IF_ERROR(m->Upload());
+  return std::unique_ptr<index::VectorIndex>(std::move(m));
+}
 
 Result<std::unique_ptr<index::VectorIndex>> MirrorOnDevice(std::unique_ptr<index::VectorIndex> host, int device) {
   return Mirror(std::move(host), device, IfNoCard::kFail);

@@ -17,6 +17,7 @@
 
 #include <memory>
 
+#include "gpu/row_store.h"
 #include "index/vector_index.h"
 
 namespace vecwal::gpu {
@@ -32,6 +33,11 @@ Result<std::unique_ptr<index::VectorIndex>> MirrorOnDevice(std::unique_ptr<index
 // in DeviceStatus and the store's Stats().searched_on, so that a server
 // whose card failed still comes back up and serves.
 enum class IfNoCard { kFail, kSearchOnCpu };
+
+// The same over any RowStore (empty, of the index's dimension), which
+// `where` names in SearchedOn: tests give it one in host memory.
+Result<std::unique_ptr<index::VectorIndex>> MirrorOn(std::unique_ptr<index::VectorIndex> host,
+                                                     std::unique_ptr<RowStore> rows, std::string where);
 
 // For DurableIndexOptions::wrap_index: every index the store makes or loads
 // goes onto `device`. An index that is not Flat is refused either way.

@@ -1,6 +1,5 @@
-// gpu/: device memory and streams, the GPU's exact search against the CPU's,
-// the mirrored index against FAISS's Flat, and a durable store recovering
-// onto the card. Runs on the GPU machine; where no CUDA device exists it
+// gpu/: device memory and streams, and the card's exact search against the
+// CPU's (the mirrored index, and stores on the card: mirror_test). Runs on the GPU machine; where no CUDA device exists it
 // says so and CTest marks it skipped.
 #define BOOST_TEST_MODULE gpu
 #include <boost/test/unit_test.hpp>
@@ -17,10 +16,12 @@
 #include "gpu/device.h"
 #include "gpu/flat_store.h"
 #include "gpu/mirrored_index.h"
-#include "tests/durable_index_util.h"
+#include "index/vector_index.h"
+#include "tests/test_util.h"
 
 using namespace vecwal;
 using namespace vecwal::gpu;
+using test::Gaussian;
 
 namespace {
 // Boost.Test's global fixture: exit 77 (CTest's SKIP_RETURN_CODE) when there
@@ -63,14 +64,6 @@ BOOST_AUTO_TEST_CASE(copies_past_the_buffer_are_refused) {
 // --- DeviceFlatStore: exact search against the CPU's ------------------------
 
 namespace {
-
-std::vector<float> Gaussian(size_t n, uint32_t dim, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> g;
-  std::vector<float> v(n * dim);
-  for (auto& x : v) x = g(rng);
-  return v;
-}
 
 double TrueDistance(const float* q, const float* x, uint32_t dim, bool ip) {
   double s = 0;
@@ -209,7 +202,7 @@ BOOST_AUTO_TEST_CASE(moved_rows_and_gathered_adds_land_where_they_are_asked_to) 
   BOOST_TEST(d[0] < 1e-3f);
 }
 
-// --- The mirrored index, and a durable store on the card -------------------
+// --- The mirror's refusals (its behaviour on the card: mirror_test) --------
 
 namespace {
 
@@ -219,66 +212,7 @@ std::unique_ptr<index::VectorIndex> FlatOf(uint32_t dim, index::Metric m) {
   return std::move(i).value();
 }
 
-void ExpectSameHits(const index::VectorIndex& gpu, const index::VectorIndex& cpu, const std::vector<float>& q,
-                    size_t k, const index::IdSet* skip, const index::SearchParams& p) {
-  auto a = gpu.Search(q, k, skip, p);
-  auto b = cpu.Search(q, k, skip, p);
-  BOOST_REQUIRE_MESSAGE(a.ok(), a.status().ToString());
-  BOOST_REQUIRE(b.ok());
-  BOOST_TEST(a->ids == b->ids, boost::test_tools::per_element());
-  for (size_t i = 0; i < a->ids.size(); ++i)
-    if (a->ids[i] != index::kNoId) BOOST_TEST(std::abs(a->distances[i] - b->distances[i]) <= 1e-3f * std::max(1.f, std::abs(b->distances[i])));
-}
-
 }  // namespace
-
-BOOST_AUTO_TEST_CASE(a_mirrored_index_answers_as_the_cpu_flat_through_adds_removes_and_filters) {
-  for (auto metric : {index::Metric::kL2, index::Metric::kInnerProduct}) {
-    const uint32_t dim = 40;
-    auto cpu = FlatOf(dim, metric);
-    auto host = FlatOf(dim, metric);
-    std::vector<uint64_t> ids(3000);
-    for (size_t i = 0; i < ids.size(); ++i) ids[i] = i * 7 + 3;
-    auto v = Gaussian(ids.size(), dim, 20);
-    BOOST_REQUIRE(cpu->Add(ids, v).ok());
-    BOOST_REQUIRE(host->Add(ids, v).ok());
-    auto m = MirrorOnDevice(std::move(host), 0);  // uploads what the host holds
-    BOOST_REQUIRE_MESSAGE(m.ok(), m.status().ToString());
-    auto& gpu = **m;
-    std::vector<uint64_t> gone;
-    for (size_t i = 0; i < ids.size(); i += 5) gone.push_back(ids[i]);
-    gone.push_back(999999);  // absent: ignored by both
-    BOOST_REQUIRE(cpu->Remove(gone).ok());
-    BOOST_REQUIRE(gpu.Remove(gone).ok());
-    std::vector<uint64_t> more(700);
-    for (size_t i = 0; i < more.size(); ++i) more[i] = 100000 + i;
-    auto mv = Gaussian(more.size(), dim, 21);
-    std::vector<const std::byte*> at(more.size());
-    for (size_t i = 0; i < more.size(); ++i) at[i] = reinterpret_cast<const std::byte*>(mv.data() + i * dim);
-    BOOST_REQUIRE(cpu->AddRows(more, at).ok());
-    BOOST_REQUIRE(gpu.AddRows(more, at).ok());
-    BOOST_TEST((gpu.Add(std::vector<uint64_t>{more[0]}, std::vector<float>(dim)).code() == Status::Code::kInvalidArgument));
-    BOOST_TEST(gpu.size() == cpu->size());
-    BOOST_REQUIRE(DeviceStatus(gpu).ok());
-
-    auto q = Gaussian(25, dim, 22);
-    ExpectSameHits(gpu, *cpu, q, 10, nullptr, {});
-    index::IdSet skip{ids[1], ids[2], more[3], 424242};
-    ExpectSameHits(gpu, *cpu, q, 10, &skip, {});
-    index::SearchParams f;
-    f.filter = [](uint64_t id) { return id % 3 == 0; };
-    ExpectSameHits(gpu, *cpu, q, 10, &skip, f);
-    std::vector<uint64_t> few{ids[4], ids[6], more[9], 31337};
-    index::SearchParams l;
-    l.ids = std::span<const uint64_t>(few);
-    ExpectSameHits(gpu, *cpu, q, 5, nullptr, l);
-    // Past the card's k, and a knob a Flat has no part for: the CPU's answers, the CPU's error.
-    ExpectSameHits(gpu, *cpu, Gaussian(2, dim, 23), DeviceFlatStore::kMaxK + 1, nullptr, {});
-    index::SearchParams np;
-    np.nprobe = 4;
-    BOOST_TEST((gpu.Search(q, 3, nullptr, np).status().code() == Status::Code::kInvalidArgument));
-  }
-}
 
 BOOST_AUTO_TEST_CASE(a_mirror_takes_only_a_flat_index_on_a_card_that_exists) {
   auto hnsw = index::NewFaissIndex({8, index::Metric::kL2, "HNSW16"});
@@ -288,79 +222,4 @@ BOOST_AUTO_TEST_CASE(a_mirror_takes_only_a_flat_index_on_a_card_that_exists) {
   BOOST_TEST(m.status().ToString().find("HNSW16") != std::string::npos);
   auto far = MirrorOnDevice(FlatOf(8, index::Metric::kL2), CudaDeviceCount());
   BOOST_TEST((far.status().code() == Status::Code::kInvalidArgument));
-}
-
-BOOST_AUTO_TEST_CASE(a_store_on_the_card_recovers_onto_it_and_answers_as_on_the_cpu) {
-  using namespace store_test;
-  test::TempDir dir;
-  auto opts = Options(dir.path());
-  const index::VectorIndex* last = nullptr;
-  auto on_card = OnDevice(0);
-  opts.wrap_index = [&](std::unique_ptr<index::VectorIndex> made) -> Result<std::unique_ptr<index::VectorIndex>> {
-    auto m = on_card(std::move(made));
-    if (m.ok()) last = m->get();
-    return m;
-  };
-  std::mt19937_64 rng(31);
-  Model model;
-  {
-    auto d = OpenOrDie(opts);
-    RandomOps(*d, model, rng, 400);
-    BOOST_REQUIRE(d->Checkpoint().ok());
-    RandomOps(*d, model, rng, 400);  // the tail a reopen replays onto the card
-    ExpectEqual(*d, model);
-    BOOST_REQUIRE(last != nullptr && DeviceStatus(*last).ok());
-  }
-  last = nullptr;
-  auto d = OpenOrDie(opts);
-  BOOST_REQUIRE(last != nullptr);
-  BOOST_REQUIRE(DeviceStatus(*last).ok());
-  BOOST_TEST(d->Stats().searched_on.rfind("cuda:0 (", 0) == 0u, d->Stats().searched_on);
-  ExpectEqual(*d, model);
-  RandomOps(*d, model, rng, 200);
-  ExpectEqual(*d, model);
-  BOOST_REQUIRE(d->Close().ok());
-  // The checkpoint it wrote is the CPU store's: it opens without the card.
-  auto cpu_opts = Options(dir.path());
-  auto c = OpenOrDie(cpu_opts);
-  ExpectEqual(*c, model);
-}
-
-BOOST_AUTO_TEST_CASE(a_card_that_fails_a_change_is_dropped_and_searches_go_on_exact_on_the_cpu) {
-  for (bool on_remove : {false, true}) {
-    const uint32_t dim = 12;
-    auto cpu = FlatOf(dim, index::Metric::kL2);
-    auto host = FlatOf(dim, index::Metric::kL2);
-    std::vector<uint64_t> ids(500);
-    for (size_t i = 0; i < ids.size(); ++i) ids[i] = i;
-    auto v = Gaussian(ids.size(), dim, 40);
-    BOOST_REQUIRE(cpu->Add(ids, v).ok());
-    BOOST_REQUIRE(host->Add(ids, v).ok());
-    auto m = MirrorOnDevice(std::move(host), 0);
-    BOOST_REQUIRE(m.ok());
-    auto& gpu = **m;
-    FailNextDeviceChange(gpu, Status::NoSpace("injected: the card is full"));
-    // The change itself holds (the host has it) and is reported done.
-    std::vector<uint64_t> changed{on_remove ? ids[3] : 9999};
-    if (on_remove) {
-      BOOST_REQUIRE(gpu.Remove(changed).ok());
-      BOOST_REQUIRE(cpu->Remove(changed).ok());
-    } else {
-      auto nv = Gaussian(1, dim, 41);
-      BOOST_REQUIRE(gpu.Add(changed, nv).ok());
-      BOOST_REQUIRE(cpu->Add(changed, nv).ok());
-    }
-    Status st = DeviceStatus(gpu);
-    BOOST_TEST((st.code() == Status::Code::kUnavailable));
-    BOOST_TEST(st.ToString().find("the card is full") != std::string::npos);
-    BOOST_TEST(gpu.SearchedOn().rfind("cpu (", 0) == 0u, gpu.SearchedOn());
-    BOOST_TEST(gpu.SearchedOn().find("the card is full") != std::string::npos, gpu.SearchedOn());
-    BOOST_TEST(gpu.Contains(changed[0]) == !on_remove);
-    ExpectSameHits(gpu, *cpu, Gaussian(9, dim, 42), 6, nullptr, {});
-    // Later changes go to the host alone, and searches follow them.
-    std::vector<uint64_t> later{ids[10], ids[11]};
-    BOOST_REQUIRE(gpu.Remove(later).ok());
-    BOOST_REQUIRE(cpu->Remove(later).ok());
-    ExpectSameHits(gpu, *cpu, Gaussian(9, dim, 43), 6, nullptr, {});
-  }
 }

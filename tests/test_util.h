@@ -13,6 +13,7 @@
 #include <chrono>
 #include <functional>
 #include <mutex>
+#include <random>
 #include <thread>
 
 #include <cstdio>
@@ -108,6 +109,15 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// n x dim standard normal floats, the same for a seed.
+inline std::vector<float> Gaussian(size_t n, uint32_t dim, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> g;
+  std::vector<float> v(n * dim);
+  for (auto& x : v) x = g(rng);
+  return v;
+}
 
 inline std::vector<std::byte> Payload(uint64_t key, size_t size) {
   std::vector<std::byte> p(size);
