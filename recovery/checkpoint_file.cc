@@ -564,6 +564,13 @@ bool CheckpointReport::ok() const {
   return std::all_of(sections.begin(), sections.end(), [](const auto& s) { return s.problem.empty(); });
 }
 
+std::string CheckpointReport::problems() const {
+  std::string all;
+  for (const auto& s : sections)
+    if (!s.problem.empty()) all += (all.empty() ? "" : "; ") + s.problem;
+  return all;
+}
+
 Result<CheckpointReport> VerifyCheckpoint(FileSystem& fs, const std::string& path) {
   VECWAL_ASSIGN_OR_RETURN(auto c, OpenCheckpoint(fs, path));
   File* f = c.file.get();

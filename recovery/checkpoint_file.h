@@ -56,6 +56,13 @@ Result<std::vector<uint64_t>> ListCheckpoints(FileSystem& fs, const std::string&
 inline constexpr const char* kSpareCheckpointName = "ckpt-spare.vwc.spare";
 Status RetireCheckpoint(FileSystem& fs, const std::string& dir, uint64_t lsn);
 
+// DIR/copy/ holds a second copy of the newest checkpoint while a store keeps
+// fewer generations than it should because damaged ones were retired (a
+// Scrub's repair, an Open's fallback), until the checkpoints are enough again:
+// without it, one bad file then left nothing to open. Open reads it only
+// where no checkpoint in DIR verifies.
+inline constexpr const char* kCheckpointCopyDir = "copy";
+
 using Payloads = std::map<uint64_t, std::vector<std::byte>>;
 
 // How a checkpoint shares the device with the log. A log write that queues
@@ -122,6 +129,7 @@ struct CheckpointReport {
   CheckpointInfo info;
   std::vector<CheckpointSection> sections;
   bool ok() const;
+  std::string problems() const;  // the sections' problems, "; "-joined; empty where ok()
 };
 
 // Reads the header block only (its CRC is checked).

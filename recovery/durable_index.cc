@@ -127,6 +127,22 @@ Status DurableIndexImpl::Recover(RecoveryStats* st) {
     unverified_checkpoints_.push_back(l);
     if (loaded.status().code() != Status::Code::kCorruption && unreadable.ok()) unreadable = loaded.status();
   }
+  // The second copy a repair left (kCheckpointCopyDir), where no checkpoint
+  // in DIR verifies: the log after it is kept, as after the one it copies.
+  bool from_copy = false;
+  if (!ck) {
+    const std::string copies = opts_.dir + "/" + kCheckpointCopyDir;
+    auto listed = ListCheckpoints(*fs_, copies);
+    for (uint64_t l : listed.ok() ? *listed : std::vector<uint64_t>{}) {
+      auto loaded = LoadCheckpoint(*fs_, copies + "/" + CheckpointFileName(l));
+      if (loaded.ok()) {
+        ck = std::move(loaded).value();
+        from_copy = true;
+        break;
+      }
+      st->checkpoint_note += loaded.status().ToString() + "; ";
+    }
+  }
   // Where no checkpoint verifies, salvage replays the whole log into an
   // empty index of the options' spec, if the log still holds every op up to
   // the newest one's LSN (checked once it is read). A store that has not
@@ -140,7 +156,9 @@ Status DurableIndexImpl::Recover(RecoveryStats* st) {
     return unreadable.ok() ? Status::Corruption(why) : Status::IOError(why, unreadable.sys_errno());
   }
   if (from_log_alone) st->checkpoint_note += "salvage: the whole log replayed into an empty index of the options' spec";
-  if (ck && !st->checkpoint_note.empty()) st->checkpoint_note += "recovered from " + CheckpointFileName(ck->info.lsn);
+  if (ck && !st->checkpoint_note.empty())
+    st->checkpoint_note += "recovered from " + (from_copy ? std::string(kCheckpointCopyDir) + "/" : std::string()) +
+                           CheckpointFileName(ck->info.lsn);
   if (ck) {
     const auto& have = ck->info.spec;
     if (have.dim != opts_.spec.dim || have.metric != opts_.spec.metric || have.description != opts_.spec.description)
@@ -148,7 +166,7 @@ Status DurableIndexImpl::Recover(RecoveryStats* st) {
     VECWAL_ASSIGN_OR_RETURN(index_, Wrapped(std::move(ck->index)));
     payloads_.Reset(std::move(ck->payloads));
     last_checkpoint_lsn_ = ck->info.lsn;
-    checkpoint_on_disk_ = true;
+    checkpoint_on_disk_ = !from_copy;  // DIR's own file at that LSN did not verify: written anew
   } else {
     VECWAL_ASSIGN_OR_RETURN(auto fresh, index::NewFaissIndex(opts_.spec));
     VECWAL_ASSIGN_OR_RETURN(index_, Wrapped(std::move(fresh)));
@@ -1271,6 +1289,23 @@ Result<ScrubReport> DurableIndexImpl::Scrub() {
       rep.problems.insert(rep.problems.end(), found.begin(), found.end());
       no_generation(l);
     }
+    // The copy a repair left is read back too; a damaged one is removed, and
+    // the repair writes it anew.
+    const std::string copies = opts_.dir + "/" + kCheckpointCopyDir;
+    if (auto listed = ListCheckpoints(*fs_, copies); listed.ok()) {
+      for (uint64_t l : *listed) {
+        const std::string path = copies + "/" + CheckpointFileName(l);
+        auto v = VerifyCheckpoint(*fs_, path);
+        const std::string problem = v.ok() ? v->problems() : v.status().ToString();
+        if (problem.empty()) {
+          ++rep.checkpoints_verified;
+          continue;
+        }
+        rep.problems.push_back(problem);
+        (void)fs_->Remove(path);
+        checkpoint_copy_wanted_ = true;
+      }
+    }
     const uint64_t from = lsns.empty() ? 1 : lsns.back() + 1;
     auto scan = wal::ScanLog(*fs_, opts_.dir + "/wal", from, wal::RecoveryMode::kSalvage, [&](const wal::LogRecord& r) {
       rep.log_records_verified += r.lsn <= durable;
@@ -1337,10 +1372,7 @@ Result<BackupInfo> DurableIndexImpl::Backup(const std::string& dest) {
     // Read back: a device may store other bytes than it acknowledged.
     BackupInfo info{lsn, copied->file_bytes, dest + "/" + CheckpointFileName(lsn)};
     auto v = VerifyCheckpoint(*fs_, info.path);
-    std::string problem;
-    if (v.ok())
-      for (const auto& sec : v->sections)
-        if (!sec.problem.empty()) problem += (problem.empty() ? "" : "; ") + sec.problem;
+    const std::string problem = v.ok() ? v->problems() : "";
     if (v.ok() && problem.empty()) return info;
     (void)fs_->Remove(info.path);
     if (!v.ok() && v.status().code() != Status::Code::kCorruption)
@@ -1466,7 +1498,37 @@ Result<uint64_t> DurableIndexImpl::FinishCheckpoint(uint64_t lsn) {
   // next one as soon as anything is logged after this one, not a whole
   // interval of log later.
   if (damaged > 0 && kept.size() < keep && opts_.checkpoint_every_log_bytes != 0) auto_due_at_ = 1;
+  // Until then a second copy of this one stands in for the generation missing.
+  const bool copy = kept.size() < keep && (damaged > 0 || std::exchange(checkpoint_copy_wanted_, false));
+  if (copy) VECWAL_RETURN_IF_ERROR(WriteCheckpointCopyLocked(lsn));
+  if (kept.size() >= keep) RemoveCheckpointCopiesLocked();
   return lsn;
+}
+
+Status DurableIndexImpl::WriteCheckpointCopyLocked(uint64_t lsn) {
+  const std::string copies = opts_.dir + "/" + kCheckpointCopyDir;
+  VECWAL_RETURN_IF_ERROR(fs_->CreateDir(copies));
+  VECWAL_RETURN_IF_ERROR(fs_->SyncDir(opts_.dir));
+  VECWAL_ASSIGN_OR_RETURN(const auto old, ListCheckpoints(*fs_, copies));
+  for (uint64_t l : old)
+    if (l != lsn) VECWAL_RETURN_IF_ERROR(fs_->Remove(copies + "/" + CheckpointFileName(l)));
+  if (std::ranges::find(old, lsn) != old.end()) return Status::OK();  // Scrub reads it back
+  auto copied = CopyCheckpoint(*fs_, opts_.dir + "/" + CheckpointFileName(lsn), copies, LogPacing());
+  if (!copied.ok()) return copied.status().WithContext("second copy of checkpoint " + std::to_string(lsn));
+  const std::string path = copies + "/" + CheckpointFileName(lsn);
+  auto v = VerifyCheckpoint(*fs_, path);
+  const std::string problem = v.ok() ? v->problems() : v.status().ToString();
+  if (problem.empty()) return Status::OK();
+  (void)fs_->Remove(path);
+  return Status::Corruption(path + " reads back other bytes than were written: " + problem);
+}
+
+void DurableIndexImpl::RemoveCheckpointCopiesLocked() {
+  const std::string copies = opts_.dir + "/" + kCheckpointCopyDir;
+  auto listed = ListCheckpoints(*fs_, copies);  // no directory: no copies
+  if (!listed.ok() || listed->empty()) return;
+  for (uint64_t l : *listed) (void)fs_->Remove(copies + "/" + CheckpointFileName(l));
+  (void)fs_->SyncDir(copies);
 }
 
 DurableIndexStats DurableIndexImpl::Stats() const {

@@ -118,6 +118,11 @@ class DurableIndexImpl final : public DurableIndex {
   uint64_t SnapshotBytesEstimate(uint64_t live) const;
   Result<uint64_t> Persist(Snapshot&& snap);    // under ckpt_mu_, not write_mu_
   Result<uint64_t> FinishCheckpoint(uint64_t lsn);
+  // Under ckpt_mu_: checkpoint `lsn`, copied into DIR/copy and read back
+  // whole (kCheckpointCopyDir), in place of any other copy; and the copies
+  // removed, once the store keeps enough generations again.
+  Status WriteCheckpointCopyLocked(uint64_t lsn);
+  void RemoveCheckpointCopiesLocked();
   Result<uint64_t> CheckpointLocked();  // Checkpoint() under ckpt_mu_
   // Under ckpt_mu_: the checkpoint at `lsn` did not verify, and is no
   // generation: the next checkpoint retires it (FinishCheckpoint).
@@ -229,6 +234,7 @@ class DurableIndexImpl final : public DurableIndex {
   bool auto_checkpoints_failing_ = false;         // since the last failure, until a checkpoint is written; under auto_mu_
   std::chrono::steady_clock::time_point auto_retry_at_{};  // under auto_mu_
   std::atomic<uint64_t> auto_due_at_{0};
+  bool checkpoint_copy_wanted_ = false;  // under ckpt_mu_: a Scrub found the copy damaged
   std::atomic<uint64_t> stalled_writes_{0}, write_stall_ns_{0}, writes_waiting_{0};
   // The latest search's time per query, in chunks below the index's
   // SearchBatchFloor ([0]) and from it on ([1]): they differ eightfold; and

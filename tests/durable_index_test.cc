@@ -501,6 +501,64 @@ BOOST_AUTO_TEST_CASE(after_a_repair_left_one_generation_the_next_logged_op_bring
   ExpectFellBack(*OpenOrDie(o), newest, newest, m);
 }
 
+// The repair above leaves one generation until something is logged. Until
+// the store keeps two again, a second copy of the new checkpoint stands in
+// (DIR/copy, read back when written and by every Scrub): an idle store whose
+// one checkpoint goes bad still opens, from the copy, and rewrites its own.
+BOOST_AUTO_TEST_CASE(a_repair_leaves_a_second_copy_that_an_idle_store_opens_from_until_it_has_two_generations) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  o.checkpoint_every_log_bytes = 1ull << 30;  // on, and far from due
+  Model m;
+  std::mt19937_64 rng(67);
+  const auto copies = dir / kCheckpointCopyDir;
+  uint64_t repaired = 0;
+  {
+    auto d = OpenOrDie(o);
+    for (int i = 0; i < 2; ++i) {
+      RandomOps(*d, m, rng, 100);
+      BOOST_REQUIRE(d->Checkpoint().ok());
+    }
+    BOOST_TEST(!std::filesystem::exists(copies));  // two generations: no copy
+    RandomOps(*d, m, rng, 50);
+    auto log = test::ReadLog(dir / "wal", wal::RecoveryMode::kStrict);
+    BOOST_REQUIRE(log.ok());
+    DamagePayload(dir, (*log)[log->size() - 20]);  // after both checkpoints
+    auto found = d->Scrub();
+    BOOST_REQUIRE(found.ok());
+    repaired = found->repaired_at_lsn;
+    BOOST_REQUIRE(ListCheckpoints(*NewPosixFileSystem(), dir.path())->size() == 1u);
+    BOOST_REQUIRE((*ListCheckpoints(*NewPosixFileSystem(), copies) == std::vector<uint64_t>{repaired}));
+    // A copy gone bad is found by the next Scrub and written anew.
+    test::XorByte(copies + "/" + CheckpointFileName(repaired), 5000);
+    auto again = d->Scrub();
+    BOOST_REQUIRE(again.ok());
+    BOOST_REQUIRE(again->problems.size() == 1u);
+    BOOST_TEST(again->problems[0].find(kCheckpointCopyDir) != std::string::npos, again->problems[0]);
+    BOOST_TEST(d->Scrub()->problems.empty());
+    BOOST_REQUIRE(d->Close().ok());
+  }
+  // Nothing was written after the repair; the one checkpoint goes bad.
+  test::XorByte(dir / CheckpointFileName(repaired), 5000);
+  auto d = OpenOrDie(o);
+  const auto& r = d->Stats().recovery;
+  BOOST_TEST(r.checkpoint_lsn == repaired);
+  BOOST_TEST(r.checkpoint_note.find(std::string("recovered from ") + kCheckpointCopyDir + "/") != std::string::npos,
+             r.checkpoint_note);
+  ExpectEqual(*d, m);
+  // The fallback's checkpoint writes the store's own file at that LSN anew.
+  for (int i = 0; i < 1000 && d->Stats().checkpoints == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  BOOST_REQUIRE(d->Stats().checkpoints == 1u);
+  BOOST_TEST(VerifyCheckpoint(*NewPosixFileSystem(), dir / CheckpointFileName(repaired))->ok());
+  // Two generations again: the copy goes.
+  const auto v = Vec(rng);
+  BOOST_REQUIRE(d->Upsert(1000, v).ok());
+  m.rows[1000] = {v, {}};
+  BOOST_REQUIRE(d->Checkpoint().ok());
+  BOOST_TEST(ListCheckpoints(*NewPosixFileSystem(), copies)->empty());
+  ExpectEqual(*d, m);
+}
+
 // Nothing logged since the newest checkpoint: Checkpoint() returns its LSN
 // and writes nothing (the file stays the same file, not a copy renamed over
 // it), whether this process wrote that checkpoint or loaded it. A newest

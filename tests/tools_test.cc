@@ -230,6 +230,49 @@ BOOST_AUTO_TEST_CASE(inspect_is_read_only_and_lock_free_on_a_live_store) {
   BOOST_TEST((*again)->Size() == 60u);
 }
 
+// A Scrub's repair keeps a second copy of its checkpoint (DIR/copy) while the
+// store holds one generation: the inspector lists it, and judges recovery
+// from it where the store's own file no longer verifies, as Open does.
+BOOST_AUTO_TEST_CASE(inspect_lists_a_repairs_second_copy_and_judges_recovery_from_it) {
+  test::TempDir t;
+  recovery::DurableIndexOptions o;
+  o.dir = t / "store";
+  o.spec = {8, index::Metric::kL2, "Flat"};
+  {
+    auto d = recovery::DurableIndex::Open(o);
+    BOOST_REQUIRE(d.ok());
+    std::vector<float> v(8, 1.f);
+    for (uint64_t i = 0; i < 40; ++i) BOOST_REQUIRE((*d)->Upsert(i, v).ok());
+    BOOST_REQUIRE((*d)->Checkpoint().ok());
+    for (uint64_t i = 40; i < 60; ++i) BOOST_REQUIRE((*d)->Upsert(i, v).ok());
+    json rec = RunJson(kInspect + " --json dump --from 50 --to 50 " + o.dir)["records"][0];
+    FlipByte(o.dir + "/wal/" + wal::SegmentFileName(rec["segment"].get<uint64_t>()),
+             rec["offset"].get<uint64_t>() + wal::kRecordHeaderSize + 20);
+    auto scrub = (*d)->Scrub();
+    BOOST_REQUIRE(scrub.ok());
+    BOOST_REQUIRE(!scrub->problems.empty());
+    BOOST_REQUIRE((*d)->Close().ok());
+  }
+  const json listed = RunJson(kInspect + " --json checkpoints " + o.dir);
+  json cks = json::array();  // less the retired file the next checkpoint reuses (a note)
+  for (const auto& c : listed["checkpoints"])
+    if (!c.contains("note")) cks.push_back(c);
+  BOOST_REQUIRE(cks.size() == 2u);  // the repair's, and its copy
+  BOOST_TEST(cks[1]["file"].get<std::string>().find("/copy/ckpt-") != std::string::npos, cks.dump());
+  BOOST_TEST(cks[0]["lsn"] == cks[1]["lsn"]);
+  BOOST_TEST(Run(kInspect + " checkpoints " + o.dir).out.find("copy/ckpt-") != std::string::npos);
+  FlipByte(cks[0]["file"].get<std::string>(), cks[0]["sections"][0]["offset"].get<uint64_t>() + 100);
+  json v = RunJson(kInspect + " --json verify " + o.dir, 1);
+  // The damaged record (below the checkpoint, which holds its op) and the store's own file.
+  BOOST_REQUIRE_MESSAGE(v["problems"].size() == 2u, v.dump());
+  BOOST_TEST(v["problems"][0]["note"].get<std::string>().find("below checkpoint LSN") != std::string::npos, v.dump());
+  BOOST_TEST(v["problems"][1]["file"] == cks[0]["file"], v.dump());
+  BOOST_TEST(v["recovery"].get<std::string>().find("reads every record") != std::string::npos, v.dump());
+  auto d = recovery::DurableIndex::Open(o);
+  BOOST_REQUIRE_MESSAGE(d.ok(), d.status().ToString());
+  BOOST_TEST((*d)->Size() == 60u);
+}
+
 BOOST_AUTO_TEST_CASE(recovery_measure_times_each_phase_and_verifies) {
   test::TempDir t;
   json j = RunJson(kRecovery + " --json - measure --dir " + t.path() +

@@ -255,11 +255,23 @@ json AllCheckpoints(FileSystem& fs, const Layout& l) {
     else if (n == recovery::kSpareCheckpointName)
       out.push_back({{"file", *l.store_dir + "/" + n}, {"note", "retired checkpoint file, to be overwritten by the next checkpoint; never read"}});
   }
+  // The second copy a repair keeps (recovery::kCheckpointCopyDir): recovery
+  // reads it where no checkpoint above verifies, so it is judged as they are.
+  const std::string copies = *l.store_dir + "/" + recovery::kCheckpointCopyDir;
+  if (stdfs::is_directory(copies)) {
+    std::vector<std::string> held;
+    for (const auto& e : stdfs::directory_iterator(copies)) held.push_back(e.path().filename().string());
+    std::sort(held.begin(), held.end());
+    for (const auto& n : held)
+      if (recovery::ParseCheckpointFileName(n)) out.push_back(CheckpointJson(fs, copies + "/" + n));
+  }
   return out;
 }
 
 void PrintCheckpoint(const json& c) {
-  std::string name = stdfs::path(c["file"].get<std::string>()).filename().string();
+  const stdfs::path file = c["file"].get<std::string>();
+  std::string name = file.filename().string();
+  if (file.parent_path().filename() == recovery::kCheckpointCopyDir) name = file.parent_path().filename().string() + "/" + name;
   if (c.contains("note")) {
     fmt::print("{}: {}\n", name, c["note"].get<std::string>());
     return;
