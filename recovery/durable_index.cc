@@ -1509,13 +1509,15 @@ Status DurableIndexImpl::WriteCheckpointCopyLocked(uint64_t lsn) {
   const std::string copies = opts_.dir + "/" + kCheckpointCopyDir;
   VECWAL_RETURN_IF_ERROR(fs_->CreateDir(copies));
   VECWAL_RETURN_IF_ERROR(fs_->SyncDir(opts_.dir));
-  VECWAL_ASSIGN_OR_RETURN(const auto old, ListCheckpoints(*fs_, copies));
-  for (uint64_t l : old)
-    if (l != lsn) VECWAL_RETURN_IF_ERROR(fs_->Remove(copies + "/" + CheckpointFileName(l)));
-  if (std::ranges::find(old, lsn) != old.end()) return Status::OK();  // Scrub reads it back
+  // Every other file goes: older copies, and a copy a crash left half written.
+  const std::string name = CheckpointFileName(lsn);
+  VECWAL_ASSIGN_OR_RETURN(const auto held, fs_->ListDir(copies));
+  for (const auto& n : held)
+    if (n != name) VECWAL_RETURN_IF_ERROR(fs_->Remove(copies + "/" + n));
+  if (std::ranges::find(held, name) != held.end()) return Status::OK();  // Scrub reads it back
   auto copied = CopyCheckpoint(*fs_, opts_.dir + "/" + CheckpointFileName(lsn), copies, LogPacing());
   if (!copied.ok()) return copied.status().WithContext("second copy of checkpoint " + std::to_string(lsn));
-  const std::string path = copies + "/" + CheckpointFileName(lsn);
+  const std::string path = copies + "/" + name;
   auto v = VerifyCheckpoint(*fs_, path);
   const std::string problem = v.ok() ? v->problems() : v.status().ToString();
   if (problem.empty()) return Status::OK();
@@ -1525,9 +1527,9 @@ Status DurableIndexImpl::WriteCheckpointCopyLocked(uint64_t lsn) {
 
 void DurableIndexImpl::RemoveCheckpointCopiesLocked() {
   const std::string copies = opts_.dir + "/" + kCheckpointCopyDir;
-  auto listed = ListCheckpoints(*fs_, copies);  // no directory: no copies
-  if (!listed.ok() || listed->empty()) return;
-  for (uint64_t l : *listed) (void)fs_->Remove(copies + "/" + CheckpointFileName(l));
+  auto held = fs_->ListDir(copies);  // no directory: no copies
+  if (!held.ok() || held->empty()) return;
+  for (const auto& n : *held) (void)fs_->Remove(copies + "/" + n);
   (void)fs_->SyncDir(copies);
 }
 

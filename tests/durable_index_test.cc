@@ -10,6 +10,7 @@
 #include <map>
 #include <set>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <random>
 
@@ -529,13 +530,17 @@ BOOST_AUTO_TEST_CASE(a_repair_leaves_a_second_copy_that_an_idle_store_opens_from
     repaired = found->repaired_at_lsn;
     BOOST_REQUIRE(ListCheckpoints(*NewPosixFileSystem(), dir.path())->size() == 1u);
     BOOST_REQUIRE((*ListCheckpoints(*NewPosixFileSystem(), copies) == std::vector<uint64_t>{repaired}));
-    // A copy gone bad is found by the next Scrub and written anew.
+    // A copy gone bad is found by the next Scrub and written anew, past the
+    // half-written one a crash in an earlier copy left.
+    const std::string stale = copies + "/" + CheckpointFileName(repaired) + ".tmp";
+    std::ofstream(stale) << "half a copy";
     test::XorByte(copies + "/" + CheckpointFileName(repaired), 5000);
     auto again = d->Scrub();
     BOOST_REQUIRE(again.ok());
     BOOST_REQUIRE(again->problems.size() == 1u);
     BOOST_TEST(again->problems[0].find(kCheckpointCopyDir) != std::string::npos, again->problems[0]);
     BOOST_TEST(d->Scrub()->problems.empty());
+    BOOST_TEST(!std::filesystem::exists(stale));
     BOOST_REQUIRE(d->Close().ok());
   }
   // Nothing was written after the repair; the one checkpoint goes bad.
