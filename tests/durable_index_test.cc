@@ -69,6 +69,27 @@ uint64_t AwaitCheckpointPast(const DurableIndex& d, uint64_t lsn) {
   return d.Stats().last_checkpoint_lsn;
 }
 
+// Two generations, then ops after them, one of which is damaged on disk and
+// found by a Scrub: its repair retires both and leaves one, which it returns.
+// No copy of a checkpoint is kept while the store holds two.
+uint64_t RepairToOneGeneration(DurableIndex& d, const test::TempDir& dir, Model& m, std::mt19937_64& rng) {
+  for (int i = 0; i < 2; ++i) {
+    RandomOps(d, m, rng, 100);
+    BOOST_REQUIRE(d.Checkpoint().ok());
+  }
+  BOOST_REQUIRE(!std::filesystem::exists(dir / kCheckpointCopyDir));
+  RandomOps(d, m, rng, 50);
+  auto log = test::ReadLog(dir / "wal", wal::RecoveryMode::kStrict);
+  BOOST_REQUIRE(log.ok());
+  const test::ReadBack victim = (*log)[log->size() - 20];  // after both checkpoints
+  DamagePayload(dir, victim);
+  auto found = d.Scrub();
+  BOOST_REQUIRE(found.ok());
+  BOOST_REQUIRE(found->repaired_at_lsn >= victim.lsn);
+  BOOST_REQUIRE(ListCheckpoints(*NewPosixFileSystem(), dir.path())->size() == 1u);
+  return found->repaired_at_lsn;
+}
+
 // The store opened from a checkpoint below `below`, said that `damaged` did
 // not verify, and equals its model.
 void ExpectFellBack(const DurableIndex& d, uint64_t below, uint64_t damaged, const Model& m) {
@@ -476,20 +497,7 @@ BOOST_AUTO_TEST_CASE(after_a_repair_left_one_generation_the_next_logged_op_bring
   Model m;
   std::mt19937_64 rng(61);
   auto d = OpenOrDie(o);
-  for (int i = 0; i < 2; ++i) {
-    RandomOps(*d, m, rng, 100);
-    BOOST_REQUIRE(d->Checkpoint().ok());
-  }
-  RandomOps(*d, m, rng, 50);
-  auto log = test::ReadLog(dir / "wal", wal::RecoveryMode::kStrict);
-  BOOST_REQUIRE(log.ok());
-  const test::ReadBack victim = (*log)[log->size() - 20];  // after both checkpoints
-  DamagePayload(dir, victim);
-  auto found = d->Scrub();
-  BOOST_REQUIRE(found.ok());
-  const uint64_t repaired = found->repaired_at_lsn;
-  BOOST_REQUIRE(repaired >= victim.lsn);
-  BOOST_REQUIRE(ListCheckpoints(*NewPosixFileSystem(), dir.path())->size() == 1u);
+  const uint64_t repaired = RepairToOneGeneration(*d, dir, m, rng);
   const auto v = Vec(rng);
   BOOST_REQUIRE(d->Upsert(1000, v).ok());
   m.rows[1000] = {v, {}};
@@ -516,19 +524,7 @@ BOOST_AUTO_TEST_CASE(a_repair_leaves_a_second_copy_that_an_idle_store_opens_from
   uint64_t repaired = 0;
   {
     auto d = OpenOrDie(o);
-    for (int i = 0; i < 2; ++i) {
-      RandomOps(*d, m, rng, 100);
-      BOOST_REQUIRE(d->Checkpoint().ok());
-    }
-    BOOST_TEST(!std::filesystem::exists(copies));  // two generations: no copy
-    RandomOps(*d, m, rng, 50);
-    auto log = test::ReadLog(dir / "wal", wal::RecoveryMode::kStrict);
-    BOOST_REQUIRE(log.ok());
-    DamagePayload(dir, (*log)[log->size() - 20]);  // after both checkpoints
-    auto found = d->Scrub();
-    BOOST_REQUIRE(found.ok());
-    repaired = found->repaired_at_lsn;
-    BOOST_REQUIRE(ListCheckpoints(*NewPosixFileSystem(), dir.path())->size() == 1u);
+    repaired = RepairToOneGeneration(*d, dir, m, rng);
     BOOST_REQUIRE((*ListCheckpoints(*NewPosixFileSystem(), copies) == std::vector<uint64_t>{repaired}));
     // A copy gone bad is found by the next Scrub and written anew, past the
     // half-written one a crash in an earlier copy left.
