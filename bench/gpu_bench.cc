@@ -145,7 +145,7 @@ std::vector<Row> RunGpuBench(const GpuBenchConfig& c) {
     std::vector<float> ad(nq * c.k);
     std::vector<int64_t> ar(nq * c.k);
     const double bare = QueriesPerSec(c.seconds, nq, [&](uint64_t i) {
-      Check((*alone)->Search(query(nq, i).data(), nq, c.k, nullptr, ad.data(), ar.data()));
+      Check((*alone)->Search(query(nq, i).data(), nq, c.k, {}, ad.data(), ar.data()));
     });
     std::vector<float> dd(nq * c.k);
     std::vector<faiss::Index::idx_t> ll(nq * c.k);

@@ -99,6 +99,28 @@ Status SquaredNorms(const float* rows, size_t n, uint32_t dim, float* out, cudaS
   return FromCuda(cudaGetLastError(), "SquaredNormsKernel launch");
 }
 
+// Row m.to <- row m.from for each move, one block a move. CheckMoves put
+// every destination below every source, so no block reads a row another
+// writes, and the blocks may run in any order.
+__global__ void MoveRowsKernel(const RowMove* moves, uint32_t dim, float* vectors, float* norms) {
+  const RowMove m = moves[blockIdx.x];
+  const float* from = vectors + m.from * dim;
+  float* to = vectors + m.to * dim;
+  for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) to[i] = from[i];
+  if (threadIdx.x == 0) norms[m.to] = norms[m.from];
+}
+
+__global__ void SetMaskKernel(uint8_t* mask, const uint64_t* rows, size_t n, uint8_t value) {
+  const size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x;
+  if (i < n) mask[rows[i]] = value;
+}
+
+Status SetMask(uint8_t* mask, const uint64_t* rows, size_t n, uint8_t value, cudaStream_t s) {
+  if (n == 0) return Status::OK();
+  SetMaskKernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, s>>>(mask, rows, n, value);
+  return FromCuda(cudaGetLastError(), "SetMaskKernel launch");
+}
+
 // --- Selection -------------------------------------------------------------
 // A block keeps one query's best K2 (k rounded up to a power of two, at
 // least four blocks) in shared memory, sorted by key (an L2 distance, or minus
@@ -271,7 +293,13 @@ struct DeviceFlatStore::Impl {
   DeviceBuffer vectors, norms;
   size_t rows = 0, capacity = 0;
   // Search scratch, kept between calls and grown as needed.
-  DeviceBuffer queries, query_norms, products, st_key, st_row, out_key, out_row, mask;
+  DeviceBuffer queries, query_norms, products, st_key, st_row, out_key, out_row, mask, skips, moves;
+  // A byte of 1 a row, for searches that skip rows but filter none: they
+  // clear their skipped rows' bytes and set them again after. False while
+  // a search has bytes cleared, and after one that failed between the two:
+  // the next search fills it again.
+  DeviceBuffer ones;
+  bool ones_whole = false;
 
   explicit Impl(CudaStream s) : stream(std::move(s)) {}
   cudaStream_t st() const { return Native(stream.native()); }
@@ -309,6 +337,50 @@ struct DeviceFlatStore::Impl {
     norms = std::move(*n);
     capacity = want;
     return Status::OK();
+  }
+
+  // Copies host bytes to the card through the two pinned buffers in turn:
+  // a copy from pageable memory would hold the host thread until it is done.
+  Status Upload(void* to, const void* from, size_t bytes) {
+    for (size_t done = 0, i = 0; done < bytes; done += kStageBytes, ++i) {
+      const size_t b = i % 2, count = std::min(kStageBytes, bytes - done);
+      VECWAL_RETURN_IF_ERROR(FromCuda(cudaEventSynchronize(staged[b].get()), "cudaEventSynchronize (staging)"));
+      std::memcpy(stage[b].data(), static_cast<const std::byte*>(from) + done, count);
+      VECWAL_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(static_cast<std::byte*>(to) + done, stage[b].data(), count,
+                                                      cudaMemcpyHostToDevice, st()),
+                                      "cudaMemcpyAsync (upload)"));
+      VECWAL_RETURN_IF_ERROR(FromCuda(cudaEventRecord(staged[b].get(), st()), "cudaEventRecord"));
+    }
+    return Status::OK();
+  }
+
+  // The rows a search selects from: null for all, else a byte a row on the
+  // card. `restore` is set where the mask of ones must get its bytes back.
+  Result<const uint8_t*> SearchMask(const RowFilter& which, bool& restore) {
+    restore = false;
+    if (which.keep == nullptr && which.skipped == 0) return static_cast<const uint8_t*>(nullptr);
+    const uint64_t* skips = nullptr;
+    if (which.skipped > 0) {
+      VECWAL_RETURN_IF_ERROR(Ensure(this->skips, which.skipped * sizeof(uint64_t)));
+      VECWAL_RETURN_IF_ERROR(Upload(this->skips.data(), which.skip, which.skipped * sizeof(uint64_t)));
+      skips = static_cast<const uint64_t*>(this->skips.data());
+    }
+    if (which.keep != nullptr) {  // a mask of this search's own
+      VECWAL_RETURN_IF_ERROR(Ensure(mask, rows));
+      VECWAL_RETURN_IF_ERROR(Upload(mask.data(), which.keep, rows));
+      auto* m = static_cast<uint8_t*>(mask.data());
+      VECWAL_RETURN_IF_ERROR(SetMask(m, skips, which.skipped, 0, st()));
+      return static_cast<const uint8_t*>(m);
+    }
+    if (!ones_whole || ones.size() < rows) {
+      VECWAL_RETURN_IF_ERROR(Ensure(ones, capacity));
+      VECWAL_RETURN_IF_ERROR(FromCuda(cudaMemsetAsync(ones.data(), 1, ones.size(), st()), "cudaMemsetAsync (mask)"));
+    }
+    ones_whole = false;
+    auto* m = static_cast<uint8_t*>(ones.data());
+    VECWAL_RETURN_IF_ERROR(SetMask(m, skips, which.skipped, 0, st()));
+    restore = true;
+    return static_cast<const uint8_t*>(m);
   }
 
   // Appends n rows; `pack(first, count, dst)` writes rows [first, first +
@@ -399,20 +471,20 @@ Status DeviceFlatStore::AppendGathered(const std::byte* const* rows, size_t n) {
   });
 }
 
-Status DeviceFlatStore::MoveRow(size_t from, size_t to) {
+Status DeviceFlatStore::MoveRows(const RowMove* moves, size_t n) {
   std::lock_guard l(impl_->mu);
   auto& m = *impl_;
-  if (from >= m.rows || to >= m.rows)
-    return Status::InvalidArgument("GPU store: move of row " + Str(from) + " to " + Str(to) + " of " + Str(m.rows));
-  if (from == to) return Status::OK();
+  VECWAL_RETURN_IF_ERROR(CheckMoves(moves, n, m.rows));
+  if (n == 0) return Status::OK();
   VECWAL_RETURN_IF_ERROR(m.Use());
-  auto* v = static_cast<std::byte*>(m.vectors.data());
-  auto* n = static_cast<float*>(m.norms.data());
-  VECWAL_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(v + to * m.row_bytes(), v + from * m.row_bytes(), m.row_bytes(),
-                                                  cudaMemcpyDeviceToDevice, m.st()),
-                                  "cudaMemcpyAsync (moving a row)"));
-  VECWAL_RETURN_IF_ERROR(FromCuda(
-      cudaMemcpyAsync(n + to, n + from, sizeof(float), cudaMemcpyDeviceToDevice, m.st()), "cudaMemcpyAsync (norm)"));
+  VECWAL_RETURN_IF_ERROR(Impl::Ensure(m.moves, n * sizeof(RowMove)));
+  VECWAL_RETURN_IF_ERROR(m.Upload(m.moves.data(), moves, n * sizeof(RowMove)));
+  // Every destination is below every source: fewer moves than half the
+  // rows, so fewer than 2^31 blocks.
+  MoveRowsKernel<<<static_cast<unsigned>(n), kThreads, 0, m.st()>>>(static_cast<const RowMove*>(m.moves.data()), m.dim,
+                                                                     static_cast<float*>(m.vectors.data()),
+                                                                     static_cast<float*>(m.norms.data()));
+  VECWAL_RETURN_IF_ERROR(FromCuda(cudaGetLastError(), "MoveRowsKernel launch"));
   return m.stream.Synchronize();
 }
 
@@ -435,11 +507,12 @@ Status DeviceFlatStore::ReadRow(size_t row, float* out) {
   return m.stream.Synchronize();
 }
 
-Status DeviceFlatStore::Search(const float* queries, size_t nq, size_t k, const uint8_t* mask, float* distances,
+Status DeviceFlatStore::Search(const float* queries, size_t nq, size_t k, const RowFilter& which, float* distances,
                                int64_t* rows_out) {
   if (k > kMaxK) return Status::InvalidArgument("a GPU search takes k up to " + Str(kMaxK) + "; asked for " + Str(k));
   std::lock_guard l(impl_->mu);
   auto& m = *impl_;
+  VECWAL_RETURN_IF_ERROR(CheckSkips(which, m.rows));
   std::fill_n(distances, nq * k, std::numeric_limits<float>::quiet_NaN());
   std::fill_n(rows_out, nq * k, int64_t{-1});
   if (nq == 0 || k == 0 || m.rows == 0) return Status::OK();
@@ -465,17 +538,12 @@ Status DeviceFlatStore::Search(const float* queries, size_t nq, size_t k, const 
   VECWAL_RETURN_IF_ERROR(Impl::Ensure(m.st_row, qb * slices * k2 * sizeof(uint32_t)));
   VECWAL_RETURN_IF_ERROR(Impl::Ensure(m.out_key, qb * k2 * sizeof(float)));
   VECWAL_RETURN_IF_ERROR(Impl::Ensure(m.out_row, qb * k2 * sizeof(uint32_t)));
-  const uint8_t* dmask = nullptr;
-  if (mask != nullptr) {
-    VECWAL_RETURN_IF_ERROR(Impl::Ensure(m.mask, m.rows));
-    VECWAL_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(m.mask.data(), mask, m.rows, cudaMemcpyHostToDevice, s),
-                                    "cudaMemcpyAsync (search mask)"));
-    dmask = static_cast<const uint8_t*>(m.mask.data());
-  }
+  bool restore = false;
+  VECWAL_ASSIGN_OR_RETURN(const uint8_t* dmask, m.SearchMask(which, restore));
   const size_t shared = SharedBytes(k2);
   const auto* keys = reinterpret_cast<const float*>(m.stage[0].data());
   const auto* found = reinterpret_cast<const uint32_t*>(m.stage[1].data());
-  // An Append's last copies may still read the staging buffers.
+  // An Append's last copies, or the mask's, may still read the staging buffers.
   for (auto& e : m.staged)
     VECWAL_RETURN_IF_ERROR(FromCuda(cudaEventSynchronize(e.get()), "cudaEventSynchronize (staging)"));
   const float one = 1.f, zero = 0.f;
@@ -530,6 +598,11 @@ Status DeviceFlatStore::Search(const float* queries, size_t nq, size_t k, const 
         distances[(q0 + i) * k + j] = l2 ? keys[i * k + j] : -keys[i * k + j];
       }
     }
+  }
+  if (restore) {
+    VECWAL_RETURN_IF_ERROR(SetMask(static_cast<uint8_t*>(m.ones.data()), static_cast<const uint64_t*>(m.skips.data()),
+                                   which.skipped, 1, s));
+    m.ones_whole = true;
   }
   return Status::OK();
 }

@@ -11,6 +11,11 @@
 // few thousand rows almost none do. L2 distances are |q|^2 + |x|^2 - 2 q.x,
 // clamped at 0 as FAISS does.
 //
+// Skipped rows go to the card as row numbers: a search without `keep`
+// clears their bytes in a mask of ones kept on the card and sets them back
+// after, so the search of a store with a few recent writes hidden sends a
+// few bytes, not one a row.
+//
 // Thread safety: every method takes the store's lock; searches run one at a
 // time on the store's stream.
 #pragma once
@@ -44,9 +49,9 @@ class DeviceFlatStore final : public RowStore {
   Status Reserve(size_t rows) override;
   Status Append(const float* rows, size_t n) override;
   Status AppendGathered(const std::byte* const* rows, size_t n) override;
-  Status MoveRow(size_t from, size_t to) override;
+  Status MoveRows(const RowMove* moves, size_t n) override;
   Status Truncate(size_t rows) override;
-  Status Search(const float* queries, size_t nq, size_t k, const uint8_t* mask, float* distances,
+  Status Search(const float* queries, size_t nq, size_t k, const RowFilter& which, float* distances,
                 int64_t* rows) override;
   // Row `row` as stored, for tests and checks.
   Status ReadRow(size_t row, float* out);

@@ -59,24 +59,42 @@ class MirroredIndex final : public index::ForwardingIndex {
     return Status::OK();
   }
 
-  // The card's rows stay dense: the last row moves into each hole.
+  // The card's rows stay dense: the rows past the new end that stay fill
+  // the holes below it, in one batch of moves (one call to the card, not one
+  // a removed id: a replay's deletes come in thousands).
   Status Remove(std::span<const uint64_t> ids) override {
     VECWAL_RETURN_IF_ERROR(inner_->Remove(ids));
     if (!dev_) return Status::OK();
     if (Injected()) return Drop(std::exchange(injected_, {}));
+    std::vector<size_t> gone;
     for (uint64_t id : ids) {
-      auto it = row_of_.find(id);
-      if (it == row_of_.end()) continue;
-      const size_t row = it->second, last = id_of_row_.size() - 1;
-      row_of_.erase(it);
-      if (row != last) {
-        if (Status s = dev_->MoveRow(last, row); !s.ok()) return Drop(s);
-        id_of_row_[row] = id_of_row_[last];
-        row_of_[id_of_row_[row]] = row;
+      if (auto it = row_of_.find(id); it != row_of_.end()) {  // a repeated id is found once
+        gone.push_back(it->second);
+        row_of_.erase(it);
       }
-      id_of_row_.pop_back();
     }
-    if (Status s = dev_->Truncate(id_of_row_.size()); !s.ok()) return Drop(s);
+    if (gone.empty()) return Status::OK();
+    const size_t end = id_of_row_.size() - gone.size();
+    std::vector<bool> tail_gone(gone.size());  // rows end.. that go
+    std::vector<RowMove> moves;
+    for (size_t row : gone) {
+      if (row >= end) {
+        tail_gone[row - end] = true;
+      } else {
+        moves.push_back({0, row});
+      }
+    }
+    size_t from = end;
+    for (RowMove& m : moves) {
+      while (tail_gone[from - end]) ++from;
+      m.from = from++;
+      id_of_row_[m.to] = id_of_row_[m.from];
+      row_of_[id_of_row_[m.to]] = m.to;
+    }
+    id_of_row_.resize(end);
+    if (!moves.empty())
+      if (Status s = dev_->MoveRows(moves.data(), moves.size()); !s.ok()) return Drop(s);
+    if (Status s = dev_->Truncate(end); !s.ok()) return Drop(s);
     return Status::OK();
   }
 
@@ -96,9 +114,11 @@ class MirroredIndex final : public index::ForwardingIndex {
     r.k = k;
     r.ids.assign(nq * k, index::kNoId);
     r.distances.assign(nq * k, std::numeric_limits<float>::quiet_NaN());
-    const std::vector<uint8_t> mask = Mask(skip, params);
+    const std::vector<uint8_t> keep = Kept(params);
+    const std::vector<uint64_t> skipped = Skipped(skip);
+    const RowFilter which{keep.empty() ? nullptr : keep.data(), skipped.data(), skipped.size()};
     std::vector<int64_t> rows(nq * k);
-    Status s = dev_->Search(queries.data(), nq, k, mask.empty() ? nullptr : mask.data(), r.distances.data(), rows.data());
+    Status s = dev_->Search(queries.data(), nq, k, which, r.distances.data(), rows.data());
     // A card that fails a search (no memory for its scratch, say) leaves the
     // answer to the CPU index: slower, never wrong. Changing the index is
     // what drops the mirror, and a search holds it shared.
@@ -143,24 +163,30 @@ class MirroredIndex final : public index::ForwardingIndex {
     }
   }
 
-  // A byte a device row, nonzero where the row is searched; empty where all are.
-  std::vector<uint8_t> Mask(const index::IdSet* skip, const index::SearchParams& p) const {
-    const bool skipping = skip != nullptr && !skip->empty();
-    if (!skipping && !p.filter && !p.ids) return {};
-    std::vector<uint8_t> mask(id_of_row_.size(), p.ids ? 0 : 1);
+  // A byte a device row, nonzero where a filter or id list lets the row
+  // through; empty where there is neither.
+  std::vector<uint8_t> Kept(const index::SearchParams& p) const {
+    if (!p.filter && !p.ids) return {};
+    std::vector<uint8_t> keep(id_of_row_.size(), p.ids ? 0 : 1);
     if (p.ids) {
       for (uint64_t id : *p.ids)
-        if (auto it = row_of_.find(id); it != row_of_.end()) mask[it->second] = 1;
+        if (auto it = row_of_.find(id); it != row_of_.end()) keep[it->second] = 1;
     }
     if (p.filter) {
-      for (size_t r = 0; r < mask.size(); ++r)
-        if (mask[r] != 0 && !p.filter(id_of_row_[r])) mask[r] = 0;
+      for (size_t r = 0; r < keep.size(); ++r)
+        if (keep[r] != 0 && !p.filter(id_of_row_[r])) keep[r] = 0;
     }
-    if (skipping) {
-      for (uint64_t id : *skip)
-        if (auto it = row_of_.find(id); it != row_of_.end()) mask[it->second] = 0;
-    }
-    return mask;
+    return keep;
+  }
+
+  // The device rows of the ids a search must not return (the store's recent
+  // writes hide theirs): a few, where a mask would be a byte a row.
+  std::vector<uint64_t> Skipped(const index::IdSet* skip) const {
+    std::vector<uint64_t> rows;
+    if (skip == nullptr) return rows;
+    for (uint64_t id : *skip)
+      if (auto it = row_of_.find(id); it != row_of_.end()) rows.push_back(it->second);
+    return rows;
   }
 
   std::unique_ptr<RowStore> dev_;  // the card's copy (DeviceFlatStore); null once dropped

@@ -3,9 +3,9 @@
 // give the mirror one in host memory, so that what the mirror does with ids
 // and rows is checked where no card is.
 //
-// Rows are dense (0..rows()-1): a caller that removes a row moves the last
-// one into its place (MoveRow, then Truncate) and keeps its own row -> id
-// table. No CUDA types and no C++20 here: nvcc compiles this as C++17.
+// Rows are dense (0..rows()-1): a caller that removes rows moves rows from
+// the end into the holes (MoveRows, then Truncate) and keeps its own row ->
+// id table. No CUDA types and no C++20 here: nvcc compiles this as C++17.
 #pragma once
 
 #include <cstddef>
@@ -14,6 +14,21 @@
 #include "io/status.h"
 
 namespace vecwal::gpu {
+
+struct RowMove {
+  uint64_t from = 0, to = 0;
+};
+
+// The rows a search may return: every row, or where `keep` is given those
+// whose byte is nonzero; never one listed in `skip`. A store that keeps its
+// rows on a card keeps a mask there too, so that the common search (a few
+// hidden ids, no filter) sends the card the rows it skips, not a byte for
+// every row.
+struct RowFilter {
+  const uint8_t* keep = nullptr;   // rows() bytes, or null
+  const uint64_t* skip = nullptr;  // `skipped` row numbers, each below rows()
+  size_t skipped = 0;
+};
 
 class RowStore {
  public:
@@ -28,16 +43,24 @@ class RowStore {
   virtual Status Append(const float* rows, size_t n) = 0;
   // Appends n rows, row i at rows[i] (dim floats, any alignment).
   virtual Status AppendGathered(const std::byte* const* rows, size_t n) = 0;
-  // Row `to` becomes a copy of row `from`.
-  virtual Status MoveRow(size_t from, size_t to) = 0;
+  // Row m.to becomes a copy of row m.from, for each of the n moves, in one
+  // step. Every destination lies below every source, as when holes are
+  // filled from the end: no row is read after it is written.
+  virtual Status MoveRows(const RowMove* moves, size_t n) = 0;
   // Drops the rows from `rows` on.
   virtual Status Truncate(size_t rows) = 0;
   // The k nearest rows to each of nq queries (nq x dim host floats): row
   // numbers (-1 where fewer than k rows pass) and distances (NaN there;
-  // squared L2, or the inner product), nq x k each, best first. `mask`
-  // (null: every row) holds a byte a row, nonzero for the rows to search.
-  virtual Status Search(const float* queries, size_t nq, size_t k, const uint8_t* mask, float* distances,
+  // squared L2, or the inner product), nq x k each, best first, among the
+  // rows `which` lets through.
+  virtual Status Search(const float* queries, size_t nq, size_t k, const RowFilter& which, float* distances,
                         int64_t* rows) = 0;
 };
+
+// What every store checks before it moves a row or masks one, against its
+// `rows` rows: every row in range, and for MoveRows every destination below
+// every source. An error names the first row at fault.
+Status CheckMoves(const RowMove* moves, size_t n, size_t rows);
+Status CheckSkips(const RowFilter& which, size_t rows);
 
 }  // namespace vecwal::gpu

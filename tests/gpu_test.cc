@@ -81,13 +81,20 @@ std::unique_ptr<DeviceFlatStore> StoreOf(const std::vector<float>& rows, uint32_
 // The GPU's answer to each query is the CPU's (index::ExactKnn, FAISS's
 // kernels) up to ties and float rounding: the k-th distances agree, every
 // row returned is at the distance reported, and none is returned twice.
+// `keep` and `skip` as a RowFilter's.
 void ExpectExact(DeviceFlatStore& store, const std::vector<float>& rows, const std::vector<float>& queries,
-                 size_t k, bool ip, const std::vector<uint8_t>& mask = {}) {
+                 size_t k, bool ip, const std::vector<uint8_t>& keep = {}, const std::vector<uint64_t>& skip = {}) {
   const uint32_t dim = store.dim();
   const size_t nq = queries.size() / dim;
   std::vector<float> d(nq * k), want_d(nq * k);
   std::vector<int64_t> r(nq * k), want_r(nq * k);
-  BOOST_REQUIRE(store.Search(queries.data(), nq, k, mask.empty() ? nullptr : mask.data(), d.data(), r.data()).ok());
+  const RowFilter which{keep.empty() ? nullptr : keep.data(), skip.data(), skip.size()};
+  BOOST_REQUIRE(store.Search(queries.data(), nq, k, which, d.data(), r.data()).ok());
+  std::vector<uint8_t> mask;
+  if (!keep.empty() || !skip.empty()) {
+    mask = keep.empty() ? std::vector<uint8_t>(rows.size() / dim, 1) : keep;
+    for (uint64_t row : skip) mask[row] = 0;
+  }
   index::IndexSpec spec{dim, ip ? index::Metric::kInnerProduct : index::Metric::kL2, "Flat"};
   index::ExactKnn(spec, queries, rows, k, want_d, want_r, mask);
   size_t checked = 0;
@@ -150,9 +157,9 @@ BOOST_AUTO_TEST_CASE(k_past_the_rows_pads_with_no_row_and_nan) {
   BOOST_REQUIRE(empty.ok());
   std::vector<float> d(4);
   std::vector<int64_t> r(4, 99);
-  BOOST_REQUIRE((*empty)->Search(rows.data(), 1, 4, nullptr, d.data(), r.data()).ok());
+  BOOST_REQUIRE((*empty)->Search(rows.data(), 1, 4, {}, d.data(), r.data()).ok());
   for (int i = 0; i < 4; ++i) BOOST_TEST((r[i] == -1 && std::isnan(d[i])));
-  BOOST_TEST(((*empty)->Search(rows.data(), 1, DeviceFlatStore::kMaxK + 1, nullptr, d.data(), r.data()).code() ==
+  BOOST_TEST(((*empty)->Search(rows.data(), 1, DeviceFlatStore::kMaxK + 1, {}, d.data(), r.data()).code() ==
               Status::Code::kInvalidArgument));
 }
 
@@ -168,18 +175,63 @@ BOOST_AUTO_TEST_CASE(a_mask_leaves_rows_out_and_k_hits_come_from_the_rest) {
   ExpectExact(*store, rows, Gaussian(5, dim, 11), 3, true, mask);  // one hit, then padding
 }
 
+// Skipped rows clear bytes in the card's mask of ones and set them again
+// after: a search after one that skipped sees every row, the mask follows
+// the store's growth, and skips combine with a caller's mask.
+BOOST_AUTO_TEST_CASE(skipped_rows_are_left_out_and_the_next_search_sees_them_again) {
+  const uint32_t dim = 20;
+  auto rows = Gaussian(30000, dim, 14);
+  auto store = StoreOf(rows, dim, false);
+  // The queries are rows: a search that skips a query's own row must not return it.
+  std::vector<float> q(rows.begin() + 777 * dim, rows.begin() + 787 * dim);
+  std::vector<uint64_t> skip;
+  for (uint64_t r = 777; r < 787; ++r) skip.push_back(r);
+  for (uint64_t r = 0; r < 30000; r += 101) skip.push_back(r);
+  ExpectExact(*store, rows, q, 16, false, {}, skip);
+  ExpectExact(*store, rows, q, 16, false);  // every row again: the skipped ones first
+  std::vector<uint8_t> keep(30000, 0);
+  for (size_t i = 0; i < keep.size(); i += 3) keep[i] = 1;
+  ExpectExact(*store, rows, q, 16, false, keep, skip);
+  ExpectExact(*store, rows, q, 16, false, {}, skip);
+  // Past the capacity the mask had: the new rows are searched, and skipped where asked.
+  auto more = Gaussian(50000, dim, 15);
+  BOOST_REQUIRE(store->Append(more.data(), 50000).ok());
+  rows.insert(rows.end(), more.begin(), more.end());
+  skip.push_back(79999);
+  q.insert(q.end(), more.end() - dim, more.end());
+  ExpectExact(*store, rows, q, 16, false, {}, skip);
+  ExpectExact(*store, rows, q, 16, false);
+  const std::vector<uint64_t> past{80000};
+  std::vector<float> d(1);
+  std::vector<int64_t> r(1);
+  BOOST_TEST((store->Search(q.data(), 1, 1, RowFilter{nullptr, past.data(), 1}, d.data(), r.data()).code() ==
+              Status::Code::kInvalidArgument));
+  ExpectExact(*store, rows, q, 16, false);
+}
+
 BOOST_AUTO_TEST_CASE(moved_rows_and_gathered_adds_land_where_they_are_asked_to) {
   const uint32_t dim = 24;
   auto rows = Gaussian(300, dim, 12);
   auto store = StoreOf(rows, dim, false);
-  BOOST_REQUIRE(store->MoveRow(299, 7).ok());
-  BOOST_REQUIRE(store->Truncate(299).ok());
+  // Three holes filled from the end in one batch; rows 296 and 298 go.
+  const std::vector<RowMove> moves{{299, 7}, {297, 100}, {295, 0}};
+  BOOST_REQUIRE(store->MoveRows(moves.data(), moves.size()).ok());
+  BOOST_REQUIRE(store->Truncate(295).ok());
   std::vector<float> got(dim);
+  for (const RowMove& m : moves) {
+    if (m.to == 7) continue;  // checked again below, after the adds
+    BOOST_REQUIRE(store->ReadRow(m.to, got.data()).ok());
+    BOOST_TEST((got == std::vector<float>(rows.begin() + m.from * dim, rows.begin() + (m.from + 1) * dim)));
+  }
+  BOOST_REQUIRE(store->ReadRow(1, got.data()).ok());  // untouched
+  BOOST_TEST((got == std::vector<float>(rows.begin() + dim, rows.begin() + 2 * dim)));
+  BOOST_TEST(store->rows() == 295u);
+  BOOST_TEST((store->ReadRow(295, got.data()).code() == Status::Code::kInvalidArgument));
+  const std::vector<RowMove> past{{400, 1}}, crossing{{200, 10}, {150, 160}};
+  BOOST_TEST((store->MoveRows(past.data(), 1).code() == Status::Code::kInvalidArgument));
+  BOOST_TEST((store->MoveRows(crossing.data(), 2).code() == Status::Code::kInvalidArgument));
   BOOST_REQUIRE(store->ReadRow(7, got.data()).ok());
   BOOST_TEST((got == std::vector<float>(rows.begin() + 299 * dim, rows.end())));
-  BOOST_TEST(store->rows() == 299u);
-  BOOST_TEST((store->ReadRow(299, got.data()).code() == Status::Code::kInvalidArgument));
-  BOOST_TEST((store->MoveRow(400, 1).code() == Status::Code::kInvalidArgument));
   // Gathered from unaligned places, through both staging buffers (more
   // rows than one 8 MiB buffer holds at 24 floats).
   const size_t n = 100000;
@@ -189,15 +241,15 @@ BOOST_AUTO_TEST_CASE(moved_rows_and_gathered_adds_land_where_they_are_asked_to) 
   std::vector<const std::byte*> at(n);
   for (size_t i = 0; i < n; ++i) at[i] = unaligned.data() + 1 + (n - 1 - i) * dim * sizeof(float);
   BOOST_REQUIRE(store->AppendGathered(at.data(), n).ok());
-  BOOST_REQUIRE(store->ReadRow(299, got.data()).ok());
+  BOOST_REQUIRE(store->ReadRow(295, got.data()).ok());
   BOOST_TEST((got == std::vector<float>(more.end() - dim, more.end())));
-  BOOST_REQUIRE(store->ReadRow(299 + n - 1, got.data()).ok());
+  BOOST_REQUIRE(store->ReadRow(295 + n - 1, got.data()).ok());
   BOOST_TEST((got == std::vector<float>(more.begin(), more.begin() + dim)));
   // Searches see the moved row's norm too: its own vector finds it at 0.
   std::vector<float> d(1);
   std::vector<int64_t> r(1);
   std::vector<float> q(rows.begin() + 299 * dim, rows.end());
-  BOOST_REQUIRE(store->Search(q.data(), 1, 1, nullptr, d.data(), r.data()).ok());
+  BOOST_REQUIRE(store->Search(q.data(), 1, 1, {}, d.data(), r.data()).ok());
   BOOST_TEST(r[0] == 7);
   BOOST_TEST(d[0] < 1e-3f);
 }

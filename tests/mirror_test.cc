@@ -49,26 +49,37 @@ class HostRowStore final : public RowStore {
     }
     return Status::OK();
   }
-  Status MoveRow(size_t from, size_t to) override {
-    if (from >= rows() || to >= rows()) return Status::InvalidArgument("row past the end");
-    std::copy_n(v_.begin() + from * spec_.dim, spec_.dim, v_.begin() + to * spec_.dim);
+  Status MoveRows(const RowMove* moves, size_t n) override {
+    VECWAL_RETURN_IF_ERROR(CheckMoves(moves, n, rows()));
+    for (size_t i = 0; i < n; ++i)
+      std::copy_n(v_.begin() + moves[i].from * spec_.dim, spec_.dim, v_.begin() + moves[i].to * spec_.dim);
+    ++move_calls_;
     return Status::OK();
   }
   Status Truncate(size_t rows) override {
     v_.resize(rows * spec_.dim);
     return Status::OK();
   }
-  Status Search(const float* queries, size_t nq, size_t k, const uint8_t* mask, float* distances,
+  Status Search(const float* queries, size_t nq, size_t k, const RowFilter& which, float* distances,
                 int64_t* found) override {
-    index::ExactKnn(spec_, {queries, nq * spec_.dim}, v_, k, {distances, nq * k}, {found, nq * k},
-                    mask != nullptr ? std::span<const uint8_t>(mask, rows()) : std::span<const uint8_t>());
+    VECWAL_RETURN_IF_ERROR(CheckSkips(which, rows()));
+    std::vector<uint8_t> mask;
+    if (which.keep != nullptr || which.skipped > 0) {
+      mask.assign(rows(), 1);
+      if (which.keep != nullptr) mask.assign(which.keep, which.keep + rows());
+      for (size_t i = 0; i < which.skipped; ++i) mask[which.skip[i]] = 0;
+    }
+    index::ExactKnn(spec_, {queries, nq * spec_.dim}, v_, k, {distances, nq * k}, {found, nq * k}, mask);
     return Status::OK();
   }
+  // How many MoveRows calls it took: a card pays a round trip for each.
+  size_t move_calls() const { return move_calls_; }
 
  private:
   const index::IndexSpec spec_;
   const size_t max_k_;
   std::vector<float> v_;
+  size_t move_calls_ = 0;
 };
 
 // Where a mirror keeps its copy: host memory always, the card where there is one.
@@ -144,7 +155,11 @@ BOOST_AUTO_TEST_CASE(a_mirrored_index_answers_as_the_cpu_flat_through_adds_remov
 
     auto q = Gaussian(25, dim, 22);
     ExpectSameHits(gpu, *cpu, q, 10, nullptr, {});
+    // Skipped: each query's two best, a few others, and an id neither holds.
     index::IdSet skip{ids[1], ids[2], more[3], 424242};
+    auto best = cpu->Search(q, 2);
+    BOOST_REQUIRE(best.ok());
+    skip.insert(best->ids.begin(), best->ids.end());
     ExpectSameHits(gpu, *cpu, q, 10, &skip, {});
     index::SearchParams f;
     f.filter = [](uint64_t id) { return id % 3 == 0; };
@@ -160,6 +175,83 @@ BOOST_AUTO_TEST_CASE(a_mirrored_index_answers_as_the_cpu_flat_through_adds_remov
     BOOST_TEST((gpu.Search(q, 3, nullptr, np).status().code() == Status::Code::kInvalidArgument));
     }
   }
+}
+
+// A remove fills its holes from the rows past the new end in one batch: a
+// replay of thousands of deletes makes one round trip to the card, not one
+// an id. Removes of holes only, of tail rows only, of both, with ids
+// repeated and absent, down to an empty store.
+BOOST_AUTO_TEST_CASE(a_remove_moves_the_rows_it_keeps_in_one_call_and_the_mirror_answers_as_the_cpu) {
+  const uint32_t dim = 16;
+  auto cpu = FlatOf(dim, index::Metric::kL2);
+  auto host = FlatOf(dim, index::Metric::kL2);
+  std::vector<uint64_t> ids(1000);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = 5000 + i;
+  auto v = Gaussian(ids.size(), dim, 50);
+  BOOST_REQUIRE(cpu->Add(ids, v).ok());
+  BOOST_REQUIRE(host->Add(ids, v).ok());
+  auto rows = std::make_unique<HostRowStore>(dim, index::Metric::kL2, 2048);
+  const HostRowStore& store = *rows;
+  auto m = MirrorOn(std::move(host), std::move(rows), "host rows");
+  BOOST_REQUIRE(m.ok());
+  auto& mirror = **m;
+  const auto q = Gaussian(7, dim, 51);
+  auto expect_same = [&](const char* what) {
+    BOOST_TEST_CONTEXT(what) {
+      BOOST_TEST(store.rows() == cpu->size());
+      BOOST_TEST(DeviceStatus(mirror).ok());
+      ExpectSameHits(mirror, *cpu, q, 10, nullptr, {});
+      // Every row: each id with its own vector's distance (near ties may
+      // rank apart, so by id).
+      const size_t k = std::max<size_t>(1, cpu->size());
+      auto a = mirror.Search(q, k);
+      auto b = cpu->Search(q, k);
+      BOOST_REQUIRE(a.ok() && b.ok());
+      for (size_t i = 0; i < q.size() / dim; ++i) {
+        std::vector<std::pair<uint64_t, float>> x, y;
+        for (size_t j = i * k; j < (i + 1) * k; ++j) {
+          x.emplace_back(a->ids[j], a->distances[j]);
+          y.emplace_back(b->ids[j], b->distances[j]);
+        }
+        std::sort(x.begin(), x.end());
+        std::sort(y.begin(), y.end());
+        for (size_t j = 0; j < x.size(); ++j) {
+          BOOST_TEST(x[j].first == y[j].first);
+          if (x[j].first != index::kNoId) BOOST_TEST(std::abs(x[j].second - y[j].second) <= 1e-3f * std::max(1.f, y[j].second));
+        }
+      }
+    }
+  };
+  auto remove = [&](std::vector<uint64_t> gone) {
+    BOOST_REQUIRE(cpu->Remove(gone).ok());
+    BOOST_REQUIRE(mirror.Remove(gone).ok());
+  };
+  // The upload put the rows in insertion order: the last two ids are the last rows.
+  remove({ids[999], ids[998]});
+  BOOST_TEST(store.move_calls() == 0u);
+  expect_same("the last rows");
+  std::vector<uint64_t> spread;  // holes all through and the new last row, one id repeated, one absent
+  for (size_t i = 0; i < ids.size(); i += 3) spread.push_back(ids[i]);
+  spread.push_back(ids[997]);
+  spread.push_back(ids[0]);
+  spread.push_back(1);
+  remove(spread);
+  BOOST_TEST(store.move_calls() == 1u);
+  expect_same("holes and tail rows");
+  remove({});
+  BOOST_TEST(store.move_calls() == 1u);
+  std::vector<uint64_t> rest;
+  for (uint64_t id : ids)
+    if (cpu->Contains(id)) rest.push_back(id);
+  remove(rest);  // every row goes: none moves
+  BOOST_TEST(store.move_calls() == 1u);
+  BOOST_TEST(cpu->size() == 0u);
+  BOOST_TEST(store.rows() == 0u);
+  std::vector<uint64_t> back{7, 8, 9};
+  auto bv = Gaussian(3, dim, 52);
+  BOOST_REQUIRE(cpu->Add(back, bv).ok());
+  BOOST_REQUIRE(mirror.Add(back, bv).ok());
+  expect_same("added after all went");
 }
 
 BOOST_AUTO_TEST_CASE(a_mirror_whose_copy_fails_a_change_is_dropped_and_searches_go_on_exact_on_the_cpu) {
