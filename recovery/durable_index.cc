@@ -162,7 +162,10 @@ Status DurableIndexImpl::Recover(RecoveryStats* st) {
   if (ck) {
     const auto& have = ck->info.spec;
     if (have.dim != opts_.spec.dim || have.metric != opts_.spec.metric || have.description != opts_.spec.description)
-      return Status::InvalidArgument(opts_.dir + " holds " + Describe(have) + "; opened with " + Describe(opts_.spec));
+      return Status::InvalidArgument(opts_.dir + " holds " + Describe(have) + "; opened with " + Describe(opts_.spec) +
+                                     (have.dim == opts_.spec.dim ? " (recovery::Reindex, or vecwal-reindex, copies a "
+                                                                   "store into one of another index)"
+                                                                 : ""));
     VECWAL_ASSIGN_OR_RETURN(index_, Wrapped(std::move(ck->index)));
     payloads_.Reset(std::move(ck->payloads));
     last_checkpoint_lsn_ = ck->info.lsn;
@@ -1021,6 +1024,62 @@ Result<Entry> DurableIndexImpl::Get(uint64_t id) const {
   VECWAL_ASSIGN_OR_RETURN(e.vector, index_->Reconstruct(id));
   if (const auto* p = payloads_.Find(id)) e.payload = *p;
   return e;
+}
+
+// The index and payloads_ hold still while state_mu_ is held (merges
+// wait); the recent writes, the newest set and then the one a merge is
+// moving, are copied at one point in log order, so that writers go on
+// applying under recent_mu_. The ids they decide, present or removed, are
+// the ones the index's entries give way to.
+Result<uint64_t> DurableIndexImpl::Scan(size_t piece, const ScanVisitor& visit) const {
+  if (piece == 0) return Status::InvalidArgument("a scan's pieces hold at least 1 entry; asked for 0");
+  const uint32_t dim = opts_.spec.dim;
+  std::shared_lock r(state_mu_);
+  index::IdSet decided;
+  std::vector<uint64_t> ids;
+  std::vector<float> vectors;
+  std::vector<std::vector<std::byte>> payloads;
+  uint64_t lsn = 0;
+  {
+    std::shared_lock rr(recent_mu_);
+    lsn = recent_last_lsn_;
+    auto take = [&](const RecentWrites& w) {
+      w.ForEach([&](uint64_t id, const float* v, std::span<const std::byte> p) {
+        if (!decided.insert(id).second || v == nullptr) return;  // a newer set decided it, or it was removed
+        ids.push_back(id);
+        vectors.insert(vectors.end(), v, v + dim);
+        payloads.emplace_back(p.begin(), p.end());
+      });
+    };
+    take(*recent_);
+    if (merging_ != nullptr) take(*merging_);
+  }
+  std::vector<std::span<const std::byte>> views;
+  for (size_t at = 0; at < ids.size(); at += piece) {
+    const size_t n = std::min(piece, ids.size() - at);
+    views.assign(payloads.begin() + static_cast<std::ptrdiff_t>(at),
+                 payloads.begin() + static_cast<std::ptrdiff_t>(at + n));
+    VECWAL_RETURN_IF_ERROR(visit({{ids.data() + at, n}, {vectors.data() + at * dim, n * dim}, views}));
+  }
+  VECWAL_RETURN_IF_ERROR(index_->ScanLive(piece, [&](std::span<const uint64_t> in, std::span<const float> v) {
+    ids.clear();
+    vectors.clear();
+    views.clear();
+    for (size_t i = 0; i < in.size(); ++i) {
+      if (decided.contains(in[i])) continue;
+      if (!decided.empty()) {  // else the index's own piece is passed on as it is
+        ids.push_back(in[i]);
+        vectors.insert(vectors.end(), v.begin() + static_cast<std::ptrdiff_t>(i * dim),
+                       v.begin() + static_cast<std::ptrdiff_t>((i + 1) * dim));
+      }
+      const auto* p = payloads_.Find(in[i]);
+      views.push_back(p != nullptr ? std::span<const std::byte>(*p) : std::span<const std::byte>());
+    }
+    if (views.empty()) return Status::OK();
+    if (decided.empty()) return visit({in, v, views});
+    return visit({ids, vectors, views});
+  }));
+  return lsn;
 }
 
 // Not under state_mu_: with a merge waiting for a search, a shared hold

@@ -161,6 +161,16 @@ struct Entry {
   std::vector<std::byte> payload;
 };
 
+// One piece of a Scan: entries' ids, their vectors (ids.size() x dim
+// floats, as Get returns them: decoded where the index compresses them) and
+// payloads, valid for the call only.
+struct ScanPiece {
+  std::span<const uint64_t> ids;
+  std::span<const float> vectors;
+  std::span<const std::span<const std::byte>> payloads;
+};
+using ScanVisitor = std::function<Status(const ScanPiece&)>;
+
 // Several ops applied all or none, in order. A batch has upserts and
 // removals only: a removal of an id that is not there (then) does nothing,
 // where Remove() of one is NotFound; an empty batch logs nothing.
@@ -254,6 +264,15 @@ class DurableIndex {
   virtual Result<Entry> Get(uint64_t id) const = 0;
   virtual bool Contains(uint64_t id) const = 0;
   virtual size_t Size() const = 0;
+  // Visits every entry the store holds at one point in log order, each
+  // once, in pieces of at most `piece` entries, and returns that point's
+  // LSN: how a caller lists the store, or copies it into a store of another
+  // index description. Writes go on meanwhile and are not seen; the merges
+  // of the recent writes wait for the scan, so writers wait once the recent
+  // writes reach their bound, as beside a checkpoint. `visit` must not call
+  // the store (a write could wait for the scan); an error it returns ends
+  // the scan and is returned.
+  virtual Result<uint64_t> Scan(size_t piece, const ScanVisitor& visit) const = 0;
 
   // Trains an IVF/PQ index on `sample` (n x dim floats) and checkpoints the
   // trained empty index at once, so recovery never trains again. Only before

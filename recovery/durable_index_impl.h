@@ -49,6 +49,7 @@ class DurableIndexImpl final : public DurableIndex {
   Result<index::SearchResults> Search(std::span<const float> queries, size_t k,
                                       const index::SearchParams& params) const override;
   Result<Entry> Get(uint64_t id) const override;
+  Result<uint64_t> Scan(size_t piece, const ScanVisitor& visit) const override;
   bool Contains(uint64_t id) const override;
   size_t Size() const override;
   Status Train(std::span<const float> sample) override;

@@ -142,6 +142,76 @@ BOOST_AUTO_TEST_CASE(reads_during_merges_see_each_ids_latest_write) {
   BOOST_TEST(d->Size() == returned.size());
 }
 
+// A scan beside a writer and its merges lists the store as it was at the
+// LSN the scan returns: the writer's ops are in a known order (generation
+// after generation over the same ids, some removed in even ones), so that
+// LSN names exactly which vector, or none, each id has.
+BOOST_AUTO_TEST_CASE(a_scan_beside_writes_and_merges_sees_the_store_at_the_lsn_it_returns) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  o.recent_writes_merge_at = 2;
+  auto d = OpenOrDie(o);
+  constexpr uint64_t kIds = 30;
+  constexpr int kGenerations = 150;
+  const uint64_t base = d->Stats().durable_lsn;
+  auto removed_in = [](int gen, uint64_t id) { return gen % 2 == 0 && id % 5 == 4; };
+  std::atomic<bool> writing{true};
+  test::ThreadErrors errors;
+  std::thread writer([&] {
+    for (int gen = 1; gen <= kGenerations; ++gen)
+      for (uint64_t id = 0; id < kIds; ++id) {
+        std::vector<float> v(kDim, 0.f);
+        v[0] = static_cast<float>(gen);
+        v[1] = static_cast<float>(id);
+        const Status s = removed_in(gen, id) ? d->Remove(id) : d->Upsert(id, v);
+        if (!s.ok()) errors.Add("gen " + std::to_string(gen) + " id " + std::to_string(id) + ": " + s.ToString());
+      }
+    writing = false;
+  });
+  size_t scans = 0, mid_generation = 0;
+  while (writing) {
+    std::map<uint64_t, int> seen;  // id -> generation
+    auto lsn = d->Scan(3, [&](const ScanPiece& p) {
+      for (size_t i = 0; i < p.ids.size(); ++i)
+        if (!seen.emplace(p.ids[i], static_cast<int>(p.vectors[i * kDim])).second)
+          errors.Add("id " + std::to_string(p.ids[i]) + " listed twice");
+      return Status::OK();
+    });
+    if (!lsn.ok()) {
+      errors.Add("scan: " + lsn.status().ToString());
+      break;
+    }
+    ++scans;
+    // The ops up to the LSN: whole generations, then the first `into` ids of the next.
+    const uint64_t ops = *lsn - base, gen = ops / kIds, into = ops % kIds;
+    mid_generation += into != 0;
+    for (uint64_t id = 0; id < kIds; ++id) {
+      const int last = static_cast<int>(id < into ? gen + 1 : gen);  // the generation of its last op
+      const bool present = last > 0 && !removed_in(last, id);
+      auto it = seen.find(id);
+      if (present != (it != seen.end()) || (present && it->second != last))
+        errors.Add("scan at LSN " + std::to_string(*lsn) + ": id " + std::to_string(id) + " is " +
+                   (it == seen.end() ? std::string("absent") : "of generation " + std::to_string(it->second)) +
+                   ", its op up to there " + (present ? "of generation " + std::to_string(last) : std::string("removed it")));
+    }
+    if (errors.count() > 0) break;
+  }
+  writer.join();
+  BOOST_TEST(errors.count() == 0, errors.ToString());
+  BOOST_TEST(scans > 10u);
+  BOOST_TEST(mid_generation > 0u);
+  BOOST_TEST(d->Stats().merges > 100u);
+  // A visitor's error ends the scan, and is what the scan returns.
+  size_t pieces = 0;
+  auto stopped = d->Scan(4, [&](const ScanPiece&) {
+    ++pieces;
+    return Status::Unavailable("enough");
+  });
+  BOOST_TEST(pieces == 1u);
+  BOOST_TEST(stopped.status().ToString().find("enough") != std::string::npos, stopped.status().ToString());
+  BOOST_TEST((d->Scan(0, [](const ScanPiece&) { return Status::OK(); }).status().code() == Status::Code::kInvalidArgument));
+}
+
 // A flat index's storage doubles as it grows; each merge step makes its
 // room beside searches (the bigger storage copied with the index held
 // shared) and swaps it in under its hold. Searches running all the while

@@ -109,6 +109,28 @@ inline void ExpectEqual(const DurableIndex& d, const Model& m, bool exact_search
     BOOST_REQUIRE((e->vector == row.first));
     BOOST_REQUIRE((e->payload == row.second));
   }
+  // A scan lists the same entries, each once, in pieces of at most 7.
+  decltype(m.rows) scanned;
+  size_t repeated = 0, misshapen = 0;
+  auto at = d.Scan(7, [&](const recovery::ScanPiece& p) {
+    if (p.ids.empty() || p.ids.size() > 7 || p.vectors.size() != p.ids.size() * kDim ||
+        p.payloads.size() != p.ids.size()) {
+      ++misshapen;
+      return Status::OK();
+    }
+    for (size_t i = 0; i < p.ids.size(); ++i) {
+      const auto v = p.vectors.subspan(i * kDim, kDim);
+      repeated += !scanned.try_emplace(p.ids[i], std::vector<float>(v.begin(), v.end()),
+                                       std::vector<std::byte>(p.payloads[i].begin(), p.payloads[i].end()))
+                       .second;
+    }
+    return Status::OK();
+  });
+  BOOST_REQUIRE_MESSAGE(at.ok(), at.status().ToString());
+  BOOST_TEST(misshapen == 0u);
+  BOOST_TEST(repeated == 0u);
+  BOOST_TEST(scanned.size() == m.rows.size());
+  BOOST_TEST((scanned == m.rows), "a scan's entries differ from the model's");
   if (!exact_search) {
     std::vector<float> q;
     std::vector<uint64_t> want;

@@ -51,6 +51,7 @@ json RunJson(const std::string& cmd, int want_status = 0) {
 const std::string kInspect = VECWAL_INSPECT_BIN;
 const std::string kRecovery = VECWAL_RECOVERY_BIN;
 const std::string kBench = VECWAL_BENCH_BIN;
+const std::string kReindex = VECWAL_REINDEX_BIN;
 
 // A small store left behind by a real crash: 2000 x 16-d vectors, a base
 // checkpoint, then about 1 MiB of log.
@@ -271,6 +272,45 @@ BOOST_AUTO_TEST_CASE(inspect_lists_a_repairs_second_copy_and_judges_recovery_fro
   auto d = recovery::DurableIndex::Open(o);
   BOOST_REQUIRE_MESSAGE(d.ok(), d.status().ToString());
   BOOST_TEST((*d)->Size() == 60u);
+}
+
+BOOST_AUTO_TEST_CASE(reindex_copies_a_crashed_store_into_another_index_and_refuses_what_it_cannot) {
+  test::TempDir t;
+  const std::string store = CrashedStore(t), ivf = t / "ivf";
+  json j = RunJson(kReindex + " --json " + store + " " + ivf + " --index IVF16,Flat --train-sample 500");
+  BOOST_TEST(j["to_index"] == "IVF16,Flat");
+  BOOST_TEST(j["trained_on"] == 500);
+  BOOST_TEST(j["dim"] == 16);
+  recovery::DurableIndexOptions from, to;
+  from.dir = store;
+  from.spec = {16, index::Metric::kL2, j["from_index"].get<std::string>()};
+  to.dir = ivf;
+  to.spec = {16, index::Metric::kL2, "IVF16,Flat"};
+  {
+    auto a = recovery::DurableIndex::Open(from);
+    auto b = recovery::DurableIndex::Open(to);
+    BOOST_REQUIRE_MESSAGE(a.ok(), a.status().ToString());
+    BOOST_REQUIRE_MESSAGE(b.ok(), b.status().ToString());
+    BOOST_TEST((*a)->Size() == j["entries"].get<size_t>());
+    BOOST_TEST((*b)->Size() == (*a)->Size());
+    BOOST_TEST((*b)->Stats().recovery.records_replayed == 0u);
+    size_t differ = 0;
+    BOOST_REQUIRE((*a)->Scan(256, [&](const recovery::ScanPiece& p) {
+      for (size_t i = 0; i < p.ids.size(); ++i) {
+        auto e = (*b)->Get(p.ids[i]);
+        differ += !e.ok() || !std::equal(e->vector.begin(), e->vector.end(), p.vectors.begin() + i * 16) ||
+                  !std::equal(e->payload.begin(), e->payload.end(), p.payloads[i].begin(), p.payloads[i].end());
+      }
+      return Status::OK();
+    }).ok());
+    BOOST_TEST(differ == 0u);
+  }
+  Ran again = Run(kReindex + " " + store + " " + ivf + " --index HNSW16 2>&1");
+  BOOST_TEST(again.status == 2);
+  BOOST_TEST(again.out.find("is not empty") != std::string::npos, again.out);
+  Ran none = Run(kReindex + " " + t.path() + " " + (t / "x") + " --index Flat 2>&1");
+  BOOST_TEST(none.status == 2);
+  BOOST_TEST(none.out.find("no checkpoint names the store's index") != std::string::npos, none.out);
 }
 
 BOOST_AUTO_TEST_CASE(recovery_measure_times_each_phase_and_verifies) {

@@ -1,0 +1,62 @@
+// Reindex: a store's entries copied into a new store of another index
+// description (a Flat store grown into IVF, a graph index traded for a
+// compressed one). A store opens only with the description it was written
+// with, so this is how one changes it: the ids, vectors (as Get returns
+// them) and payloads go over, the new index is trained on a sample of them
+// where it needs it, and the copy ends with a checkpoint of it all.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "recovery/durable_index.h"
+
+namespace vecwal::recovery {
+
+struct ReindexOptions {
+  // Where the new index needs training: at most this many entries, drawn
+  // evenly at random (reservoir sampling, `seed`), train it.
+  size_t train_sample = 100'000;
+  uint64_t seed = 1;
+  // Entries a write into the new store carries: one atomic batch, one log write.
+  size_t batch = 1024;
+};
+
+struct ReindexReport {
+  uint64_t from_lsn = 0;        // the source as it was at this LSN is what was copied
+  uint64_t entries = 0;         // entries copied
+  uint64_t trained_on = 0;      // the training sample's size; 0: the index needed none
+  uint64_t checkpoint_lsn = 0;  // the new store's checkpoint, which holds every entry copied
+};
+
+// Up to `cap` vectors of those offered, each offered vector equally likely
+// to be among them (reservoir sampling): a training sample drawn from a
+// whole scan, in one pass.
+class TrainingSample {
+ public:
+  TrainingSample(uint32_t dim, size_t cap, uint64_t seed) : dim_(dim), cap_(cap), rng_(seed) {}
+  void Offer(const float* v);
+  // rows() x dim floats.
+  const std::vector<float>& vectors() const { return sample_; }
+  size_t rows() const { return sample_.size() / dim_; }
+
+ private:
+  uint32_t dim_;
+  size_t cap_;
+  std::mt19937_64 rng_;
+  uint64_t offered_ = 0;
+  std::vector<float> sample_;
+};
+
+// Copies every entry of `from` into a new store made with `to` (to.dir
+// empty or not there yet; to.spec.dim that of `from`'s vectors), which is
+// closed when done. `from` is scanned (DurableIndex::Scan): twice where the
+// new index needs training. Its writes go on meanwhile and are not copied,
+// but wait once its recent writes reach their bound, as beside a checkpoint.
+// On an error to.dir holds what was copied so far: remove it before trying
+// again.
+Result<ReindexReport> Reindex(const DurableIndex& from, const DurableIndexOptions& to,
+                              const ReindexOptions& how = {});
+
+}  // namespace vecwal::recovery

@@ -1,0 +1,119 @@
+// recovery::Reindex: a store copied into a new store of another index
+// description, which opens with every entry the source held.
+#define BOOST_TEST_MODULE reindex
+#include <boost/test/unit_test.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include "recovery/reindex.h"
+#include "tests/durable_index_util.h"
+#include "tests/test_util.h"
+
+using namespace vecwal;
+using namespace vecwal::recovery;
+using namespace vecwal::store_test;
+
+namespace {
+
+// A Flat store of random ops (some in its recent writes, some checkpointed), and its model.
+struct FlatStore {
+  FlatStore() {
+    std::mt19937_64 rng(5);
+    d = OpenOrDie(Options(t / "flat"));
+    RandomOps(*d, m, rng, 300);
+    BOOST_REQUIRE(d->Checkpoint().ok());
+    RandomOps(*d, m, rng, 300);
+  }
+  test::TempDir t;
+  Model m;
+  std::unique_ptr<DurableIndex> d;
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(a_flat_store_reindexed_into_ivf_or_hnsw_opens_with_every_entry) {
+  FlatStore s;
+  for (const std::string desc : {"IVF4,Flat", "HNSW16"}) {
+    BOOST_TEST_CONTEXT(desc) {
+      auto to = Options(s.t / desc, desc);
+      ReindexOptions how;
+      how.batch = 16;
+      auto rep = Reindex(*s.d, to, how);
+      BOOST_REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+      BOOST_TEST(rep->entries == s.m.rows.size());
+      BOOST_TEST(rep->from_lsn == s.d->Stats().durable_lsn);
+      BOOST_TEST(rep->trained_on == (desc == "HNSW16" ? 0u : s.m.rows.size()));
+      auto copy = OpenOrDie(to);
+      BOOST_TEST(copy->Stats().recovery.records_replayed == 0u);  // the checkpoint holds them all
+      BOOST_TEST(copy->Stats().last_checkpoint_lsn == rep->checkpoint_lsn);
+      ExpectEqual(*copy, s.m, /*exact_search=*/false);
+    }
+  }
+  ExpectEqual(*s.d, s.m);  // the source is as it was
+}
+
+// Of 20000 offered rows (row i's first component is i), 500 kept: as many
+// from each half, and some from the last tenth, within a few deviations.
+BOOST_AUTO_TEST_CASE(a_training_sample_keeps_each_offered_vector_equally_likely) {
+  TrainingSample s(2, 500, 9);
+  for (int i = 0; i < 20000; ++i) {
+    const float v[2] = {static_cast<float>(i), 1.f};
+    s.Offer(v);
+  }
+  BOOST_REQUIRE(s.rows() == 500u);
+  size_t first_half = 0, last_tenth = 0;
+  for (size_t r = 0; r < s.rows(); ++r) {
+    first_half += s.vectors()[2 * r] < 10000;
+    last_tenth += s.vectors()[2 * r] >= 18000;
+  }
+  BOOST_TEST(first_half >= 200u);  // 250 expected, deviation 11
+  BOOST_TEST(first_half <= 300u);
+  BOOST_TEST(last_tenth >= 25u);  // 50 expected, deviation 7
+  TrainingSample few(2, 500, 9);
+  const float v[2] = {3.f, 4.f};
+  few.Offer(v);
+  BOOST_TEST(few.rows() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(a_training_sample_is_drawn_up_to_its_size) {
+  FlatStore s;
+  auto to = Options(s.t / "ivf", "IVF4,Flat");
+  ReindexOptions how;
+  how.train_sample = 40;
+  auto rep = Reindex(*s.d, to, how);
+  BOOST_REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+  BOOST_TEST(rep->trained_on == 40u);
+  ExpectEqual(*OpenOrDie(to), s.m, false);
+}
+
+BOOST_AUTO_TEST_CASE(reindex_refuses_a_directory_in_use_another_dimension_and_an_empty_source_to_train_on) {
+  FlatStore s;
+  auto to = Options(s.t / "taken");
+  std::filesystem::create_directories(to.dir);
+  std::ofstream(to.dir + "/notes.txt") << "mine";
+  auto taken = Reindex(*s.d, to);
+  BOOST_TEST((taken.status().code() == Status::Code::kInvalidArgument));
+  BOOST_TEST(taken.status().ToString().find("notes.txt") != std::string::npos, taken.status().ToString());
+  BOOST_TEST((Reindex(*s.d, Options(s.t / "flat")).status().code() == Status::Code::kInvalidArgument));  // its own
+
+  auto wide = Options(s.t / "wide");
+  wide.spec.dim = kDim + 1;
+  auto w = Reindex(*s.d, wide);
+  BOOST_TEST((w.status().code() == Status::Code::kInvalidArgument));
+  BOOST_TEST(w.status().ToString().find("dimension " + std::to_string(kDim) + "; the new store's options say " +
+                                        std::to_string(kDim + 1)) != std::string::npos,
+             w.status().ToString());
+
+  auto empty = OpenOrDie(Options(s.t / "empty"));
+  auto e = Reindex(*empty, Options(s.t / "empty-ivf", "IVF4,Flat"));
+  BOOST_TEST((e.status().code() == Status::Code::kInvalidArgument));
+  BOOST_TEST(e.status().ToString().find("source is empty") != std::string::npos, e.status().ToString());
+  // An empty source into an index that needs no training: an empty store.
+  auto flat = Reindex(*empty, Options(s.t / "empty-flat"));
+  BOOST_REQUIRE_MESSAGE(flat.ok(), flat.status().ToString());
+  BOOST_TEST(flat->entries == 0u);
+  BOOST_TEST(OpenOrDie(Options(s.t / "empty-flat"))->Size() == 0u);
+}
