@@ -1026,14 +1026,17 @@ Result<Entry> DurableIndexImpl::Get(uint64_t id) const {
   return e;
 }
 
-// The index and payloads_ hold still while state_mu_ is held (merges
-// wait); the recent writes, the newest set and then the one a merge is
-// moving, are copied at one point in log order, so that writers go on
-// applying under recent_mu_. The ids they decide, present or removed, are
-// the ones the index's entries give way to.
+// The index and payloads_ hold still while the scan holds merge_mu_ (no
+// merge step) and state_mu_ shared (no Train, no compaction put in place).
+// Held with state_mu_ alone, a merge would wait for the scan at state_mu_'s
+// gate, and every search and Get behind it. The recent writes, the newest set and
+// then the one a merge is moving, are copied at one point in log order, so
+// that writers go on applying under recent_mu_. The ids they decide,
+// present or removed, are the ones the index's entries give way to.
 Result<uint64_t> DurableIndexImpl::Scan(size_t piece, const ScanVisitor& visit) const {
   if (piece == 0) return Status::InvalidArgument("a scan's pieces hold at least 1 entry; asked for 0");
   const uint32_t dim = opts_.spec.dim;
+  std::lock_guard m(merge_mu_);
   std::shared_lock r(state_mu_);
   index::IdSet decided;
   std::vector<uint64_t> ids;

@@ -267,11 +267,11 @@ class DurableIndex {
   // Visits every entry the store holds at one point in log order, each
   // once, in pieces of at most `piece` entries, and returns that point's
   // LSN: how a caller lists the store, or copies it into a store of another
-  // index description. Writes go on meanwhile and are not seen; the merges
-  // of the recent writes wait for the scan, so writers wait once the recent
-  // writes reach their bound, as beside a checkpoint. `visit` must not call
-  // the store (a write could wait for the scan); an error it returns ends
-  // the scan and is returned.
+  // index description. Searches go on meanwhile, and so do writes, unseen;
+  // the merges of the recent writes, and checkpoints, wait for the scan, so
+  // writers wait once the recent writes reach their bound. `visit` must not
+  // call the store (a write could wait for the scan); an error it returns
+  // ends the scan and is returned.
   virtual Result<uint64_t> Scan(size_t piece, const ScanVisitor& visit) const = 0;
 
   // Trains an IVF/PQ index on `sample` (n x dim floats) and checkpoints the

@@ -143,7 +143,7 @@ class DurableIndexImpl final : public DurableIndex {
   // Lock order: ckpt_mu_, write_mu_, merge_mu_, state_mu_, recent_mu_, apply_mu_.
   std::mutex ckpt_mu_;                   // one checkpoint at a time; Close waits for it
   mutable std::mutex write_mu_;          // placement order; Train, Close
-  std::mutex merge_mu_;                  // one merge at a time
+  mutable std::mutex merge_mu_;          // one merge at a time; a Scan holds merges back
   mutable WriterPriorityMutex state_mu_;  // index_ and payloads_: readers shared, merges exclusive
   // recent_: readers shared (after state_mu_), applies exclusive. A reader
   // sees the index and the recent writes at one point in log order: a merge

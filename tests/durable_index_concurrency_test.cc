@@ -212,6 +212,53 @@ BOOST_AUTO_TEST_CASE(a_scan_beside_writes_and_merges_sees_the_store_at_the_lsn_i
   BOOST_TEST((d->Scan(0, [](const ScanPiece&) { return Status::OK(); }).status().code() == Status::Code::kInvalidArgument));
 }
 
+// A scan holds the merges back, not the readers: with a merge due and
+// waiting for the scan, searches and Gets (of writes the merge has not
+// moved) return while the scan's visitor is still inside.
+BOOST_AUTO_TEST_CASE(searches_and_gets_go_on_while_a_scan_holds_a_due_merge_back) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  o.recent_writes_merge_at = 8;  // the bound, where writers wait for a merge: 32
+  auto d = OpenOrDie(o);
+  std::mt19937_64 rng(3);
+  for (uint64_t id = 0; id < 100; ++id) BOOST_REQUIRE(d->Upsert(id, Vec(rng)).ok());
+  BOOST_REQUIRE(d->Checkpoint().ok());  // nothing left to merge
+  std::promise<void> inside;
+  std::atomic<bool> release{false};
+  Result<uint64_t> scanned = Status::Unavailable("not run");
+  std::thread scanner([&] {
+    bool first = true;
+    scanned = d->Scan(10, [&](const ScanPiece&) {
+      if (std::exchange(first, false)) {
+        inside.set_value();
+        while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      return Status::OK();
+    });
+  });
+  inside.get_future().wait();
+  const uint64_t merges = d->Stats().merges;
+  // On a thread of its own, so that the scan is let go whatever happens.
+  auto reads = std::async(std::launch::async, [&] {
+    for (uint64_t id = 100; id < 120; ++id)  // a merge is due
+      if (!d->Upsert(id, Vec(rng)).ok()) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // and waiting
+    auto hits = d->Search(Vec(rng), 5);
+    auto got = d->Get(110);
+    return hits.ok() && got.ok();
+  });
+  const bool went_on = reads.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+  const uint64_t merges_during = went_on ? d->Stats().merges : merges;  // Stats waits for a stuck writer
+  release = true;
+  scanner.join();
+  BOOST_TEST(went_on);
+  BOOST_TEST(reads.get());
+  BOOST_TEST(merges_during == merges);  // held back
+  BOOST_REQUIRE_MESSAGE(scanned.ok(), scanned.status().ToString());
+  for (int i = 0; i < 1000 && d->Stats().merges == merges; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  BOOST_TEST(d->Stats().merges > merges);  // and run once the scan ends
+}
+
 // A flat index's storage doubles as it grows; each merge step makes its
 // room beside searches (the bigger storage copied with the index held
 // shared) and swaps it in under its hold. Searches running all the while
