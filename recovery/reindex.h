@@ -49,13 +49,18 @@ class TrainingSample {
   std::vector<float> sample_;
 };
 
+// Where the new store is built: to.dir with this after it, renamed to
+// to.dir once the store is complete and closed.
+inline constexpr const char* kReindexingSuffix = ".reindexing";
+
 // Copies every entry of `from` into a new store made with `to` (to.dir
-// empty or not there yet; to.spec.dim that of `from`'s vectors), which is
-// closed when done. `from` is scanned (DurableIndex::Scan): twice where the
-// new index needs training. Its writes go on meanwhile and are not copied,
-// but wait once its recent writes reach their bound, as beside a checkpoint.
-// On an error to.dir holds what was copied so far: remove it before trying
-// again.
+// empty or not there yet; to.spec.dim that of `from`'s vectors), closed
+// when done. It is built in to.dir + kReindexingSuffix and renamed to
+// to.dir when complete: after an error or a crash to.dir holds no store
+// (the next Reindex removes what a crash left). `from` is scanned
+// (DurableIndex::Scan), twice where the new index needs training; its
+// searches and writes go on meanwhile, its writes unseen, and they wait
+// once its recent writes reach their bound.
 Result<ReindexReport> Reindex(const DurableIndex& from, const DurableIndexOptions& to,
                               const ReindexOptions& how = {});
 

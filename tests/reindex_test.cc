@@ -117,3 +117,30 @@ BOOST_AUTO_TEST_CASE(reindex_refuses_a_directory_in_use_another_dimension_and_an
   BOOST_TEST(flat->entries == 0u);
   BOOST_TEST(OpenOrDie(Options(s.t / "empty-flat"))->Size() == 0u);
 }
+
+// Built beside the target and renamed once complete: a failure part way
+// (a payload over the new store's cap) leaves no store at the target, and
+// what a crash left beside it is cleared by the next reindex.
+BOOST_AUTO_TEST_CASE(a_reindex_that_fails_part_way_leaves_no_store_and_a_crashed_ones_leftovers_are_cleared) {
+  FlatStore s;
+  auto small = Options(s.t / "small");
+  small.max_payload_bytes = 4;
+  ReindexOptions how;
+  how.batch = 8;
+  auto failed = Reindex(*s.d, small, how);
+  BOOST_REQUIRE(!failed.ok());
+  BOOST_TEST(failed.status().ToString().find("entries after the first") != std::string::npos,
+             failed.status().ToString());
+  BOOST_TEST(!std::filesystem::exists(small.dir));
+  BOOST_TEST(!std::filesystem::exists(small.dir + kReindexingSuffix));
+
+  auto to = Options(s.t / "again");
+  std::filesystem::create_directories(to.dir + kReindexingSuffix + "/wal");
+  std::ofstream(to.dir + kReindexingSuffix + "/wal/junk") << "a crash's";
+  std::filesystem::create_directories(to.dir);  // empty: taken
+  auto rep = Reindex(*s.d, Options(s.t / "again/"), how);
+  BOOST_REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+  BOOST_TEST(!std::filesystem::exists(to.dir + kReindexingSuffix));
+  BOOST_TEST(!std::filesystem::exists(to.dir + "/wal/junk"));
+  ExpectEqual(*OpenOrDie(to), s.m);
+}
