@@ -4,8 +4,10 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -27,58 +29,43 @@ std::string Str(size_t v) { return std::to_string(v); }
 
 // Pinned host memory: copies from it run at the bus's speed and leave the
 // host thread free; cudaMemcpyAsync from pageable memory does neither.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  ~PinnedBuffer() {
-    if (p_) cudaFreeHost(p_);
-  }
-  Status Allocate(size_t bytes) {
-    return FromCuda(cudaHostAlloc(&p_, bytes, cudaHostAllocDefault), "cudaHostAlloc (pinned staging)");
-  }
-  std::byte* data() const { return static_cast<std::byte*>(p_); }
-
- private:
-  void* p_ = nullptr;
+struct FreePinned {
+  void operator()(std::byte* p) const { cudaFreeHost(p); }
 };
+using PinnedBuffer = std::unique_ptr<std::byte, FreePinned>;
 
-class Event {
- public:
-  Event() = default;
-  Event(const Event&) = delete;
-  Event& operator=(const Event&) = delete;
-  ~Event() {
-    if (e_) cudaEventDestroy(e_);
-  }
-  Status Create() { return FromCuda(cudaEventCreateWithFlags(&e_, cudaEventDisableTiming), "cudaEventCreate"); }
-  cudaEvent_t get() const { return e_; }
+Result<PinnedBuffer> AllocatePinned(size_t bytes) {
+  void* p = nullptr;
+  VECWAL_RETURN_IF_ERROR(FromCuda(cudaHostAlloc(&p, bytes, cudaHostAllocDefault), "cudaHostAlloc (pinned staging)"));
+  return PinnedBuffer(static_cast<std::byte*>(p));
+}
 
- private:
-  cudaEvent_t e_ = nullptr;
+struct DestroyEvent {
+  void operator()(cudaEvent_t e) const { cudaEventDestroy(e); }
 };
+using Event = std::unique_ptr<std::remove_pointer_t<cudaEvent_t>, DestroyEvent>;
 
-class Cublas {
- public:
-  Cublas() = default;
-  Cublas(const Cublas&) = delete;
-  Cublas& operator=(const Cublas&) = delete;
-  ~Cublas() {
-    if (h_) cublasDestroy(h_);
-  }
-  Status Create(cudaStream_t s) {
-    VECWAL_RETURN_IF_ERROR(FromCublas(cublasCreate(&h_), "cublasCreate"));
-    VECWAL_RETURN_IF_ERROR(FromCublas(cublasSetStream(h_, s), "cublasSetStream"));
-    // FP32 products: TF32 would round q.x to 10 bits of mantissa, and a
-    // store's answers would differ from a CPU Flat index's.
-    return FromCublas(cublasSetMathMode(h_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
-  }
-  cublasHandle_t get() const { return h_; }
+Result<Event> CreateEvent() {
+  cudaEvent_t e = nullptr;
+  VECWAL_RETURN_IF_ERROR(FromCuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate"));
+  return Event(e);
+}
 
- private:
-  cublasHandle_t h_ = nullptr;
+struct DestroyCublas {
+  void operator()(cublasHandle_t h) const { cublasDestroy(h); }
 };
+using Cublas = std::unique_ptr<std::remove_pointer_t<cublasHandle_t>, DestroyCublas>;
+
+Result<Cublas> CreateCublas(cudaStream_t s) {
+  cublasHandle_t h = nullptr;
+  VECWAL_RETURN_IF_ERROR(FromCublas(cublasCreate(&h), "cublasCreate"));
+  Cublas owned(h);
+  VECWAL_RETURN_IF_ERROR(FromCublas(cublasSetStream(h, s), "cublasSetStream"));
+  // FP32 products: TF32 would round q.x to 10 bits of mantissa, and a
+  // store's answers would differ from a CPU Flat index's.
+  VECWAL_RETURN_IF_ERROR(FromCublas(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), "cublasSetMathMode"));
+  return Result<Cublas>(std::move(owned));
+}
 
 // |row|^2 of n rows of dim floats, one warp a row.
 __global__ void SquaredNormsKernel(const float* rows, size_t n, uint32_t dim, float* out) {
@@ -345,8 +332,8 @@ struct DeviceFlatStore::Impl {
     for (size_t done = 0, i = 0; done < bytes; done += kStageBytes, ++i) {
       const size_t b = i % 2, count = std::min(kStageBytes, bytes - done);
       VECWAL_RETURN_IF_ERROR(FromCuda(cudaEventSynchronize(staged[b].get()), "cudaEventSynchronize (staging)"));
-      std::memcpy(stage[b].data(), static_cast<const std::byte*>(from) + done, count);
-      VECWAL_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(static_cast<std::byte*>(to) + done, stage[b].data(), count,
+      std::memcpy(stage[b].get(), static_cast<const std::byte*>(from) + done, count);
+      VECWAL_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(static_cast<std::byte*>(to) + done, stage[b].get(), count,
                                                       cudaMemcpyHostToDevice, st()),
                                       "cudaMemcpyAsync (upload)"));
       VECWAL_RETURN_IF_ERROR(FromCuda(cudaEventRecord(staged[b].get(), st()), "cudaEventRecord"));
@@ -396,8 +383,8 @@ struct DeviceFlatStore::Impl {
     for (size_t done = 0, i = 0; done < n; done += per, ++i) {
       const size_t b = i % 2, count = std::min(per, n - done);
       VECWAL_RETURN_IF_ERROR(FromCuda(cudaEventSynchronize(staged[b].get()), "cudaEventSynchronize (staging)"));
-      pack(done, count, stage[b].data());
-      VECWAL_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(dst + done * row_bytes(), stage[b].data(), count * row_bytes(),
+      pack(done, count, stage[b].get());
+      VECWAL_RETURN_IF_ERROR(FromCuda(cudaMemcpyAsync(dst + done * row_bytes(), stage[b].get(), count * row_bytes(),
                                                       cudaMemcpyHostToDevice, st()),
                                       "cudaMemcpyAsync (adding rows)"));
       VECWAL_RETURN_IF_ERROR(FromCuda(cudaEventRecord(staged[b].get(), st()), "cudaEventRecord"));
@@ -429,10 +416,10 @@ Result<std::unique_ptr<DeviceFlatStore>> DeviceFlatStore::Create(int device, uin
   VECWAL_RETURN_IF_ERROR(
       FromCuda(cudaDeviceGetAttribute(&impl->multiprocessors, cudaDevAttrMultiProcessorCount, device),
                "cudaDeviceGetAttribute"));
-  VECWAL_RETURN_IF_ERROR(impl->blas.Create(impl->st()));
+  VECWAL_ASSIGN_OR_RETURN(impl->blas, CreateCublas(impl->st()));
   for (int i = 0; i < 2; ++i) {
-    VECWAL_RETURN_IF_ERROR(impl->stage[i].Allocate(kStageBytes));
-    VECWAL_RETURN_IF_ERROR(impl->staged[i].Create());
+    VECWAL_ASSIGN_OR_RETURN(impl->stage[i], AllocatePinned(kStageBytes));
+    VECWAL_ASSIGN_OR_RETURN(impl->staged[i], CreateEvent());
   }
   return std::unique_ptr<DeviceFlatStore>(new DeviceFlatStore(std::move(impl)));
 }
@@ -541,8 +528,8 @@ Status DeviceFlatStore::Search(const float* queries, size_t nq, size_t k, const 
   bool restore = false;
   VECWAL_ASSIGN_OR_RETURN(const uint8_t* dmask, m.SearchMask(which, restore));
   const size_t shared = SharedBytes(k2);
-  const auto* keys = reinterpret_cast<const float*>(m.stage[0].data());
-  const auto* found = reinterpret_cast<const uint32_t*>(m.stage[1].data());
+  const auto* keys = reinterpret_cast<const float*>(m.stage[0].get());
+  const auto* found = reinterpret_cast<const uint32_t*>(m.stage[1].get());
   // An Append's last copies, or the mask's, may still read the staging buffers.
   for (auto& e : m.staged)
     VECWAL_RETURN_IF_ERROR(FromCuda(cudaEventSynchronize(e.get()), "cudaEventSynchronize (staging)"));
@@ -556,9 +543,9 @@ Status DeviceFlatStore::Search(const float* queries, size_t nq, size_t k, const 
   uint32_t* rr = slices > 1 ? static_cast<uint32_t*>(m.out_row.data()) : sr;
   for (size_t q0 = 0; q0 < nq; q0 += qb) {
     const size_t b = std::min(qb, nq - q0);
-    std::memcpy(m.stage[0].data(), queries + q0 * m.dim, b * m.row_bytes());
+    std::memcpy(m.stage[0].get(), queries + q0 * m.dim, b * m.row_bytes());
     VECWAL_RETURN_IF_ERROR(FromCuda(
-        cudaMemcpyAsync(qv, m.stage[0].data(), b * m.row_bytes(), cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (queries)"));
+        cudaMemcpyAsync(qv, m.stage[0].get(), b * m.row_bytes(), cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (queries)"));
     if (l2) VECWAL_RETURN_IF_ERROR(SquaredNorms(qv, b, m.dim, qn, s));
     for (size_t row0 = 0; row0 < m.rows; row0 += tile) {
       const size_t t = std::min(tile, m.rows - row0);
@@ -582,10 +569,10 @@ Status DeviceFlatStore::Search(const float* queries, size_t nq, size_t k, const 
     }
     // The first k of each query's K2, packed: the queries' copy out of
     // stage[0] is ahead of this one on the stream.
-    VECWAL_RETURN_IF_ERROR(FromCuda(cudaMemcpy2DAsync(m.stage[0].data(), k * sizeof(float), rk, k2 * sizeof(float),
+    VECWAL_RETURN_IF_ERROR(FromCuda(cudaMemcpy2DAsync(m.stage[0].get(), k * sizeof(float), rk, k2 * sizeof(float),
                                                       k * sizeof(float), b, cudaMemcpyDeviceToHost, s),
                                     "cudaMemcpy2DAsync (results)"));
-    VECWAL_RETURN_IF_ERROR(FromCuda(cudaMemcpy2DAsync(m.stage[1].data(), k * sizeof(uint32_t), rr,
+    VECWAL_RETURN_IF_ERROR(FromCuda(cudaMemcpy2DAsync(m.stage[1].get(), k * sizeof(uint32_t), rr,
                                                       k2 * sizeof(uint32_t), k * sizeof(uint32_t), b,
                                                       cudaMemcpyDeviceToHost, s),
                                     "cudaMemcpy2DAsync (results)"));
