@@ -124,6 +124,11 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
 
+  auto* rx = app.add_subcommand("reindex", "a Flat store copied into another index (--index) vs FAISS building it in memory");
+  add_store_options(rx);
+  size_t train_sample = 100000;
+  rx->add_option("--train-sample", train_sample, "vectors that train an index that needs it")->capture_default_str()->check(kPositive);
+
   StoreWorkloadConfig xc;
   auto add_workload_options = [&](CLI::App* sub) {
     sub->add_option("--dir", xc.dir, "directory on the disk to measure (required)")->required();
@@ -216,6 +221,8 @@ int main(int argc, char** argv) {
       rows = RunRecoveryBench(sc);
     } else if (ck->parsed()) {
       rows = RunCheckpointBench(sc);
+    } else if (rx->parsed()) {
+      rows = RunReindexBench(sc, train_sample);
     } else if (ingest->parsed()) {
       rows = RunIngestBench(xc);
     } else if (search->parsed()) {

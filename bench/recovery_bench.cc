@@ -20,6 +20,7 @@
 #include "io/aligned_buffer.h"
 #include "recovery/checkpoint_file.h"
 #include "recovery/durable_index.h"
+#include "recovery/reindex.h"
 
 namespace vecwal::bench {
 namespace {
@@ -361,6 +362,46 @@ std::vector<Row> RunCheckpointBench(const StoreBenchConfig& c) {
   rows.push_back({w, "backup B/s", Median(backup_ours), "raw O_DIRECT copy of the checkpoint file", Median(backup_raw),
                   true, ""});
   return rows;
+}
+
+std::vector<Row> RunReindexBench(const StoreBenchConfig& c, size_t train_sample) {
+  Scratch s(c.dir);
+  StoreBenchConfig flat = c;
+  flat.description = "Flat";
+  const std::string store = s.path() + "/db", to = s.path() + "/reindexed";
+  fmt::print(stderr, "  building a store of {} x {}-d vectors (Flat) ...\n", c.vectors, c.dim);
+  Build(flat, store);
+  auto d = OpenStore(StoreOptions(flat, store));
+  recovery::ReindexOptions how;
+  how.train_sample = train_sample;
+  // The baseline: FAISS builds the same index from the same vectors in
+  // memory, trained on as many of them: no log, no checkpoint, no fsync.
+  std::vector<float> all(c.vectors * c.dim);
+  BuildVectors gen;
+  for (size_t i = 0; i < c.vectors; ++i) gen.Next(std::span(all).subspan(i * c.dim, c.dim));
+  std::vector<faiss::Index::idx_t> ids(c.vectors);
+  for (size_t i = 0; i < c.vectors; ++i) ids[i] = static_cast<faiss::Index::idx_t>(i);
+  std::vector<double> ours, theirs;
+  for (int i = 0; i < c.repeat; ++i) {
+    fs::remove_all(to);
+    fmt::print(stderr, "  reindexing into {} ...\n", c.description);
+    auto t0 = Clock::now();
+    auto rep = recovery::Reindex(*d, StoreOptions(c, to), how);
+    if (!rep.ok()) throw std::runtime_error(rep.status().ToString());
+    ours.push_back(static_cast<double>(rep->entries) / Seconds(Clock::now() - t0));
+    fmt::print(stderr, "  FAISS: train and add in memory ...\n");
+    t0 = Clock::now();
+    std::unique_ptr<faiss::Index> fi(
+        faiss::index_factory(static_cast<int>(c.dim), ("IDMap2," + c.description).c_str(), faiss::METRIC_L2));
+    if (!fi->is_trained)
+      fi->train(static_cast<faiss::Index::idx_t>(std::min(train_sample, c.vectors)), all.data());
+    fi->add_with_ids(static_cast<faiss::Index::idx_t>(c.vectors), all.data(), ids.data());
+    theirs.push_back(static_cast<double>(c.vectors) / Seconds(Clock::now() - t0));
+    fmt::print(stderr, "    round {}: {:.0f} entries/s (log, checkpoint, fsyncs), FAISS in memory {:.0f}/s\n", i + 1,
+               ours.back(), theirs.back());
+  }
+  const std::string w = fmt::format("reindex Flat -> {}, {}k x {}-d", c.description, c.vectors / 1000, c.dim);
+  return {{w, "entries/s", Median(ours), "FAISS train + add, in memory", Median(theirs), true, ""}};
 }
 
 }  // namespace vecwal::bench

@@ -23,5 +23,8 @@ struct StoreBenchConfig {
 
 std::vector<Row> RunRecoveryBench(const StoreBenchConfig& c);
 std::vector<Row> RunCheckpointBench(const StoreBenchConfig& c);
+// A Flat store of c.vectors copied into c.description by recovery::Reindex,
+// beside FAISS building that index from the same vectors in memory.
+std::vector<Row> RunReindexBench(const StoreBenchConfig& c, size_t train_sample);
 
 }  // namespace vecwal::bench

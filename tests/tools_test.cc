@@ -483,6 +483,19 @@ BOOST_AUTO_TEST_CASE(bench_checkpoint_prints_a_backup_beside_a_raw_copy) {
   BOOST_TEST(found, j.dump());
 }
 
+BOOST_AUTO_TEST_CASE(bench_reindex_prints_the_copy_beside_faiss_building_the_index_in_memory) {
+  test::TempDir t;
+  BOOST_REQUIRE(Run(kBench + " --json " + (t / "rx.json") + " reindex --dir " + t.path() +
+                    " --dim 16 --vectors 3000 --index IVF8,Flat --train-sample 500")
+                    .status == 0);
+  json j = json::parse(Slurp(t / "rx.json"));
+  BOOST_REQUIRE_EQUAL(j["rows"].size(), 1u);
+  const auto& row = j["rows"][0];
+  BOOST_TEST(row["workload"].get<std::string>().find("reindex Flat -> IVF8,Flat") != std::string::npos, row.dump());
+  BOOST_TEST(row["vecwal"].get<double>() > 0.0, row.dump());
+  BOOST_TEST(row["ratio"].get<double>() > 0.0, row.dump());
+}
+
 BOOST_AUTO_TEST_CASE(bench_baseline_flags_a_regression_against_a_saved_run) {
   test::TempDir t;
   const std::string cmd = kBench + " search --dir " + t.path() + " --seconds 0.3 --dim 16 --vectors 600";
