@@ -6,29 +6,6 @@
 #include <vector>
 
 namespace vecwal::recovery {
-namespace {
-
-std::string Str(uint64_t v) { return std::to_string(v); }
-
-// The dimension of a scan's piece, checked against the new store's.
-Status CheckDim(const ScanPiece& p, uint32_t want, const std::string& to) {
-  if (p.vectors.size() == p.ids.size() * want) return Status::OK();
-  return Status::InvalidArgument("reindex into " + to + ": the source's vectors have dimension " +
-                                 Str(p.vectors.size() / p.ids.size()) + "; the new store's options say " + Str(want));
-}
-
-Result<std::vector<float>> Sample(const DurableIndex& from, const DurableIndexOptions& to, const ReindexOptions& how) {
-  TrainingSample sample(to.spec.dim, how.train_sample, how.seed);
-  auto scanned = from.Scan(how.batch, [&](const ScanPiece& p) {
-    VECWAL_RETURN_IF_ERROR(CheckDim(p, to.spec.dim, to.dir));
-    for (size_t i = 0; i < p.ids.size(); ++i) sample.Offer(p.vectors.data() + i * to.spec.dim);
-    return Status::OK();
-  });
-  if (!scanned.ok()) return scanned.status();
-  return sample.vectors();
-}
-
-}  // namespace
 
 void TrainingSample::Offer(const float* v) {
   const uint64_t n = offered_++;
@@ -40,6 +17,26 @@ void TrainingSample::Offer(const float* v) {
 }
 
 namespace {
+
+std::string Str(uint64_t v) { return std::to_string(v); }
+
+// The dimension of a scan's piece, checked against the new store's.
+Status CheckDim(const ScanPiece& p, uint32_t want) {
+  if (p.vectors.size() == p.ids.size() * want) return Status::OK();
+  return Status::InvalidArgument("the source's vectors have dimension " + Str(p.vectors.size() / p.ids.size()) +
+                                 "; the new store's options say " + Str(want));
+}
+
+Result<std::vector<float>> Sample(const DurableIndex& from, const DurableIndexOptions& to, const ReindexOptions& how) {
+  TrainingSample sample(to.spec.dim, how.train_sample, how.seed);
+  auto scanned = from.Scan(how.batch, [&](const ScanPiece& p) {
+    VECWAL_RETURN_IF_ERROR(CheckDim(p, to.spec.dim));
+    for (size_t i = 0; i < p.ids.size(); ++i) sample.Offer(p.vectors.data() + i * to.spec.dim);
+    return Status::OK();
+  });
+  if (!scanned.ok()) return scanned.status();
+  return sample.vectors();
+}
 
 // Into `to` (a directory being built): the training, then every entry.
 Status CopyInto(const DurableIndex& from, const DurableIndexOptions& to, const ReindexOptions& how,
@@ -53,10 +50,9 @@ Status CopyInto(const DurableIndex& from, const DurableIndexOptions& to, const R
     VECWAL_RETURN_IF_ERROR(store->Train(sample));
     rep.trained_on = sample.size() / to.spec.dim;
   }
-  WriteBatch b;
   auto copied = from.Scan(how.batch, [&](const ScanPiece& p) -> Status {
-    VECWAL_RETURN_IF_ERROR(CheckDim(p, to.spec.dim, to.dir));
-    b = WriteBatch();
+    VECWAL_RETURN_IF_ERROR(CheckDim(p, to.spec.dim));
+    WriteBatch b;
     for (size_t i = 0; i < p.ids.size(); ++i)
       b.Upsert(p.ids[i], p.vectors.subspan(i * to.spec.dim, to.spec.dim), p.payloads[i]);
     if (Status s = store->Apply(b); !s.ok())
