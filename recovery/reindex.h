@@ -60,7 +60,9 @@ inline constexpr const char* kReindexingSuffix = ".reindexing";
 // (the next Reindex removes what a crash left). `from` is scanned
 // (DurableIndex::Scan), twice where the new index needs training; its
 // searches and writes go on meanwhile, its writes unseen, and they wait
-// once its recent writes reach their bound.
+// once its recent writes reach their bound, until the copy ends. A store in
+// service whose writers must not wait that long is reindexed from a
+// Backup of it, opened as a store of its own.
 Result<ReindexReport> Reindex(const DurableIndex& from, const DurableIndexOptions& to,
                               const ReindexOptions& how = {});
 
