@@ -144,3 +144,20 @@ BOOST_AUTO_TEST_CASE(a_reindex_that_fails_part_way_leaves_no_store_and_a_crashed
   BOOST_TEST(!std::filesystem::exists(to.dir + "/wal/junk"));
   ExpectEqual(*OpenOrDie(to), s.m);
 }
+
+// The recipe for a store in service: Reindex a Backup of it, opened as a
+// store of its own. The copy holds the store as it was at the backup, and
+// the store's writes go on past it.
+BOOST_AUTO_TEST_CASE(a_backup_of_a_store_in_service_reindexes_as_the_store_was_at_the_backup) {
+  FlatStore s;
+  auto b = s.d->Backup(s.t / "backup");
+  BOOST_REQUIRE_MESSAGE(b.ok(), b.status().ToString());
+  const Model at_backup = s.m;
+  std::mt19937_64 rng(8);
+  RandomOps(*s.d, s.m, rng, 100);  // the store goes on
+  auto backup = OpenOrDie(Options(s.t / "backup"));
+  auto rep = Reindex(*backup, Options(s.t / "hnsw", "HNSW16"));
+  BOOST_REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+  BOOST_TEST(rep->from_lsn == b->lsn);
+  ExpectEqual(*OpenOrDie(Options(s.t / "hnsw", "HNSW16")), at_backup, false);
+}
