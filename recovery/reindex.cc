@@ -59,6 +59,7 @@ Status CopyInto(const DurableIndex& from, const DurableIndexOptions& to, const R
       return s.WithContext("the batch of " + Str(p.ids.size()) + " entries after the first " + Str(rep.entries) +
                            " (its first id " + Str(p.ids.front()) + ")");
     rep.entries += p.ids.size();
+    if (how.progress) how.progress(rep.entries);
     return Status::OK();
   });
   if (!copied.ok()) return copied.status();

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -21,6 +22,9 @@ struct ReindexOptions {
   uint64_t seed = 1;
   // Entries a write into the new store carries: one atomic batch, one log write.
   size_t batch = 1024;
+  // Called after each batch is in the new store, with the entries copied so
+  // far: a long copy's progress (the count to compare with: the source's Size).
+  std::function<void(uint64_t copied)> progress;
 };
 
 struct ReindexReport {

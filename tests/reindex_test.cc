@@ -41,9 +41,18 @@ BOOST_AUTO_TEST_CASE(a_flat_store_reindexed_into_ivf_or_hnsw_opens_with_every_en
       auto to = Options(s.t / desc, desc);
       ReindexOptions how;
       how.batch = 16;
+      std::vector<uint64_t> seen;
+      how.progress = [&](uint64_t copied) { seen.push_back(copied); };
       auto rep = Reindex(*s.d, to, how);
       BOOST_REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
       BOOST_TEST(rep->entries == s.m.rows.size());
+      // One call a batch of at most 16, up to every entry.
+      BOOST_REQUIRE(!seen.empty());
+      for (size_t i = 0; i < seen.size(); ++i) {
+        const uint64_t step = seen[i] - (i == 0 ? 0 : seen[i - 1]);
+        BOOST_TEST((step >= 1 && step <= 16), "call " << i << ": " << step << " entries");
+      }
+      BOOST_TEST(seen.back() == rep->entries);
       BOOST_TEST(rep->from_lsn == s.d->Stats().durable_lsn);
       BOOST_TEST(rep->trained_on == (desc == "HNSW16" ? 0u : s.m.rows.size()));
       auto copy = OpenOrDie(to);

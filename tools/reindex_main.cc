@@ -14,6 +14,7 @@
 
 #include "recovery/checkpoint_file.h"
 #include "recovery/reindex.h"
+#include "tools/progress.h"
 
 using namespace vecwal;
 
@@ -74,7 +75,11 @@ int main(int argc, char** argv) {
   auto& store = **opened;
   fmt::print(stderr, "  copying {} ({} entries, {}) into {} ({}) ...\n", from, store.Size(), src.spec.description, to,
              description);
-  auto rep = recovery::Reindex(store, dst, how);
+  auto rep = [&] {
+    tools::Progress shown("copying", store.Size(), "entries");  // on a terminal
+    how.progress = [&](uint64_t copied) { shown.Update(copied); };
+    return recovery::Reindex(store, dst, how);
+  }();
   if (!rep.ok()) Fail(rep.status().ToString());
   if (Status s = store.Close(); !s.ok()) Fail("closing " + from + ": " + s.ToString());
   if (as_json) {
