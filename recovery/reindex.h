@@ -23,7 +23,8 @@ struct ReindexOptions {
   // Entries a write into the new store carries: one atomic batch, one log write.
   size_t batch = 1024;
   // Called after each batch is in the new store, with the entries copied so
-  // far: a long copy's progress (the count to compare with: the source's Size).
+  // far: a long copy's progress (the count to compare with: the source's
+  // Size). It runs inside the source's scan, so it must not call the source.
   std::function<void(uint64_t copied)> progress;
 };
 
