@@ -973,26 +973,17 @@ BOOST_AUTO_TEST_CASE(every_kind_of_index_keeps_ids_and_payloads_through_checkpoi
         }
         BOOST_TEST(found >= m.rows.size() * 9 / 10);  // codes of 8-d vectors in 4 bytes tell most apart
         for (uint64_t id = 0; id < 200; ++id) BOOST_REQUIRE(d.Contains(id) == (m.rows.count(id) != 0));
-        // A scan lists every live id once (no tombstone), each vector decoded as Get decodes it
-        // (compared after the scan: a visitor must not call the store).
-        std::map<uint64_t, Entry> listed;
-        size_t repeated = 0;
-        BOOST_REQUIRE(d.Scan(16, [&](const ScanPiece& p) {
-          for (size_t i = 0; i < p.ids.size(); ++i) {
-            const auto v = p.vectors.subspan(i * kDim, kDim);
-            repeated += !listed.try_emplace(p.ids[i], Entry{{v.begin(), v.end()}, {p.payloads[i].begin(), p.payloads[i].end()}})
-                             .second;
-          }
-          return Status::OK();
-        }).ok());
-        BOOST_TEST(repeated == 0u);
-        BOOST_TEST(listed.size() == m.rows.size());
-        for (const auto& [id, e] : listed) {
+        // A scan lists every live id once (no tombstone), each vector decoded as Get decodes it.
+        const Scanned listed = ScanAll(d, 16);
+        BOOST_REQUIRE(listed.status.ok());
+        BOOST_TEST(listed.repeated == 0u);
+        BOOST_TEST(listed.rows.size() == m.rows.size());
+        for (const auto& [id, e] : listed.rows) {
           BOOST_REQUIRE(m.rows.count(id) == 1);
           auto got = d.Get(id);
           BOOST_REQUIRE(got.ok());
-          BOOST_REQUIRE((got->vector == e.vector));
-          BOOST_REQUIRE((got->payload == e.payload));
+          BOOST_REQUIRE((got->vector == e.first));
+          BOOST_REQUIRE((got->payload == e.second));
         }
       };
       {

@@ -97,6 +97,35 @@ inline void RandomOps(DurableIndex& d, Model& m, std::mt19937_64& rng, int n) {
   }
 }
 
+// What DurableIndex::Scan listed, as a model's rows: pieces that were empty,
+// past `piece` entries or of the wrong shape, and ids listed again, counted
+// (and left out). Checked after the scan: a visitor must not call the store.
+struct Scanned {
+  decltype(Model::rows) rows;
+  size_t repeated = 0, misshapen = 0;
+  Status status;
+};
+
+inline Scanned ScanAll(const DurableIndex& d, size_t piece) {
+  Scanned out;
+  auto at = d.Scan(piece, [&](const recovery::ScanPiece& p) {
+    if (p.ids.empty() || p.ids.size() > piece || p.vectors.size() != p.ids.size() * kDim ||
+        p.payloads.size() != p.ids.size()) {
+      ++out.misshapen;
+      return Status::OK();
+    }
+    for (size_t i = 0; i < p.ids.size(); ++i) {
+      const auto v = p.vectors.subspan(i * kDim, kDim);
+      out.repeated += !out.rows.try_emplace(p.ids[i], std::vector<float>(v.begin(), v.end()),
+                                            std::vector<std::byte>(p.payloads[i].begin(), p.payloads[i].end()))
+                           .second;
+    }
+    return Status::OK();
+  });
+  out.status = at.status();
+  return out;
+}
+
 // Search is compared with a FAISS Flat index of `metric` built from the model; where the
 // store's index is approximate (a big HNSW), `exact_search` false compares
 // only that a sample of the vectors each find themselves and nothing removed.
@@ -110,27 +139,12 @@ inline void ExpectEqual(const DurableIndex& d, const Model& m, bool exact_search
     BOOST_REQUIRE((e->payload == row.second));
   }
   // A scan lists the same entries, each once, in pieces of at most 7.
-  decltype(m.rows) scanned;
-  size_t repeated = 0, misshapen = 0;
-  auto at = d.Scan(7, [&](const recovery::ScanPiece& p) {
-    if (p.ids.empty() || p.ids.size() > 7 || p.vectors.size() != p.ids.size() * kDim ||
-        p.payloads.size() != p.ids.size()) {
-      ++misshapen;
-      return Status::OK();
-    }
-    for (size_t i = 0; i < p.ids.size(); ++i) {
-      const auto v = p.vectors.subspan(i * kDim, kDim);
-      repeated += !scanned.try_emplace(p.ids[i], std::vector<float>(v.begin(), v.end()),
-                                       std::vector<std::byte>(p.payloads[i].begin(), p.payloads[i].end()))
-                       .second;
-    }
-    return Status::OK();
-  });
-  BOOST_REQUIRE_MESSAGE(at.ok(), at.status().ToString());
-  BOOST_TEST(misshapen == 0u);
-  BOOST_TEST(repeated == 0u);
-  BOOST_TEST(scanned.size() == m.rows.size());
-  BOOST_TEST((scanned == m.rows), "a scan's entries differ from the model's");
+  const Scanned scanned = ScanAll(d, 7);
+  BOOST_REQUIRE_MESSAGE(scanned.status.ok(), scanned.status.ToString());
+  BOOST_TEST(scanned.misshapen == 0u);
+  BOOST_TEST(scanned.repeated == 0u);
+  BOOST_TEST(scanned.rows.size() == m.rows.size());
+  BOOST_TEST((scanned.rows == m.rows), "a scan's entries differ from the model's");
   if (!exact_search) {
     std::vector<float> q;
     std::vector<uint64_t> want;
