@@ -69,7 +69,8 @@ int main(int argc, char** argv) {
   std::string json_path, baseline_path, device = "auto";
   double regression_pct = 10;
   bool fail_on_regression = false;
-  app.add_option("--json", json_path, "also write the results as JSON to this file");
+  app.add_option("--json", json_path,
+                 "also write the results as JSON to this file ('-': to stdout, and everything else to stderr)");
   app.add_option("--baseline", baseline_path, "compare with a run saved by --json and flag regressions");
   app.add_option("--regression-pct", regression_pct, "a ratio worse by more than this is a regression")
       ->capture_default_str();
@@ -99,7 +100,7 @@ int main(int argc, char** argv) {
   wal->add_option("--dim", wc.dim, "float32 components per vector")->capture_default_str()->check(kPositive);
   wal->add_option("--batch", wc.batch, "records per batch in workload 2")->capture_default_str()->check(kPositive);
   wal->add_option("--batches-in-flight", wc.batches_in_flight,
-                  "workload 2: batches the one writer keeps outstanding (AppendManyAsync)->check(kPositive); 1 = blocking AppendMany")
+                  "workload 2: batches the one writer keeps outstanding (AppendManyAsync); 1 = blocking AppendMany")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
   wal->add_option("--seconds", wc.seconds, "duration of each measurement")->capture_default_str()->check(kPositive);
@@ -209,6 +210,17 @@ int main(int argc, char** argv) {
   gpu->add_flag("!--no-faiss-cpu", gc.faiss_cpu, "skip FAISS's CPU search (a 1024-query call: about 20 s)");
 #endif
   CLI11_PARSE(app, argc, argv);
+  // '-': the JSON alone on stdout, for a pipe; the tables, progress and the
+  // baselines' own output (fio's) go to stderr meanwhile.
+  int json_fd = -1;
+  if (json_path == "-") {
+    std::fflush(stdout);
+    json_fd = ::dup(STDOUT_FILENO);
+    if (json_fd < 0 || ::dup2(STDERR_FILENO, STDOUT_FILENO) < 0) {
+      std::perror("vecwal-bench: --json -");
+      return 1;
+    }
+  }
   if (!DeviceOk(device, xc)) return 2;
 
   std::vector<Row> rows;
@@ -283,7 +295,15 @@ int main(int argc, char** argv) {
     int regressions = PrintComparison(*before, rows, regression_pct, baseline_path);
     if (regressions > 0 && fail_on_regression) rc = 3;
   }
-  if (!json_path.empty()) {
+  if (json_fd >= 0) {
+    std::fflush(stdout);
+    const std::string text = ToJson(rows).dump(2) + "\n";
+    std::FILE* out = ::fdopen(json_fd, "w");
+    if (!out || std::fwrite(text.data(), 1, text.size(), out) != text.size() || std::fclose(out) != 0) {
+      std::perror("vecwal-bench: writing the JSON to stdout");
+      return 1;
+    }
+  } else if (!json_path.empty()) {
     std::ofstream out(json_path);
     out << ToJson(rows).dump(2) << "\n";
     if (!out) {

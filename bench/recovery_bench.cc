@@ -397,7 +397,7 @@ std::vector<Row> RunReindexBench(const StoreBenchConfig& c, size_t train_sample)
       fi->train(static_cast<faiss::Index::idx_t>(std::min(train_sample, c.vectors)), all.data());
     fi->add_with_ids(static_cast<faiss::Index::idx_t>(c.vectors), all.data(), ids.data());
     theirs.push_back(static_cast<double>(c.vectors) / Seconds(Clock::now() - t0));
-    fmt::print(stderr, "    round {}: {:.0f} entries/s (log, checkpoint, fsyncs), FAISS in memory {:.0f}/s\n", i + 1,
+    fmt::print(stderr, "    round {}: {:.0f} entries/s (scans, checkpoint written and read back), FAISS in memory {:.0f}/s\n", i + 1,
                ours.back(), theirs.back());
   }
   const std::string w = fmt::format("reindex Flat -> {}, {}k x {}-d", c.description, c.vectors / 1000, c.dim);

@@ -5,6 +5,9 @@
 #include <string>
 #include <vector>
 
+#include "index/vector_index.h"
+#include "recovery/checkpoint_file.h"
+
 namespace vecwal::recovery {
 
 void TrainingSample::Offer(const float* v) {
@@ -38,36 +41,61 @@ Result<std::vector<float>> Sample(const DurableIndex& from, const DurableIndexOp
   return sample.vectors();
 }
 
-// Into `to` (a directory being built): the training, then every entry.
-Status CopyInto(const DurableIndex& from, const DurableIndexOptions& to, const ReindexOptions& how,
+// The new store's one checkpoint, which holds the whole copy as its one op.
+constexpr uint64_t kCopyLsn = 1;
+
+// Into `to` (a directory being built): the new index, trained and filled in
+// memory from a scan, then written as the store's checkpoint at kCopyLsn and
+// read back whole. Nothing goes through a log: until the rename the
+// directory is no store, so a crash loses nothing acknowledged, and each
+// entry is written once (through the new store's log, then its checkpoint,
+// it was written twice, and applied one batch a write).
+Status CopyInto(const DurableIndex& from, const DurableIndexOptions& to, const ReindexOptions& how, FileSystem& fs,
                 ReindexReport& rep) {
-  VECWAL_ASSIGN_OR_RETURN(auto store, DurableIndex::Open(to));
-  if (store->NeedsTraining()) {
+  VECWAL_ASSIGN_OR_RETURN(auto idx, index::NewFaissIndex(to.spec));
+  // A knob the new index has no part for would be refused at its first Open.
+  if (to.search.nprobe != 0 || to.search.ef_search != 0) VECWAL_RETURN_IF_ERROR(idx->CheckSearchParams(to.search));
+  if (!idx->is_trained()) {
     const std::string index = "index '" + to.spec.description + "' needs training";
     if (how.train_sample == 0) return Status::InvalidArgument(index + "; the sample is 0");
     VECWAL_ASSIGN_OR_RETURN(const auto sample, Sample(from, to, how));
     if (sample.empty()) return Status::InvalidArgument(index + " and the source is empty");
-    VECWAL_RETURN_IF_ERROR(store->Train(sample));
+    VECWAL_RETURN_IF_ERROR(idx->Train(sample));
     rep.trained_on = sample.size() / to.spec.dim;
   }
+  idx->Reserve(from.Size());  // a hint: writes to the source go on, unseen
+  Payloads payloads;
   auto copied = from.Scan(how.batch, [&](const ScanPiece& p) -> Status {
     VECWAL_RETURN_IF_ERROR(CheckDim(p, to.spec.dim));
-    WriteBatch b;
-    for (size_t i = 0; i < p.ids.size(); ++i)
-      b.Upsert(p.ids[i], p.vectors.subspan(i * to.spec.dim, to.spec.dim), p.payloads[i]);
-    if (Status s = store->Apply(b); !s.ok())
-      return s.WithContext("the batch of " + Str(p.ids.size()) + " entries after the first " + Str(rep.entries) +
-                           " (its first id " + Str(p.ids.front()) + ")");
+    const auto where = [&] {
+      return "the batch of " + Str(p.ids.size()) + " entries after the first " + Str(rep.entries) + " (its first id " +
+             Str(p.ids.front()) + ")";
+    };
+    for (size_t i = 0; i < p.ids.size(); ++i) {
+      const auto& pl = p.payloads[i];
+      if (pl.size() > to.max_payload_bytes)
+        return Status::InvalidArgument("id " + Str(p.ids[i]) + ": payload of " + Str(pl.size()) +
+                                       " bytes exceeds the new store's cap of " + Str(to.max_payload_bytes))
+            .WithContext(where());
+      if (!pl.empty()) payloads.emplace_hint(payloads.end(), p.ids[i], std::vector<std::byte>(pl.begin(), pl.end()));
+    }
+    if (Status s = idx->Add(p.ids, p.vectors); !s.ok()) return s.WithContext(where());
     rep.entries += p.ids.size();
     if (how.progress) how.progress(rep.entries);
     return Status::OK();
   });
   if (!copied.ok()) return copied.status();
   rep.from_lsn = *copied;
-  VECWAL_ASSIGN_OR_RETURN(rep.checkpoint_lsn, store->Checkpoint());
-  return store->Close();
+  VECWAL_ASSIGN_OR_RETURN(const std::string path, WriteCheckpoint(fs, to.dir, kCopyLsn, *idx, payloads));
+  rep.checkpoint_lsn = kCopyLsn;
+  // Read back before the store is named: it is the copy's only one.
+  idx.reset();
+  payloads.clear();
+  auto check = VerifyCheckpoint(fs, path);
+  if (!check.ok()) return check.status().WithContext("the new store's checkpoint, read back");
+  if (!check->ok()) return Status::Corruption(path + ", read back: " + check->problems());
+  return Status::OK();
 }
-
 }  // namespace
 
 Result<ReindexReport> Reindex(const DurableIndex& from, const DurableIndexOptions& to, const ReindexOptions& how) {
@@ -83,21 +111,29 @@ Result<ReindexReport> Reindex(const DurableIndex& from, const DurableIndexOption
     VECWAL_ASSIGN_OR_RETURN(const auto names, fs->ListDir(target));
     if (!names.empty()) return refused("the directory is not empty (it holds " + names.front() + ")");
   }
-  // Built beside the target and renamed to it once closed: a crash or an
-  // error never leaves a store that opens with part of the entries. A
-  // directory of that name is an earlier reindex's, cut short.
+  // Built beside the target and renamed to it once complete: a crash or an
+  // error never leaves a store that opens with part of the entries.
   DurableIndexOptions building = to;
   building.dir = target + kReindexingSuffix;
+  VECWAL_RETURN_IF_ERROR(fs->CreateDir(building.dir));
+  // Held until the store is named: a second reindex into the same target is
+  // refused, not built over this one.
+  auto held = fs->LockDir(building.dir, 0);
+  if (!held.ok()) return held.status().WithContext("reindex into " + to.dir);
+  // Anything else there is an earlier reindex's, cut short.
   std::error_code ec;
-  stdfs::remove_all(building.dir, ec);
-  if (ec) return refused("cannot remove " + building.dir + ", left by an earlier reindex: " + ec.message());
+  VECWAL_ASSIGN_OR_RETURN(const auto left, fs->ListDir(building.dir));
+  for (const auto& name : left)
+    if (name != "LOCK" && (stdfs::remove_all(building.dir + "/" + name, ec), ec))
+      return refused("cannot remove " + building.dir + "/" + name + ", left by an earlier reindex: " + ec.message());
   ReindexReport rep;
-  Status s = CopyInto(from, building, how, rep);
+  Status s = CopyInto(from, building, how, *fs, rep);
   if (s.ok()) s = fs->Rename(building.dir, target);
   if (!s.ok()) {
     stdfs::remove_all(building.dir, ec);
     return s.WithContext("reindex into " + to.dir);
   }
+  held->reset();
   const auto parent = stdfs::path(target).parent_path();
   VECWAL_RETURN_IF_ERROR(fs->SyncDir(parent.empty() ? "." : parent.string()));
   return rep;

@@ -20,9 +20,10 @@ struct ReindexOptions {
   // evenly at random (reservoir sampling, `seed`), train it.
   size_t train_sample = 100'000;
   uint64_t seed = 1;
-  // Entries a write into the new store carries: one atomic batch, one log write.
-  size_t batch = 1024;
-  // Called after each batch is in the new store, with the entries copied so
+  // Entries a piece of the source's scan carries, and so one add to the new
+  // index (an IVF's adds assign their vectors to lists in one BLAS product).
+  size_t batch = 8192;
+  // Called after each batch is in the new index, with the entries copied so
   // far: a long copy's progress (the count to compare with: the source's
   // Size). It runs inside the source's scan, so it must not call the source.
   std::function<void(uint64_t copied)> progress;
@@ -32,7 +33,7 @@ struct ReindexReport {
   uint64_t from_lsn = 0;        // the source as it was at this LSN is what was copied
   uint64_t entries = 0;         // entries copied
   uint64_t trained_on = 0;      // the training sample's size; 0: the index needed none
-  uint64_t checkpoint_lsn = 0;  // the new store's checkpoint, which holds every entry copied
+  uint64_t checkpoint_lsn = 0;  // the new store's one checkpoint, which holds every entry copied (LSN 1)
 };
 
 // Up to `cap` vectors of those offered, each offered vector equally likely
@@ -58,11 +59,14 @@ class TrainingSample {
 // to.dir once the store is complete and closed.
 inline constexpr const char* kReindexingSuffix = ".reindexing";
 
-// Copies every entry of `from` into a new store made with `to` (to.dir
-// empty or not there yet; to.spec.dim that of `from`'s vectors), closed
-// when done. It is built in to.dir + kReindexingSuffix and renamed to
-// to.dir when complete: after an error or a crash to.dir holds no store
-// (the next Reindex removes what a crash left). `from` is scanned
+// Copies every entry of `from` into a new store to be opened with `to`
+// (to.dir empty or not there yet; to.spec.dim that of `from`'s vectors).
+// The new index is trained and filled in memory and written as the store's
+// one checkpoint, at LSN 1, which is read back whole: each entry is written
+// once, and no log is (its log starts empty, at LSN 2). It is built in
+// to.dir + kReindexingSuffix and renamed to to.dir when complete: after an
+// error or a crash to.dir holds no store (the next Reindex removes what a
+// crash left). to.wrap_index applies when the store is opened. `from` is scanned
 // (DurableIndex::Scan), twice where the new index needs training; its
 // searches and writes go on meanwhile, its writes unseen, and they wait
 // once its recent writes reach their bound, until the copy ends. A store in

@@ -3,11 +3,14 @@
 #define BOOST_TEST_MODULE reindex
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
 
+#include "io/fault_file_system.h"
+#include "recovery/checkpoint_file.h"
 #include "recovery/reindex.h"
 #include "tests/durable_index_util.h"
 #include "tests/test_util.h"
@@ -55,10 +58,26 @@ BOOST_AUTO_TEST_CASE(a_flat_store_reindexed_into_ivf_or_hnsw_opens_with_every_en
       BOOST_TEST(seen.back() == rep->entries);
       BOOST_TEST(rep->from_lsn == s.d->Stats().durable_lsn);
       BOOST_TEST(rep->trained_on == (desc == "HNSW16" ? 0u : s.m.rows.size()));
+      // Each entry written once: one checkpoint, at LSN 1, and no log.
+      std::vector<std::string> files;
+      for (const auto& e : std::filesystem::directory_iterator(to.dir)) files.push_back(e.path().filename());
+      std::sort(files.begin(), files.end());
+      BOOST_TEST(files == (std::vector<std::string>{"LOCK", CheckpointFileName(1)}), files.size() << " files");
+      BOOST_TEST(rep->checkpoint_lsn == 1u);
       auto copy = OpenOrDie(to);
       BOOST_TEST(copy->Stats().recovery.records_replayed == 0u);  // the checkpoint holds them all
       BOOST_TEST(copy->Stats().last_checkpoint_lsn == rep->checkpoint_lsn);
       ExpectEqual(*copy, s.m, /*exact_search=*/false);
+      // Its log starts after the checkpoint, and what is written there stays.
+      Model more = s.m;
+      std::mt19937_64 rng(11);
+      const auto v = Vec(rng);
+      BOOST_REQUIRE(copy->Upsert(1000, v).ok());
+      more.rows[1000] = {v, {}};
+      BOOST_TEST(copy->Stats().durable_lsn == 2u);
+      RandomOps(*copy, more, rng, 20);
+      BOOST_REQUIRE(copy->Close().ok());
+      ExpectEqual(*OpenOrDie(to), more, false);
     }
   }
   ExpectEqual(*s.d, s.m);  // the source is as it was
@@ -152,6 +171,51 @@ BOOST_AUTO_TEST_CASE(a_reindex_that_fails_part_way_leaves_no_store_and_a_crashed
   BOOST_TEST(!std::filesystem::exists(to.dir + kReindexingSuffix));
   BOOST_TEST(!std::filesystem::exists(to.dir + "/wal/junk"));
   ExpectEqual(*OpenOrDie(to), s.m);
+}
+
+// The new store's checkpoint is its only copy of the entries: a disk that
+// keeps other bytes than it was given, or a sync that fails, fails the
+// reindex before the store is named, and nothing is left.
+BOOST_AUTO_TEST_CASE(a_new_store_whose_checkpoint_does_not_read_back_or_sync_is_never_named) {
+  FlatStore s;
+  for (const bool flip : {true, false}) {
+    BOOST_TEST_CONTEXT((flip ? "a flipped bit" : "a failed sync")) {
+      auto fs = std::make_shared<FaultInjectionFileSystem>(NewPosixFileSystem());
+      if (flip) fs->FlipBitInWritesTo(".vwc");
+      else fs->FailSyncsFrom(0);
+      auto to = Options(s.t / (flip ? "flipped" : "unsynced"), "HNSW16");
+      to.wal.fs = fs;
+      auto rep = Reindex(*s.d, to);
+      BOOST_REQUIRE(!rep.ok());
+      if (flip)
+        BOOST_TEST(rep.status().ToString().find("read back") != std::string::npos, rep.status().ToString());
+      BOOST_TEST(!std::filesystem::exists(to.dir));
+      BOOST_TEST(!std::filesystem::exists(to.dir + kReindexingSuffix));
+    }
+  }
+}
+
+// A reindex holds its build directory's lock until the store is named: a
+// second one into the same target is refused, and what the first has built
+// stays.
+BOOST_AUTO_TEST_CASE(a_second_reindex_into_the_same_target_is_refused_while_the_first_builds) {
+  FlatStore s;
+  auto to = Options(s.t / "ivf", "IVF4,Flat");
+  const std::string building = to.dir + kReindexingSuffix;
+  std::filesystem::create_directories(building);
+  std::ofstream(building + "/" + CheckpointFileName(1)) << "the first's";
+  auto fs = NewPosixFileSystem();
+  auto first = fs->LockDir(building, 0);
+  BOOST_REQUIRE(first.ok());
+  auto second = Reindex(*s.d, to);
+  BOOST_REQUIRE(!second.ok());
+  BOOST_TEST(second.status().ToString().find("LOCK") != std::string::npos, second.status().ToString());
+  BOOST_TEST(std::filesystem::exists(building + "/" + CheckpointFileName(1)));
+  BOOST_TEST(!std::filesystem::exists(to.dir));
+  first->reset();
+  auto rep = Reindex(*s.d, to);  // the first one's leftovers, once it is gone
+  BOOST_REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+  ExpectEqual(*OpenOrDie(to), s.m, false);
 }
 
 // The recipe for a store in service: Reindex a Backup of it, opened as a
