@@ -6,6 +6,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -281,6 +282,25 @@ BOOST_AUTO_TEST_CASE(reindex_copies_a_crashed_store_into_another_index_and_refus
   BOOST_TEST(j["to_index"] == "IVF16,Flat");
   BOOST_TEST(j["trained_on"] == 500);
   BOOST_TEST(j["dim"] == 16);
+  // Not yet opened, the new store is one checkpoint and no wal/: inspect
+  // reads it as a store and checks that checkpoint (a copy of it, damaged,
+  // fails the check).
+  json v = RunJson(kInspect + " --json verify " + ivf);
+  BOOST_TEST(v["ok"].get<bool>(), v.dump());
+  BOOST_REQUIRE_EQUAL(v["checkpoints"].size(), 1u);
+  BOOST_TEST(v["checkpoints"][0]["lsn"] == 1);
+  BOOST_TEST(v["checkpoints"][0]["index"] == "IVF16,Flat");
+  BOOST_TEST(v["records"] == 0);
+  BOOST_TEST(RunJson(kInspect + " --json checkpoints " + ivf)["checkpoints"].size() == 1u);
+  const std::string damaged = t / "damaged";
+  std::filesystem::create_directories(damaged);
+  const std::string ck = v["checkpoints"][0]["file"].get<std::string>();
+  std::filesystem::copy_file(ck, damaged + "/" + std::filesystem::path(ck).filename().string());
+  FlipByte(damaged + "/" + std::filesystem::path(ck).filename().string(),
+           v["checkpoints"][0]["sections"][0]["offset"].get<uint64_t>() + 10);
+  json bad = RunJson(kInspect + " --json verify " + damaged, 1);
+  BOOST_TEST(!bad["ok"].get<bool>(), bad.dump());
+  BOOST_TEST(bad["recovery"].get<std::string>().find("no checkpoint verifies") != std::string::npos, bad.dump());
   recovery::DurableIndexOptions from, to;
   from.dir = store;
   from.spec = {16, index::Metric::kL2, j["from_index"].get<std::string>()};

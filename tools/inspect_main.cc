@@ -29,15 +29,35 @@ using nlohmann::json;
 namespace stdfs = std::filesystem;
 
 // A store directory holds checkpoints beside its log in `wal/`; a bare log
-// directory holds segments only.
+// directory holds segments only. A store that a Backup or a Reindex made
+// has no `wal/` until it is first opened: its log is empty.
 struct Layout {
   std::string log_dir;
   std::optional<std::string> store_dir;
+  bool log_exists = true;
 };
 
 Layout Locate(const std::string& dir) {
   if (stdfs::is_directory(dir + "/wal")) return {dir + "/wal", dir};
+  std::error_code ec;
+  for (const auto& e : stdfs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (recovery::ParseCheckpointFileName(name) || name == recovery::kCheckpointCopyDir)
+      return {dir + "/wal", dir, false};
+  }
   return {dir, std::nullopt};
+}
+
+// The log's records, or none where the store has no log yet.
+Result<wal::LogScanReport> ScanLogOf(FileSystem& fs, const Layout& l, uint64_t from, wal::RecoveryMode mode,
+                                     const wal::RecordVisitor& visit) {
+  if (!l.log_exists) return wal::LogScanReport{};
+  return wal::ScanLog(fs, l.log_dir, from, mode, visit);
+}
+
+Result<std::vector<wal::SegmentFileInfo>> SegmentFilesOf(FileSystem& fs, const Layout& l) {
+  if (!l.log_exists) return std::vector<wal::SegmentFileInfo>{};
+  return wal::ListSegmentFiles(fs, l.log_dir);
 }
 
 const char* StateName(wal::SegmentFileInfo::State s) {
@@ -67,10 +87,10 @@ struct SegmentRange {
 };
 
 int Segments(FileSystem& fs, const Layout& l, bool as_json) {
-  auto files = OrFail(wal::ListSegmentFiles(fs, l.log_dir));
+  auto files = OrFail(SegmentFilesOf(fs, l));
   std::map<uint64_t, SegmentRange> ranges;
   // Salvage so that damage in one segment does not hide the ones after it.
-  auto rep = OrFail(wal::ScanLog(fs, l.log_dir, 0, wal::RecoveryMode::kSalvage, [&](const wal::LogRecord& r) {
+  auto rep = OrFail(ScanLogOf(fs, l, 0, wal::RecoveryMode::kSalvage, [&](const wal::LogRecord& r) {
     auto& s = ranges[r.segment_id];
     if (s.records++ == 0) s.first = r.lsn;
     s.last = r.lsn;
@@ -178,7 +198,7 @@ int Dump(FileSystem& fs, const Layout& l, const DumpFilter& f, bool as_json) {
   json all = json::array();
   if (!as_json)
     fmt::print("{:>12} {:<8} {:>6} {:>12} {:>8}  {}\n", "LSN", "type", "seg", "offset", "bytes", "what");
-  auto rep = wal::ScanLog(fs, l.log_dir, f.from, wal::RecoveryMode::kSalvage, [&](const wal::LogRecord& r) {
+  auto rep = ScanLogOf(fs, l, f.from, wal::RecoveryMode::kSalvage, [&](const wal::LogRecord& r) {
     if (r.lsn < f.from || r.lsn > f.to || shown >= f.limit) return Status::OK();
     if (!f.type.empty() && f.type != wal::ToString(r.type)) return Status::OK();
     bool matches = false;
@@ -304,7 +324,7 @@ int Verify(FileSystem& fs, const Layout& l, bool as_json) {
   json problems = json::array();
   // Salvage reports every damaged stretch rather than stopping at the first.
   uint64_t records = 0, bytes = 0;
-  auto rep = wal::ScanLog(fs, l.log_dir, 0, wal::RecoveryMode::kSalvage, [&](const wal::LogRecord& r) {
+  auto rep = ScanLogOf(fs, l, 0, wal::RecoveryMode::kSalvage, [&](const wal::LogRecord& r) {
     ++records;
     bytes += r.payload.size();
     if (auto op = wal::DecodeOp(r.type, r.payload, r.lsn); !op.ok())
@@ -341,7 +361,7 @@ int Verify(FileSystem& fs, const Layout& l, bool as_json) {
   }
   const uint64_t from = loaded ? *loaded + 1 : 0;
   std::string verdict;
-  auto tolerate = wal::ScanLog(fs, l.log_dir, from, wal::RecoveryMode::kTolerateTail,
+  auto tolerate = ScanLogOf(fs, l, from, wal::RecoveryMode::kTolerateTail,
                                [](const wal::LogRecord&) { return Status::OK(); });
   // The seal (wal/log_seal.h) names LSNs acknowledged for certain: a log
   // that ends below it lost them, whatever its end looks like.
