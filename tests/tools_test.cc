@@ -292,6 +292,9 @@ BOOST_AUTO_TEST_CASE(reindex_copies_a_crashed_store_into_another_index_and_refus
   BOOST_TEST(v["checkpoints"][0]["index"] == "IVF16,Flat");
   BOOST_TEST(v["records"] == 0);
   BOOST_TEST(RunJson(kInspect + " --json checkpoints " + ivf)["checkpoints"].size() == 1u);
+  json e = RunJson(kRecovery + " --json - estimate " + ivf + " --scratch " + t.path() + " --calibration-vectors 1000");
+  BOOST_TEST(e["checkpoint"]["lsn"] == 1);
+  BOOST_TEST(e["log_tail"]["records"] == 0);
   const std::string damaged = t / "damaged";
   std::filesystem::create_directories(damaged);
   const std::string ck = v["checkpoints"][0]["file"].get<std::string>();

@@ -30,15 +30,20 @@ nlohmann::json RunEstimate(const EstimateConfig& c) {
   auto info = recovery::ReadCheckpointInfo(*fsys, ckpt);
   if (!info.ok()) throw std::runtime_error(info.status().ToString());
   uint64_t tail_bytes = 0, tail_records = 0;
-  auto scan = wal::ScanLog(*fsys, c.dir + "/wal", info->lsn + 1, wal::RecoveryMode::kTolerateTail,
-                           [&](const wal::LogRecord& r) {
-                             if (r.lsn > info->lsn) {
-                               tail_bytes += r.payload.size();
-                               ++tail_records;
-                             }
-                             return Status::OK();
-                           });
-  if (!scan.ok()) throw std::runtime_error(scan.status().ToString());
+  // A store a Backup or a Reindex made has no wal/ until it is first opened: no tail.
+  wal::LogScanReport tail;
+  if (std::error_code ec; stdfs::exists(c.dir + "/wal", ec)) {
+    auto scan = wal::ScanLog(*fsys, c.dir + "/wal", info->lsn + 1, wal::RecoveryMode::kTolerateTail,
+                             [&](const wal::LogRecord& r) {
+                               if (r.lsn > info->lsn) {
+                                 tail_bytes += r.payload.size();
+                                 ++tail_records;
+                               }
+                               return Status::OK();
+                             });
+    if (!scan.ok()) throw std::runtime_error(scan.status().ToString());
+    tail = *scan;
+  }
 
   MeasureConfig m;
   m.dir = c.scratch + "/vecwal-estimate-" + std::to_string(::getpid());
@@ -68,7 +73,7 @@ nlohmann::json RunEstimate(const EstimateConfig& c) {
       rate(r["log_bytes_replayed"].get<double>(), r["decode_s"].get<double>() + r["apply_s"].get<double>());
   const double fixed_s = std::max(0.0, r["first_search_s"].get<double>() - r["open_s"].get<double>());
   const double load_s = static_cast<double>(info->file_bytes) / load_rate;
-  const double read_s = static_cast<double>(scan->bytes_read) / read_rate;
+  const double read_s = static_cast<double>(tail.bytes_read) / read_rate;
   const double apply_s = static_cast<double>(tail_bytes) / apply_rate;
   // The worst case: a crash with the log at its limit. The limit counts
   // records with their headers, so reading and replaying it as such
@@ -86,8 +91,8 @@ nlohmann::json RunEstimate(const EstimateConfig& c) {
   return {{"dir", c.dir},
           {"checkpoint", {{"file", ckpt}, {"lsn", info->lsn}, {"bytes", info->file_bytes},
                           {"vectors", info->live_count}, {"index", info->spec.description}, {"dim", info->spec.dim}}},
-          {"log_tail", {{"records", tail_records}, {"bytes", tail_bytes}, {"segment_bytes_read", scan->bytes_read},
-                        {"last_lsn", scan->last_lsn}}},
+          {"log_tail", {{"records", tail_records}, {"bytes", tail_bytes}, {"segment_bytes_read", tail.bytes_read},
+                        {"last_lsn", tail.last_lsn}}},
           {"rates", {{"checkpoint_load_bytes_per_s", load_rate}, {"log_read_bytes_per_s", read_rate},
                      {"replay_bytes_per_s", apply_rate}, {"calibration_vectors", m.vectors}}},
           {"predicted", {{"checkpoint_load_s", load_s}, {"log_read_s", read_s}, {"replay_s", apply_s},
