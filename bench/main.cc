@@ -127,8 +127,14 @@ int main(int argc, char** argv) {
 
   auto* rx = app.add_subcommand("reindex", "a Flat store copied into another index (--index) vs FAISS building it in memory");
   add_store_options(rx);
-  size_t train_sample = 100000;
-  rx->add_option("--train-sample", train_sample, "vectors that train an index that needs it")->capture_default_str()->check(kPositive);
+  ReindexBenchConfig rxc;
+  rx->add_option("--train-sample", rxc.train_sample, "vectors that train an index that needs it")
+      ->capture_default_str()
+      ->check(kPositive);
+  rx->add_flag("--copy-first", rxc.copy_first, "copy every entry out of the source first (ReindexOptions::copy_first)");
+  rx->add_option("--writers-beside", rxc.writers,
+                 "threads upserting into the source throughout: their longest wait, and their rate")
+      ->capture_default_str();
 
   StoreWorkloadConfig xc;
   auto add_workload_options = [&](CLI::App* sub) {
@@ -234,7 +240,7 @@ int main(int argc, char** argv) {
     } else if (ck->parsed()) {
       rows = RunCheckpointBench(sc);
     } else if (rx->parsed()) {
-      rows = RunReindexBench(sc, train_sample);
+      rows = RunReindexBench(sc, rxc);
     } else if (ingest->parsed()) {
       rows = RunIngestBench(xc);
     } else if (search->parsed()) {

@@ -5,8 +5,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
+#include <numeric>
 #include <random>
 #include <span>
 #include <thread>
@@ -364,7 +366,7 @@ std::vector<Row> RunCheckpointBench(const StoreBenchConfig& c) {
   return rows;
 }
 
-std::vector<Row> RunReindexBench(const StoreBenchConfig& c, size_t train_sample) {
+std::vector<Row> RunReindexBench(const StoreBenchConfig& c, const ReindexBenchConfig& rc) {
   Scratch s(c.dir);
   StoreBenchConfig flat = c;
   flat.description = "Flat";
@@ -373,7 +375,8 @@ std::vector<Row> RunReindexBench(const StoreBenchConfig& c, size_t train_sample)
   Build(flat, store);
   auto d = OpenStore(StoreOptions(flat, store));
   recovery::ReindexOptions how;
-  how.train_sample = train_sample;
+  how.train_sample = rc.train_sample;
+  how.copy_first = rc.copy_first;
   // The baseline: FAISS builds the same index from the same vectors in
   // memory, trained on as many of them: no log, no checkpoint, no fsync.
   std::vector<float> all(c.vectors * c.dim);
@@ -381,27 +384,78 @@ std::vector<Row> RunReindexBench(const StoreBenchConfig& c, size_t train_sample)
   for (size_t i = 0; i < c.vectors; ++i) gen.Next(std::span(all).subspan(i * c.dim, c.dim));
   std::vector<faiss::Index::idx_t> ids(c.vectors);
   for (size_t i = 0; i < c.vectors; ++i) ids[i] = static_cast<faiss::Index::idx_t>(i);
-  std::vector<double> ours, theirs;
+  std::vector<double> ours, theirs, longest_ms, writes_per_s, scan_s;
+  uint64_t next_id = c.vectors;  // the writers' ids: new to the store, round after round
   for (int i = 0; i < c.repeat; ++i) {
     fs::remove_all(to);
-    fmt::print(stderr, "  reindexing into {} ...\n", c.description);
+    fmt::print(stderr, "  reindexing into {}{} ...\n", c.description,
+               rc.writers ? fmt::format(", {} writer(s) upserting beside it", rc.writers) : "");
+    // A store in service: writers upsert beside the reindex, and their
+    // longest wait is the stall the reindex cost them.
+    std::atomic<bool> stop{false};
+    std::vector<double> longest(rc.writers, 0);
+    std::vector<uint64_t> written(rc.writers, 0);
+    std::vector<std::string> write_error(rc.writers);
+    std::vector<std::thread> writers;
+    for (unsigned w = 0; w < rc.writers; ++w)
+      writers.emplace_back([&, w, first = next_id + w * (uint64_t{1} << 32)] {
+        BuildVectors wgen;
+        wgen.rng.seed(first);
+        std::vector<float> v(c.dim);
+        for (uint64_t id = first; !stop.load(); ++id) {
+          wgen.Next(v);
+          const auto w0 = Clock::now();
+          if (Status st = d->Upsert(id, v); !st.ok()) {
+            write_error[w] = st.ToString();
+            return;
+          }
+          longest[w] = std::max(longest[w], Seconds(Clock::now() - w0));
+          ++written[w];
+        }
+      });
     auto t0 = Clock::now();
     auto rep = recovery::Reindex(*d, StoreOptions(c, to), how);
+    const double took = Seconds(Clock::now() - t0);
+    stop = true;
+    for (auto& w : writers) w.join();
     if (!rep.ok()) throw std::runtime_error(rep.status().ToString());
-    ours.push_back(static_cast<double>(rep->entries) / Seconds(Clock::now() - t0));
+    for (const auto& e : write_error)
+      if (!e.empty()) throw std::runtime_error("a writer beside the reindex: " + e);
+    next_id += uint64_t{rc.writers} << 32;
+    ours.push_back(static_cast<double>(rep->entries) / took);
+    scan_s.push_back(rep->scan_s);
+    if (rc.writers > 0) {
+      longest_ms.push_back(*std::max_element(longest.begin(), longest.end()) * 1e3);
+      writes_per_s.push_back(static_cast<double>(std::accumulate(written.begin(), written.end(), uint64_t{0})) / took);
+    }
     fmt::print(stderr, "  FAISS: train and add in memory ...\n");
     t0 = Clock::now();
     std::unique_ptr<faiss::Index> fi(
         faiss::index_factory(static_cast<int>(c.dim), ("IDMap2," + c.description).c_str(), faiss::METRIC_L2));
     if (!fi->is_trained)
-      fi->train(static_cast<faiss::Index::idx_t>(std::min(train_sample, c.vectors)), all.data());
+      fi->train(static_cast<faiss::Index::idx_t>(std::min(rc.train_sample, c.vectors)), all.data());
     fi->add_with_ids(static_cast<faiss::Index::idx_t>(c.vectors), all.data(), ids.data());
     theirs.push_back(static_cast<double>(c.vectors) / Seconds(Clock::now() - t0));
-    fmt::print(stderr, "    round {}: {:.0f} entries/s (scans, checkpoint written and read back), FAISS in memory {:.0f}/s\n", i + 1,
-               ours.back(), theirs.back());
+    fmt::print(stderr,
+               "    round {}: {:.0f} entries/s (scans {:.2f} s, checkpoint written and read back), FAISS in memory "
+               "{:.0f}/s{}\n",
+               i + 1, ours.back(), rep->scan_s, theirs.back(),
+               rc.writers ? fmt::format("; writers: {:.0f} upserts/s, longest {:.1f} ms", writes_per_s.back(),
+                                       longest_ms.back())
+                         : "");
   }
-  const std::string w = fmt::format("reindex Flat -> {}, {}k x {}-d", c.description, c.vectors / 1000, c.dim);
-  return {{w, "entries/s", Median(ours), "FAISS train + add, in memory", Median(theirs), true, ""}};
+  const std::string w = fmt::format("reindex Flat -> {}, {}k x {}-d{}", c.description, c.vectors / 1000, c.dim,
+                                    rc.copy_first ? ", copy first" : "");
+  // How long the source's merges (and so, at their bound, its writers)
+  // were held back: the scans.
+  std::vector<Row> rows{{w, "entries/s", Median(ours), "FAISS train + add, in memory", Median(theirs), true, ""},
+                        {w, "source scanned s", Median(scan_s), "", 0, false, ""}};
+  if (rc.writers > 0) {
+    const std::string beside = fmt::format("{}, {} writer(s) beside it", w, rc.writers);
+    rows.push_back({beside, "longest upsert ms", Median(longest_ms), "", 0, false, ""});
+    rows.push_back({beside, "upserts/s", Median(writes_per_s), "", 0, true, ""});
+  }
+  return rows;
 }
 
 }  // namespace vecwal::bench

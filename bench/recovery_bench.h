@@ -25,6 +25,11 @@ std::vector<Row> RunRecoveryBench(const StoreBenchConfig& c);
 std::vector<Row> RunCheckpointBench(const StoreBenchConfig& c);
 // A Flat store of c.vectors copied into c.description by recovery::Reindex,
 // beside FAISS building that index from the same vectors in memory.
-std::vector<Row> RunReindexBench(const StoreBenchConfig& c, size_t train_sample);
+struct ReindexBenchConfig {
+  size_t train_sample = 100000;
+  bool copy_first = false;  // recovery::ReindexOptions::copy_first
+  unsigned writers = 0;     // threads upserting into the source throughout
+};
+std::vector<Row> RunReindexBench(const StoreBenchConfig& c, const ReindexBenchConfig& rc);
 
 }  // namespace vecwal::bench

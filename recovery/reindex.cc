@@ -1,6 +1,7 @@
 #include "recovery/reindex.h"
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -30,13 +31,22 @@ Status CheckDim(const ScanPiece& p, uint32_t want) {
                                  "; the new store's options say " + Str(want));
 }
 
-Result<std::vector<float>> Sample(const DurableIndex& from, const DurableIndexOptions& to, const ReindexOptions& how) {
+// from.Scan, its time added to rep.scan_s.
+Result<uint64_t> TimedScan(const DurableIndex& from, size_t piece, const ScanVisitor& visit, ReindexReport& rep) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto lsn = from.Scan(piece, visit);
+  rep.scan_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return lsn;
+}
+
+Result<std::vector<float>> Sample(const DurableIndex& from, const DurableIndexOptions& to, const ReindexOptions& how,
+                                  ReindexReport& rep) {
   TrainingSample sample(to.spec.dim, how.train_sample, how.seed);
-  auto scanned = from.Scan(how.batch, [&](const ScanPiece& p) {
+  auto scanned = TimedScan(from, how.batch, [&](const ScanPiece& p) {
     VECWAL_RETURN_IF_ERROR(CheckDim(p, to.spec.dim));
     for (size_t i = 0; i < p.ids.size(); ++i) sample.Offer(p.vectors.data() + i * to.spec.dim);
     return Status::OK();
-  });
+  }, rep);
   if (!scanned.ok()) return scanned.status();
   return sample.vectors();
 }
@@ -44,48 +54,108 @@ Result<std::vector<float>> Sample(const DurableIndex& from, const DurableIndexOp
 // The new store's one checkpoint, which holds the whole copy as its one op.
 constexpr uint64_t kCopyLsn = 1;
 
+// Where a piece's entries stand in the copy, for its errors.
+std::string Where(const ScanPiece& p, uint64_t before) {
+  return "the batch of " + Str(p.ids.size()) + " entries after the first " + Str(before) + " (its first id " +
+         Str(p.ids.front()) + ")";
+}
+
+// A piece's payloads, checked against the new store's cap, into `out`.
+Status TakePayloads(const ScanPiece& p, uint64_t before, size_t cap, Payloads& out) {
+  for (size_t i = 0; i < p.ids.size(); ++i) {
+    const auto& pl = p.payloads[i];
+    if (pl.size() > cap)
+      return Status::InvalidArgument("id " + Str(p.ids[i]) + ": payload of " + Str(pl.size()) +
+                                     " bytes exceeds the new store's cap of " + Str(cap))
+          .WithContext(Where(p, before));
+    if (!pl.empty()) out.emplace_hint(out.end(), p.ids[i], std::vector<std::byte>(pl.begin(), pl.end()));
+  }
+  return Status::OK();
+}
+
+// Trains `idx` on `sample`, where it needs it.
+Status TrainOn(index::VectorIndex& idx, const DurableIndexOptions& to, const std::vector<float>& sample,
+               ReindexReport& rep) {
+  if (sample.empty()) return Status::InvalidArgument("index '" + to.spec.description + "' needs training and the source is empty");
+  VECWAL_RETURN_IF_ERROR(idx.Train(sample));
+  rep.trained_on = sample.size() / to.spec.dim;
+  return Status::OK();
+}
+
+// The new index filled straight from the scan: the source's merges wait
+// for the adds.
+Status FillWhileScanning(const DurableIndex& from, const DurableIndexOptions& to, const ReindexOptions& how,
+                         index::VectorIndex& idx, Payloads& payloads, ReindexReport& rep) {
+  if (!idx.is_trained()) {
+    VECWAL_ASSIGN_OR_RETURN(const auto sample, Sample(from, to, how, rep));
+    VECWAL_RETURN_IF_ERROR(TrainOn(idx, to, sample, rep));
+  }
+  idx.Reserve(from.Size());  // a hint: writes to the source go on, unseen
+  auto copied = TimedScan(from, how.batch, [&](const ScanPiece& p) -> Status {
+    VECWAL_RETURN_IF_ERROR(CheckDim(p, to.spec.dim));
+    VECWAL_RETURN_IF_ERROR(TakePayloads(p, rep.entries, to.max_payload_bytes, payloads));
+    if (Status s = idx.Add(p.ids, p.vectors); !s.ok()) return s.WithContext(Where(p, rep.entries));
+    rep.entries += p.ids.size();
+    if (how.progress) how.progress(rep.entries);
+    return Status::OK();
+  }, rep);
+  if (!copied.ok()) return copied.status();
+  rep.from_lsn = *copied;
+  return Status::OK();
+}
+
+// ReindexOptions::copy_first: one scan copies every entry (and draws the
+// sample), then the index is trained and filled from the copy.
+Status FillFromCopy(const DurableIndex& from, const DurableIndexOptions& to, const ReindexOptions& how,
+                    index::VectorIndex& idx, Payloads& payloads, ReindexReport& rep) {
+  const uint32_t dim = to.spec.dim;
+  const bool train = !idx.is_trained();
+  TrainingSample sample(dim, train ? how.train_sample : 0, how.seed);
+  std::vector<uint64_t> ids;
+  std::vector<float> vectors;
+  const size_t expect = from.Size();  // a hint, as above
+  ids.reserve(expect);
+  vectors.reserve(expect * dim);
+  auto copied = TimedScan(from, how.batch, [&](const ScanPiece& p) -> Status {
+    VECWAL_RETURN_IF_ERROR(CheckDim(p, dim));
+    VECWAL_RETURN_IF_ERROR(TakePayloads(p, ids.size(), to.max_payload_bytes, payloads));
+    ids.insert(ids.end(), p.ids.begin(), p.ids.end());
+    vectors.insert(vectors.end(), p.vectors.begin(), p.vectors.end());
+    if (train)
+      for (size_t i = 0; i < p.ids.size(); ++i) sample.Offer(p.vectors.data() + i * dim);
+    return Status::OK();
+  }, rep);
+  if (!copied.ok()) return copied.status();
+  rep.from_lsn = *copied;
+  if (train) VECWAL_RETURN_IF_ERROR(TrainOn(idx, to, sample.vectors(), rep));
+  idx.Reserve(ids.size());
+  for (size_t at = 0; at < ids.size(); at += how.batch) {
+    const size_t n = std::min(how.batch, ids.size() - at);
+    if (Status s = idx.Add(std::span(ids).subspan(at, n), std::span(vectors).subspan(at * dim, n * dim)); !s.ok())
+      return s.WithContext("the batch of " + Str(n) + " entries after the first " + Str(at) + " (its first id " +
+                           Str(ids[at]) + ")");
+    rep.entries += n;
+    if (how.progress) how.progress(rep.entries);
+  }
+  return Status::OK();
+}
+
 // Into `to` (a directory being built): the new index, trained and filled in
-// memory from a scan, then written as the store's checkpoint at kCopyLsn and
-// read back whole. Nothing goes through a log: until the rename the
-// directory is no store, so a crash loses nothing acknowledged, and each
-// entry is written once (through the new store's log, then its checkpoint,
-// it was written twice, and applied one batch a write).
+// memory from the source's scan, then written as the store's checkpoint at
+// kCopyLsn and read back whole. Nothing goes through a log: until the
+// rename the directory is no store, so a crash loses nothing acknowledged,
+// and each entry is written once (through the new store's log, then its
+// checkpoint, it was written twice, and applied one batch a write).
 Status CopyInto(const DurableIndex& from, const DurableIndexOptions& to, const ReindexOptions& how, FileSystem& fs,
                 ReindexReport& rep) {
   VECWAL_ASSIGN_OR_RETURN(auto idx, index::NewFaissIndex(to.spec));
   // A knob the new index has no part for would be refused at its first Open.
   if (to.search.nprobe != 0 || to.search.ef_search != 0) VECWAL_RETURN_IF_ERROR(idx->CheckSearchParams(to.search));
-  if (!idx->is_trained()) {
-    const std::string index = "index '" + to.spec.description + "' needs training";
-    if (how.train_sample == 0) return Status::InvalidArgument(index + "; the sample is 0");
-    VECWAL_ASSIGN_OR_RETURN(const auto sample, Sample(from, to, how));
-    if (sample.empty()) return Status::InvalidArgument(index + " and the source is empty");
-    VECWAL_RETURN_IF_ERROR(idx->Train(sample));
-    rep.trained_on = sample.size() / to.spec.dim;
-  }
-  idx->Reserve(from.Size());  // a hint: writes to the source go on, unseen
+  if (!idx->is_trained() && how.train_sample == 0)
+    return Status::InvalidArgument("index '" + to.spec.description + "' needs training; the sample is 0");
   Payloads payloads;
-  auto copied = from.Scan(how.batch, [&](const ScanPiece& p) -> Status {
-    VECWAL_RETURN_IF_ERROR(CheckDim(p, to.spec.dim));
-    const auto where = [&] {
-      return "the batch of " + Str(p.ids.size()) + " entries after the first " + Str(rep.entries) + " (its first id " +
-             Str(p.ids.front()) + ")";
-    };
-    for (size_t i = 0; i < p.ids.size(); ++i) {
-      const auto& pl = p.payloads[i];
-      if (pl.size() > to.max_payload_bytes)
-        return Status::InvalidArgument("id " + Str(p.ids[i]) + ": payload of " + Str(pl.size()) +
-                                       " bytes exceeds the new store's cap of " + Str(to.max_payload_bytes))
-            .WithContext(where());
-      if (!pl.empty()) payloads.emplace_hint(payloads.end(), p.ids[i], std::vector<std::byte>(pl.begin(), pl.end()));
-    }
-    if (Status s = idx->Add(p.ids, p.vectors); !s.ok()) return s.WithContext(where());
-    rep.entries += p.ids.size();
-    if (how.progress) how.progress(rep.entries);
-    return Status::OK();
-  });
-  if (!copied.ok()) return copied.status();
-  rep.from_lsn = *copied;
+  VECWAL_RETURN_IF_ERROR(how.copy_first ? FillFromCopy(from, to, how, *idx, payloads, rep)
+                                        : FillWhileScanning(from, to, how, *idx, payloads, rep));
   VECWAL_ASSIGN_OR_RETURN(const std::string path, WriteCheckpoint(fs, to.dir, kCopyLsn, *idx, payloads));
   rep.checkpoint_lsn = kCopyLsn;
   // Read back before the store is named: it is the copy's only one.

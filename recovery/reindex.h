@@ -25,8 +25,18 @@ struct ReindexOptions {
   size_t batch = 8192;
   // Called after each batch is in the new index, with the entries copied so
   // far: a long copy's progress (the count to compare with: the source's
-  // Size). It runs inside the source's scan, so it must not call the source.
+  // Size). It runs inside the source's scan, so it must not call the source
+  // (with copy_first it runs after the scan).
   std::function<void(uint64_t copied)> progress;
+  // Copy every entry out of the source in one scan, then train and fill the
+  // new index from the copy. The source's merges (and so its writers, once
+  // their recent writes reach the bound) then wait only for the copy, about
+  // as long as reading the vectors once, not for the new index's training
+  // and adds (an IVF's, a graph's: most of a reindex's time); the price is
+  // memory for a copy of every vector (and payload) until the new index is
+  // built. For a store in service whose writers must not stall; a Backup of
+  // it, reindexed, stalls them not at all, for the disk space of a checkpoint.
+  bool copy_first = false;
 };
 
 struct ReindexReport {
@@ -34,6 +44,9 @@ struct ReindexReport {
   uint64_t entries = 0;         // entries copied
   uint64_t trained_on = 0;      // the training sample's size; 0: the index needed none
   uint64_t checkpoint_lsn = 0;  // the new store's one checkpoint, which holds every entry copied (LSN 1)
+  // Seconds the source was scanned, its merges held back (see Reindex): its
+  // writers can have waited this long at most, once at their bound.
+  double scan_s = 0;
 };
 
 // Up to `cap` vectors of those offered, each offered vector equally likely
@@ -67,11 +80,12 @@ inline constexpr const char* kReindexingSuffix = ".reindexing";
 // to.dir + kReindexingSuffix and renamed to to.dir when complete: after an
 // error or a crash to.dir holds no store (the next Reindex removes what a
 // crash left). to.wrap_index applies when the store is opened. `from` is scanned
-// (DurableIndex::Scan), twice where the new index needs training; its
-// searches and writes go on meanwhile, its writes unseen, and they wait
-// once its recent writes reach their bound, until the copy ends. A store in
-// service whose writers must not wait that long is reindexed from a
-// Backup of it, opened as a store of its own.
+// (DurableIndex::Scan), twice where the new index needs training (once with
+// copy_first); its searches and writes go on meanwhile, its writes unseen,
+// and they wait once its recent writes reach their bound, until the scan
+// ends (with copy_first: the copy only). A store in service whose writers
+// must not wait at all is reindexed from a Backup of it, opened as a store
+// of its own.
 Result<ReindexReport> Reindex(const DurableIndex& from, const DurableIndexOptions& to,
                               const ReindexOptions& how = {});
 

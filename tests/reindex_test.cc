@@ -4,10 +4,13 @@
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 
 #include "io/fault_file_system.h"
 #include "recovery/checkpoint_file.h"
@@ -39,11 +42,13 @@ struct FlatStore {
 
 BOOST_AUTO_TEST_CASE(a_flat_store_reindexed_into_ivf_or_hnsw_opens_with_every_entry) {
   FlatStore s;
-  for (const std::string desc : {"IVF4,Flat", "HNSW16"}) {
+  for (const std::string desc : {"IVF4,Flat", "HNSW16", "IVF4,Flat copy-first", "HNSW16 copy-first"}) {
     BOOST_TEST_CONTEXT(desc) {
-      auto to = Options(s.t / desc, desc);
+      const bool copy_first = desc.ends_with(" copy-first");
+      auto to = Options(s.t / desc, desc.substr(0, desc.find(' ')));
       ReindexOptions how;
       how.batch = 16;
+      how.copy_first = copy_first;
       std::vector<uint64_t> seen;
       how.progress = [&](uint64_t copied) { seen.push_back(copied); };
       auto rep = Reindex(*s.d, to, how);
@@ -57,7 +62,7 @@ BOOST_AUTO_TEST_CASE(a_flat_store_reindexed_into_ivf_or_hnsw_opens_with_every_en
       }
       BOOST_TEST(seen.back() == rep->entries);
       BOOST_TEST(rep->from_lsn == s.d->Stats().durable_lsn);
-      BOOST_TEST(rep->trained_on == (desc == "HNSW16" ? 0u : s.m.rows.size()));
+      BOOST_TEST(rep->trained_on == (desc.starts_with("HNSW16") ? 0u : s.m.rows.size()));
       // Each entry written once: one checkpoint, at LSN 1, and no log.
       std::vector<std::string> files;
       for (const auto& e : std::filesystem::directory_iterator(to.dir)) files.push_back(e.path().filename());
@@ -171,6 +176,52 @@ BOOST_AUTO_TEST_CASE(a_reindex_that_fails_part_way_leaves_no_store_and_a_crashed
   BOOST_TEST(!std::filesystem::exists(to.dir + kReindexingSuffix));
   BOOST_TEST(!std::filesystem::exists(to.dir + "/wal/junk"));
   ExpectEqual(*OpenOrDie(to), s.m);
+}
+
+// copy_first: the source's merges wait for the copy alone, not for the new
+// index's adds. A writer upserts into the source throughout, its recent
+// writes bounded at 16; each add (of 8 entries) takes 10 ms more (its
+// progress call), about half a second in all. While the scan holds merges
+// the writer waits at the bound, so only with copy_first do its writes go
+// on between the first add and the last.
+BOOST_AUTO_TEST_CASE(with_copy_first_the_sources_writers_wait_for_the_copy_not_for_the_adds) {
+  test::TempDir t;
+  auto o = Options(t / "flat");
+  o.recent_writes_merge_at = 4;
+  auto d = OpenOrDie(o);
+  std::mt19937_64 rng(3);
+  for (uint64_t id = 0; id < 400; ++id) BOOST_REQUIRE(d->Upsert(id, Vec(rng)).ok());
+  for (const bool copy_first : {false, true}) {
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> written{0};
+    std::atomic<bool> failed{false};
+    std::thread writer([&, first = 1000 + 100000 * uint64_t{copy_first}] {
+      std::mt19937_64 wr(first);
+      for (uint64_t id = first; !stop; ++id) {
+        if (!d->Upsert(id, Vec(wr)).ok()) failed = true;
+        ++written;
+      }
+    });
+    ReindexOptions how;
+    how.copy_first = copy_first;
+    how.batch = 8;
+    uint64_t at_first = 0, at_last = 0;
+    how.progress = [&](uint64_t copied) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      if (copied <= 8) at_first = written;
+      at_last = written;
+    };
+    auto rep = Reindex(*d, Options(t / ("hnsw" + std::to_string(copy_first)), "HNSW16"), how);
+    stop = true;
+    writer.join();
+    BOOST_REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+    BOOST_TEST(!failed);
+    BOOST_TEST_CONTEXT("copy_first " << copy_first << ": " << at_last - at_first
+                                     << " writes between the first add and the last") {
+      if (copy_first) BOOST_TEST(at_last - at_first > 100u);
+      else BOOST_TEST(at_last - at_first <= 40u);  // the bound (16), and the writes in flight
+    }
+  }
 }
 
 // The new store's checkpoint is its only copy of the entries: a disk that

@@ -292,9 +292,9 @@ BOOST_AUTO_TEST_CASE(reindex_copies_a_crashed_store_into_another_index_and_refus
   BOOST_TEST(v["checkpoints"][0]["index"] == "IVF16,Flat");
   BOOST_TEST(v["records"] == 0);
   BOOST_TEST(RunJson(kInspect + " --json checkpoints " + ivf)["checkpoints"].size() == 1u);
-  json e = RunJson(kRecovery + " --json - estimate " + ivf + " --scratch " + t.path() + " --calibration-vectors 1000");
-  BOOST_TEST(e["checkpoint"]["lsn"] == 1);
-  BOOST_TEST(e["log_tail"]["records"] == 0);
+  json est = RunJson(kRecovery + " --json - estimate " + ivf + " --scratch " + t.path() + " --calibration-vectors 1000");
+  BOOST_TEST(est["checkpoint"]["lsn"] == 1);
+  BOOST_TEST(est["log_tail"]["records"] == 0);
   const std::string damaged = t / "damaged";
   std::filesystem::create_directories(damaged);
   const std::string ck = v["checkpoints"][0]["file"].get<std::string>();
@@ -511,11 +511,21 @@ BOOST_AUTO_TEST_CASE(bench_reindex_prints_the_copy_beside_faiss_building_the_ind
   // --json -: the JSON alone on stdout (the table goes to stderr).
   json j = RunJson(kBench + " --json - reindex --dir " + t.path() +
                    " --dim 16 --vectors 3000 --index IVF8,Flat --train-sample 500 2>/dev/null");
-  BOOST_REQUIRE_EQUAL(j["rows"].size(), 1u);
+  BOOST_REQUIRE_EQUAL(j["rows"].size(), 2u);
   const auto& row = j["rows"][0];
+  BOOST_TEST(j["rows"][1]["metric"] == "source scanned s", j.dump());
+  BOOST_TEST(j["rows"][1]["vecwal"].get<double>() > 0.0, j.dump());
   BOOST_TEST(row["workload"].get<std::string>().find("reindex Flat -> IVF8,Flat") != std::string::npos, row.dump());
   BOOST_TEST(row["vecwal"].get<double>() > 0.0, row.dump());
   BOOST_TEST(row["ratio"].get<double>() > 0.0, row.dump());
+  // With writers beside it (copy first): their longest wait and their rate.
+  json w = RunJson(kBench + " --json - reindex --dir " + t.path() +
+                   " --dim 16 --vectors 3000 --index IVF8,Flat --train-sample 500 --copy-first --writers-beside 2 2>/dev/null");
+  BOOST_REQUIRE_EQUAL(w["rows"].size(), 4u);
+  BOOST_TEST(w["rows"][0]["workload"].get<std::string>().find("copy first") != std::string::npos, w.dump());
+  BOOST_TEST(w["rows"][2]["metric"] == "longest upsert ms", w.dump());
+  BOOST_TEST(w["rows"][3]["metric"] == "upserts/s", w.dump());
+  BOOST_TEST(w["rows"][3]["vecwal"].get<double>() > 0.0, w.dump());
 }
 
 BOOST_AUTO_TEST_CASE(bench_baseline_flags_a_regression_against_a_saved_run) {

@@ -92,7 +92,8 @@ int main(int argc, char** argv) {
                         {"from_lsn", rep->from_lsn},
                         {"entries", rep->entries},
                         {"trained_on", rep->trained_on},
-                        {"checkpoint_lsn", rep->checkpoint_lsn}};
+                        {"checkpoint_lsn", rep->checkpoint_lsn},
+                        {"scan_s", rep->scan_s}};
     fmt::print("{}\n", j.dump(2));
   } else {
     fmt::print("copied {} entries of {} (as at LSN {}) into {} ({}, {}-d{}), checkpointed at LSN {}\n", rep->entries,
