@@ -131,6 +131,8 @@ int main(int argc, char** argv) {
   rx->add_option("--train-sample", rxc.train_sample, "vectors that train an index that needs it")
       ->capture_default_str()
       ->check(kPositive);
+  rx->add_option("--threads", rxc.threads, "OpenMP threads for the new index's training and adds; 0: every core")
+      ->capture_default_str();
   rx->add_flag("--copy-first", rxc.copy_first, "copy every entry out of the source first (ReindexOptions::copy_first)");
   rx->add_option("--writers-beside", rxc.writers,
                  "threads upserting into the source throughout: their longest wait, and their rate")

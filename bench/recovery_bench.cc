@@ -377,6 +377,7 @@ std::vector<Row> RunReindexBench(const StoreBenchConfig& c, const ReindexBenchCo
   recovery::ReindexOptions how;
   how.train_sample = rc.train_sample;
   how.copy_first = rc.copy_first;
+  how.threads = rc.threads;
   // The baseline: FAISS builds the same index from the same vectors in
   // memory, trained on as many of them: no log, no checkpoint, no fsync.
   std::vector<float> all(c.vectors * c.dim);
@@ -444,8 +445,9 @@ std::vector<Row> RunReindexBench(const StoreBenchConfig& c, const ReindexBenchCo
                                        longest_ms.back())
                          : "");
   }
-  const std::string w = fmt::format("reindex Flat -> {}, {}k x {}-d{}", c.description, c.vectors / 1000, c.dim,
-                                    rc.copy_first ? ", copy first" : "");
+  const std::string w = fmt::format("reindex Flat -> {}, {}k x {}-d{}{}", c.description, c.vectors / 1000, c.dim,
+                                    rc.copy_first ? ", copy first" : "",
+                                    rc.threads ? fmt::format(", {} thread(s)", rc.threads) : "");
   // How long the source's merges (and so, at their bound, its writers)
   // were held back: the scans.
   std::vector<Row> rows{{w, "entries/s", Median(ours), "FAISS train + add, in memory", Median(theirs), true, ""},

@@ -28,6 +28,7 @@ std::vector<Row> RunCheckpointBench(const StoreBenchConfig& c);
 struct ReindexBenchConfig {
   size_t train_sample = 100000;
   bool copy_first = false;  // recovery::ReindexOptions::copy_first
+  size_t threads = 0;       // recovery::ReindexOptions::threads
   unsigned writers = 0;     // threads upserting into the source throughout
 };
 std::vector<Row> RunReindexBench(const StoreBenchConfig& c, const ReindexBenchConfig& rc);

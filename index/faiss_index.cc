@@ -1391,6 +1391,17 @@ static Status DropIdMapOverIvf(std::unique_ptr<faiss::Index>& idx) {
 
 size_t SearchThreads() { return static_cast<size_t>(std::max(omp_get_max_threads(), 1)); }
 
+FaissThreadCap::FaissThreadCap(size_t threads) {
+  const int now = omp_get_max_threads();
+  if (threads == 0 || threads >= static_cast<size_t>(now)) return;
+  saved_ = now;
+  omp_set_num_threads(static_cast<int>(threads));
+}
+
+FaissThreadCap::~FaissThreadCap() {
+  if (saved_ != 0) omp_set_num_threads(saved_);
+}
+
 Result<std::unique_ptr<VectorIndex>> LoadFaissIndex(const IndexSpec& spec, std::span<const std::byte> bytes) {
   SpanReader r(bytes);
   std::unique_ptr<faiss::Index> idx;

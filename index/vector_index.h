@@ -272,6 +272,22 @@ inline bool Closer(Metric m, float a, float b) { return m == Metric::kInnerProdu
 // How many queries FAISS searches at once: its OpenMP threads (one a query).
 size_t SearchThreads();
 
+// While it lives, the FAISS calls made on the constructing thread (its
+// training, adds, searches) use at most `threads` OpenMP threads; 0, or more
+// than they would use: no cap. A long build beside a store in service (a
+// reindex) leaves the other cores to its writers and merges. One thread's
+// setting: other threads' calls are not capped.
+class FaissThreadCap {
+ public:
+  explicit FaissThreadCap(size_t threads);
+  ~FaissThreadCap();
+  FaissThreadCap(const FaissThreadCap&) = delete;
+  FaissThreadCap& operator=(const FaissThreadCap&) = delete;
+
+ private:
+  int saved_ = 0;  // 0: nothing to restore
+};
+
 Result<std::unique_ptr<VectorIndex>> NewFaissIndex(const IndexSpec& spec);
 // Loads what Serialize wrote for an index of `spec`.
 Result<std::unique_ptr<VectorIndex>> LoadFaissIndex(const IndexSpec& spec, std::span<const std::byte> bytes);

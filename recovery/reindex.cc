@@ -197,6 +197,7 @@ Result<ReindexReport> Reindex(const DurableIndex& from, const DurableIndexOption
     if (name != "LOCK" && (stdfs::remove_all(building.dir + "/" + name, ec), ec))
       return refused("cannot remove " + building.dir + "/" + name + ", left by an earlier reindex: " + ec.message());
   ReindexReport rep;
+  const index::FaissThreadCap cap(how.threads);
   Status s = CopyInto(from, building, how, *fs, rep);
   if (s.ok()) s = fs->Rename(building.dir, target);
   if (!s.ok()) {

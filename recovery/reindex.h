@@ -37,6 +37,13 @@ struct ReindexOptions {
   // built. For a store in service whose writers must not stall; a Backup of
   // it, reindexed, stalls them not at all, for the disk space of a checkpoint.
   bool copy_first = false;
+  // OpenMP threads the new index's training and adds use (FAISS's own;
+  // index::FaissThreadCap); 0: every core. Beside a store in service, fewer
+  // leave cores to its writers and merges, and a team of every core fights
+  // them for each: on our 2-core VM, beside eight writers, one thread built
+  // an IVF1024 at 24.3k entries/s and two at 17.1k (BENCHMARKS.md,
+  // twenty-seventh session).
+  size_t threads = 0;
 };
 
 struct ReindexReport {

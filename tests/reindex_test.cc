@@ -224,6 +224,29 @@ BOOST_AUTO_TEST_CASE(with_copy_first_the_sources_writers_wait_for_the_copy_not_f
   }
 }
 
+// ReindexOptions::threads caps FAISS's threads on the calling thread for
+// the build (the progress callback runs there), and the cap goes with it.
+BOOST_AUTO_TEST_CASE(a_reindex_builds_with_the_threads_it_is_given_and_gives_them_back) {
+  FlatStore s;
+  const size_t all = index::SearchThreads();
+  for (const bool copy_first : {false, true}) {
+    ReindexOptions how;
+    how.threads = 1;
+    how.copy_first = copy_first;
+    size_t during = 0;
+    how.progress = [&](uint64_t) { during = std::max(during, index::SearchThreads()); };
+    auto rep = Reindex(*s.d, Options(s.t / ("ivf" + std::to_string(copy_first)), "IVF4,Flat"), how);
+    BOOST_REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+    BOOST_TEST(during == 1u);
+    BOOST_TEST(index::SearchThreads() == all);
+  }
+  ReindexOptions every;
+  size_t during = 0;
+  every.progress = [&](uint64_t) { during = std::max(during, index::SearchThreads()); };
+  BOOST_REQUIRE(Reindex(*s.d, Options(s.t / "every", "IVF4,Flat"), every).ok());
+  BOOST_TEST(during == all);
+}
+
 // The new store's checkpoint is its only copy of the entries: a disk that
 // keeps other bytes than it was given, or a sync that fails, fails the
 // reindex before the store is named, and nothing is left.

@@ -54,6 +54,8 @@ int main(int argc, char** argv) {
       ->required();
   app.add_option("--metric", metric, "l2 or ip; default: the source's")->check(CLI::IsMember({"l2", "ip"}));
   app.add_option("--train-sample", how.train_sample, "entries that train an index that needs it")->capture_default_str();
+  app.add_option("--threads", how.threads, "OpenMP threads for the new index's training and adds; 0: every core")
+      ->capture_default_str();
   app.add_option("--batch", how.batch, "entries per piece of the scan, and per add to the new index")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--max-payload-bytes", max_payload, "the payload cap of both stores")->capture_default_str();
   app.add_flag("--json", as_json, "print JSON instead of a table");
