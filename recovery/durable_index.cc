@@ -1574,7 +1574,10 @@ Result<uint64_t> DurableIndexImpl::FinishCheckpoint(uint64_t lsn) {
   // Until then a second copy of this one stands in for the generation missing.
   const bool copy = kept.size() < keep && (damaged > 0 || std::exchange(checkpoint_copy_wanted_, false));
   if (copy) VECWAL_RETURN_IF_ERROR(WriteCheckpointCopyLocked(lsn));
-  if (kept.size() >= keep) RemoveCheckpointCopiesLocked();
+  if (kept.size() >= keep) {
+    RemoveCheckpointCopiesLocked();
+    checkpoint_copy_wanted_ = false;  // a Scrub's wish for a copy is moot once the generations are enough
+  }
   return lsn;
 }
 

@@ -185,15 +185,16 @@ Result<ReindexReport> Reindex(const DurableIndex& from, const DurableIndexOption
   // error never leaves a store that opens with part of the entries.
   DurableIndexOptions building = to;
   building.dir = target + kReindexingSuffix;
-  VECWAL_RETURN_IF_ERROR(fs->CreateDir(building.dir));
+  if (Status made = fs->CreateDir(building.dir); !made.ok()) return made.WithContext("reindex into " + to.dir);
   // Held until the store is named: a second reindex into the same target is
   // refused, not built over this one.
   auto held = fs->LockDir(building.dir, 0);
   if (!held.ok()) return held.status().WithContext("reindex into " + to.dir);
   // Anything else there is an earlier reindex's, cut short.
   std::error_code ec;
-  VECWAL_ASSIGN_OR_RETURN(const auto left, fs->ListDir(building.dir));
-  for (const auto& name : left)
+  auto left = fs->ListDir(building.dir);
+  if (!left.ok()) return left.status().WithContext("reindex into " + to.dir);
+  for (const auto& name : *left)
     if (name != "LOCK" && (stdfs::remove_all(building.dir + "/" + name, ec), ec))
       return refused("cannot remove " + building.dir + "/" + name + ", left by an earlier reindex: " + ec.message());
   ReindexReport rep;

@@ -131,6 +131,11 @@ BOOST_AUTO_TEST_CASE(reindex_refuses_a_directory_in_use_another_dimension_and_an
   BOOST_TEST((taken.status().code() == Status::Code::kInvalidArgument));
   BOOST_TEST(taken.status().ToString().find("notes.txt") != std::string::npos, taken.status().ToString());
   BOOST_TEST((Reindex(*s.d, Options(s.t / "flat")).status().code() == Status::Code::kInvalidArgument));  // its own
+  // A target below a file: the error says which reindex it stopped.
+  auto below_file = Reindex(*s.d, Options(to.dir + "/notes.txt/new"));
+  BOOST_REQUIRE(!below_file.ok());
+  BOOST_TEST(below_file.status().ToString().find("reindex into " + to.dir + "/notes.txt/new") != std::string::npos,
+             below_file.status().ToString());
 
   auto wide = Options(s.t / "wide");
   wide.spec.dim = kDim + 1;
