@@ -175,6 +175,22 @@ Status BuildCrashImage(const std::vector<DiskOp>& ops, size_t n, CrashVariant va
                        const std::string& recorded_root, const std::string& out_root) {
   std::map<std::string, Obj> live, durable;  // the names as the process saw them, and as synced
   std::unordered_map<uint64_t, Obj> writer_of;
+  // Directories renamed while recording (a reindex names its finished
+  // store so): files stay keyed by the path under the directory's first
+  // name, and these say where that directory is now, as the process sees it
+  // and as synced ("" where a rename's removal is synced and its new name
+  // is not).
+  std::map<std::string, std::string> dir_live, dir_durable;
+  // The path under the first names of the directories it lies in.
+  auto physical = [&](const std::string& path) {
+    for (const auto& [first, now] : dir_live)
+      if (path == now || path.rfind(now + "/", 0) == 0) return first + path.substr(now.size());
+    return path;
+  };
+  auto has_files_under = [&](const std::string& dir) {
+    auto it = live.lower_bound(dir + "/");
+    return it != live.end() && it->first.rfind(dir + "/", 0) == 0;
+  };
   auto obj_for = [&](const std::string& path) {
     auto& o = live[path];
     if (!o) {  // written without a recorded create: it existed before recording began
@@ -192,7 +208,12 @@ Status BuildCrashImage(const std::vector<DiskOp>& ops, size_t n, CrashVariant va
     f.pending = std::move(keep);
   };
   for (size_t i = 0; i < n && i < ops.size(); ++i) {
-    const DiskOp& op = ops[i];
+    const DiskOp& raw = ops[i];
+    const std::string& as_named = raw.path;  // the name the process used
+    // The op with its paths under the directories' first names (a write's
+    // bytes stay in `ops`, which Pending points into).
+    const DiskOp op{raw.kind,   physical(raw.path), raw.to.empty() ? raw.to : physical(raw.to), raw.offset, {},
+                    raw.zeros,  raw.write_id};
     switch (op.kind) {
       case DiskOp::kCreate: {
         auto o = std::make_shared<FileObj>();
@@ -202,7 +223,7 @@ Status BuildCrashImage(const std::vector<DiskOp>& ops, size_t n, CrashVariant va
       }
       case DiskOp::kWrite: {
         auto o = obj_for(op.path);
-        o->pending.push_back({i, op.write_id, op.offset, &op.data, op.data.size()});
+        o->pending.push_back({i, op.write_id, op.offset, &ops[i].data, ops[i].data.size()});
         writer_of[op.write_id] = o;
         break;
       }
@@ -220,8 +241,20 @@ Status BuildCrashImage(const std::vector<DiskOp>& ops, size_t n, CrashVariant va
           it = Parent(it->first) == op.path && !live.count(it->first) ? durable.erase(it) : std::next(it);
         for (const auto& [path, o] : live)
           if (Parent(path) == op.path) durable[path] = o;
+        // A renamed directory's new name is durable once the directory it
+        // is in is synced; its old name's removal, once that one's is.
+        for (auto& [first, now] : dir_live) {
+          std::string& synced = dir_durable[first];
+          if (Parent(now) == as_named) synced = now;
+          else if (!synced.empty() && synced != now && Parent(synced) == as_named) synced.clear();
+        }
         break;
       case DiskOp::kRename:
+        if (!live.count(op.path) && has_files_under(op.path)) {  // a directory
+          if (!dir_live.count(op.path)) dir_durable[op.path] = op.path;
+          dir_live[op.path] = raw.to;
+          break;
+        }
         if (auto it = live.find(op.path); it != live.end()) {
           live[op.to] = it->second;
           live.erase(op.path);
@@ -263,12 +296,31 @@ Status BuildCrashImage(const std::vector<DiskOp>& ops, size_t n, CrashVariant va
   } else {
     names = live;
   }
+  // Where each renamed directory is in this image: its synced name, or the
+  // newest, or either (kRandomSubset).
+  std::map<std::string, std::string> dir_image;
+  for (const auto& [first, now] : dir_live) {
+    const std::string& synced = dir_durable[first];
+    switch (variant) {
+      case CrashVariant::kDropVolatile: dir_image[first] = synced; break;
+      case CrashVariant::kRandomSubset: dir_image[first] = rng() % 2 == 0 ? synced : now; break;
+      default: dir_image[first] = now; break;
+    }
+  }
+  // The path a file is found at in the image; "" where its directory is lost.
+  auto imaged = [&](const std::string& path) {
+    for (const auto& [first, at] : dir_image)
+      if (path.rfind(first + "/", 0) == 0) return at.empty() ? std::string() : at + path.substr(first.size());
+    return path;
+  };
   // The newest volatile write anywhere: the one kTornLast tears.
   size_t newest = SIZE_MAX;
   for (const auto& [path, o] : live)
     for (const auto& p : o->pending) newest = newest == SIZE_MAX ? p.op_index : std::max(newest, p.op_index);
 
-  for (const auto& [path, o] : names) {
+  for (const auto& [first_path, o] : names) {
+    const std::string path = imaged(first_path);
+    if (path.empty()) continue;
     if (path.rfind(recorded_root + "/", 0) != 0)
       return Status::InvalidArgument("recorded path " + path + " is outside " + recorded_root);
     std::vector<std::byte> content = o->durable;

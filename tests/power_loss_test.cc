@@ -25,6 +25,7 @@
 #include "io/aligned_buffer.h"
 #include "io/power_loss_file_system.h"
 #include "recovery/durable_index.h"
+#include "recovery/reindex.h"
 #include "tests/test_util.h"
 
 using namespace vecwal;
@@ -316,4 +317,97 @@ BOOST_AUTO_TEST_CASE(truncation_keeps_the_volatile_writes_below_the_new_size) {
       BOOST_TEST(std::all_of(got.begin(), got.end(), [&](char c) { return c == want; }));
     }
   }
+}
+
+// The simulator's directory renames: a directory renamed whole (as a
+// reindex names its finished store) is found under its new name once the
+// directory it is in is synced, under its old one while that sync is
+// lost, and its files are what was synced in it under either name.
+BOOST_AUTO_TEST_CASE(a_renamed_directory_is_found_where_the_last_sync_of_its_parent_left_it) {
+  test::TempDir t;
+  const std::string root = t / "rec";
+  std::filesystem::create_directories(root + "/building");
+  auto rec = std::make_shared<PowerLossRecorder>(NewPosixFileSystem(test::BackendUnderTest()));
+  {
+    FileOpenOptions o;
+    o.create = o.writable = true;
+    auto f = rec->Open(root + "/building/f", o);
+    BOOST_REQUIRE(f.ok());
+    AlignedBuffer b(4096, 4096);
+    std::memset(b.data(), 0xcd, b.size());
+    BOOST_REQUIRE((*f)->WriteAt(0, b.span()).ok());
+    BOOST_REQUIRE((*f)->Sync().ok());
+  }
+  BOOST_REQUIRE(rec->SyncDir(root + "/building").ok());
+  BOOST_REQUIRE(rec->Rename(root + "/building", root + "/done").ok());
+  const size_t before_sync = rec->op_count();
+  BOOST_REQUIRE(rec->SyncDir(root).ok());
+  const auto ops = rec->ops();
+  std::mt19937_64 rng(1);
+  auto found = [&](size_t n, CrashVariant v) {
+    const std::string img = t / ("img-" + std::to_string(n) + "-" + std::to_string(static_cast<int>(v)));
+    BOOST_REQUIRE(BuildCrashImage(ops, n, v, rng, root, img).ok());
+    std::string where;
+    for (const char* dir : {"/building/f", "/done/f"})
+      if (std::filesystem::exists(img + dir)) {
+        where += dir;
+        BOOST_TEST(std::filesystem::file_size(img + dir) == 4096u);
+      }
+    return where;
+  };
+  BOOST_TEST(found(before_sync, CrashVariant::kDropVolatile) == "/building/f");  // the rename not synced
+  BOOST_TEST(found(before_sync, CrashVariant::kKeepVolatile) == "/done/f");
+  BOOST_TEST(found(before_sync - 1, CrashVariant::kKeepVolatile) == "/building/f");  // before the rename
+  for (CrashVariant v : kAllCrashVariants) BOOST_TEST(found(ops.size(), v) == "/done/f", ToString(v));
+}
+
+// A reindex cut by power at any point of its disk operations leaves either
+// no store at its target, or the whole new store, which opens with every
+// entry of its source and takes writes; and the next reindex then succeeds.
+BOOST_AUTO_TEST_CASE(a_reindex_cut_by_power_leaves_no_store_or_the_whole_one) {
+  test::TempDir t;
+  std::mt19937_64 rng(13);
+  Model m;
+  auto src = recovery::DurableIndex::Open(StoreOptions(t / "src", nullptr, "Flat"));
+  BOOST_REQUIRE_MESSAGE(src.ok(), src.status().ToString());
+  for (int i = 0; i < 120; ++i) {
+    const uint64_t id = rng() % 80, seed = rng();
+    auto payload = test::Payload(seed, rng() % 40);
+    BOOST_REQUIRE((*src)->Upsert(id, VecFor(seed), payload).ok());
+    m[id] = {VecFor(seed), payload};
+  }
+  const std::string root = t / "rec";
+  std::filesystem::create_directories(root);
+  auto rec = std::make_shared<PowerLossRecorder>(NewPosixFileSystem(test::BackendUnderTest()));
+  auto to = StoreOptions(root + "/hnsw", rec, "HNSW8");
+  auto rep = recovery::Reindex(**src, to);
+  BOOST_REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+  const auto ops = rec->ops();
+  BOOST_REQUIRE(!ops.empty());
+  size_t named = 0;  // images holding the new store
+  for (size_t n : CrashPointsOf(ops.size())) {
+    for (CrashVariant v : kAllCrashVariants) {
+      const std::string img = ImageRoot() + "/vecwal-power-rx-" + std::to_string(::getpid());
+      std::filesystem::remove_all(img);
+      BOOST_REQUIRE(BuildCrashImage(ops, n, v, rng, root, img).ok());
+      const std::string where =
+          "crash point " + std::to_string(n) + " of " + std::to_string(ops.size()) + ", " + ToString(v);
+      auto at = StoreOptions(img + "/hnsw", nullptr, "HNSW8");
+      if (std::filesystem::exists(at.dir)) {
+        ++named;
+        auto d = recovery::DurableIndex::Open(at);
+        BOOST_REQUIRE_MESSAGE(d.ok(), where << ": " << d.status().ToString());
+        const std::string differs = Differs(**d, m, 0);
+        BOOST_REQUIRE_MESSAGE(differs.empty(), where << ": " << differs);
+        BOOST_REQUIRE_MESSAGE((*d)->Upsert(1000, VecFor(1), {}).ok(), where);
+      } else {
+        auto again = recovery::Reindex(**src, at);  // over what the cut left beside it
+        BOOST_REQUIRE_MESSAGE(again.ok(), where << ": a reindex after the cut: " << again.status().ToString());
+        auto d = recovery::DurableIndex::Open(at);
+        BOOST_REQUIRE_MESSAGE(d.ok() && Differs(**d, m, 0).empty(), where << ": after a reindex again");
+      }
+      std::filesystem::remove_all(img);
+    }
+  }
+  BOOST_TEST(named > 0u);  // the last point's images hold it
 }
