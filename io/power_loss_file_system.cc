@@ -212,8 +212,9 @@ Status BuildCrashImage(const std::vector<DiskOp>& ops, size_t n, CrashVariant va
     const std::string& as_named = raw.path;  // the name the process used
     // The op with its paths under the directories' first names (a write's
     // bytes stay in `ops`, which Pending points into).
-    const DiskOp op{raw.kind,   physical(raw.path), raw.to.empty() ? raw.to : physical(raw.to), raw.offset, {},
-                    raw.zeros,  raw.write_id};
+    const DiskOp op{raw.kind, physical(raw.path), raw.to.empty() ? raw.to : physical(raw.to),
+                    raw.offset, {},  // the bytes: ops[i].data
+                    raw.zeros, raw.write_id};
     switch (op.kind) {
       case DiskOp::kCreate: {
         auto o = std::make_shared<FileObj>();

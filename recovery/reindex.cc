@@ -54,11 +54,12 @@ Result<std::vector<float>> Sample(const DurableIndex& from, const DurableIndexOp
 // The new store's one checkpoint, which holds the whole copy as its one op.
 constexpr uint64_t kCopyLsn = 1;
 
-// Where a piece's entries stand in the copy, for its errors.
-std::string Where(const ScanPiece& p, uint64_t before) {
-  return "the batch of " + Str(p.ids.size()) + " entries after the first " + Str(before) + " (its first id " +
-         Str(p.ids.front()) + ")";
+// Where a batch of `n` entries stands in the copy, for its errors.
+std::string Where(size_t n, uint64_t before, uint64_t first_id) {
+  return "the batch of " + Str(n) + " entries after the first " + Str(before) + " (its first id " + Str(first_id) +
+         ")";
 }
+std::string Where(const ScanPiece& p, uint64_t before) { return Where(p.ids.size(), before, p.ids.front()); }
 
 // A piece's payloads, checked against the new store's cap, into `out`.
 Status TakePayloads(const ScanPiece& p, uint64_t before, size_t cap, Payloads& out) {
@@ -73,10 +74,11 @@ Status TakePayloads(const ScanPiece& p, uint64_t before, size_t cap, Payloads& o
   return Status::OK();
 }
 
-// Trains `idx` on `sample`, where it needs it.
+// Trains `idx`, which needs it, on `sample` (drawn from the source).
 Status TrainOn(index::VectorIndex& idx, const DurableIndexOptions& to, const std::vector<float>& sample,
                ReindexReport& rep) {
-  if (sample.empty()) return Status::InvalidArgument("index '" + to.spec.description + "' needs training and the source is empty");
+  if (sample.empty())
+    return Status::InvalidArgument("index '" + to.spec.description + "' needs training and the source is empty");
   VECWAL_RETURN_IF_ERROR(idx.Train(sample));
   rep.trained_on = sample.size() / to.spec.dim;
   return Status::OK();
@@ -132,8 +134,7 @@ Status FillFromCopy(const DurableIndex& from, const DurableIndexOptions& to, con
   for (size_t at = 0; at < ids.size(); at += how.batch) {
     const size_t n = std::min(how.batch, ids.size() - at);
     if (Status s = idx.Add(std::span(ids).subspan(at, n), std::span(vectors).subspan(at * dim, n * dim)); !s.ok())
-      return s.WithContext("the batch of " + Str(n) + " entries after the first " + Str(at) + " (its first id " +
-                           Str(ids[at]) + ")");
+      return s.WithContext(Where(n, at, ids[at]));
     rep.entries += n;
     if (how.progress) how.progress(rep.entries);
   }
@@ -166,6 +167,7 @@ Status CopyInto(const DurableIndex& from, const DurableIndexOptions& to, const R
   if (!check->ok()) return Status::Corruption(path + ", read back: " + check->problems());
   return Status::OK();
 }
+
 }  // namespace
 
 Result<ReindexReport> Reindex(const DurableIndex& from, const DurableIndexOptions& to, const ReindexOptions& how) {
