@@ -56,7 +56,9 @@ int main(int argc, char** argv) {
   app.add_option("--train-sample", how.train_sample, "entries that train an index that needs it")->capture_default_str();
   app.add_option("--threads", how.threads, "OpenMP threads for the new index's training and adds; 0: every core")
       ->capture_default_str();
-  app.add_option("--batch", how.batch, "entries per piece of the scan, and per add to the new index")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--batch", how.batch, "entries per piece of the scan, and per add to the new index")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--max-payload-bytes", max_payload, "the payload cap of both stores")->capture_default_str();
   app.add_flag("--json", as_json, "print JSON instead of a table");
   CLI11_PARSE(app, argc, argv);
