@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -75,7 +76,7 @@ Status TakePayloads(const ScanPiece& p, uint64_t before, size_t cap, Payloads& o
 }
 
 // Trains `idx`, which needs it, on `sample` (drawn from the source).
-Status TrainOn(index::VectorIndex& idx, const DurableIndexOptions& to, const std::vector<float>& sample,
+Status TrainOn(index::VectorIndex& idx, const DurableIndexOptions& to, std::span<const float> sample,
                ReindexReport& rep) {
   if (sample.empty())
     return Status::InvalidArgument("index '" + to.spec.description + "' needs training and the source is empty");
@@ -111,8 +112,6 @@ Status FillWhileScanning(const DurableIndex& from, const DurableIndexOptions& to
 Status FillFromCopy(const DurableIndex& from, const DurableIndexOptions& to, const ReindexOptions& how,
                     index::VectorIndex& idx, Payloads& payloads, ReindexReport& rep) {
   const uint32_t dim = to.spec.dim;
-  const bool train = !idx.is_trained();
-  TrainingSample sample(dim, train ? how.train_sample : 0, how.seed);
   std::vector<uint64_t> ids;
   std::vector<float> vectors;
   const size_t expect = from.Size();  // a hint, as above
@@ -123,13 +122,19 @@ Status FillFromCopy(const DurableIndex& from, const DurableIndexOptions& to, con
     VECWAL_RETURN_IF_ERROR(TakePayloads(p, ids.size(), to.max_payload_bytes, payloads));
     ids.insert(ids.end(), p.ids.begin(), p.ids.end());
     vectors.insert(vectors.end(), p.vectors.begin(), p.vectors.end());
-    if (train)
-      for (size_t i = 0; i < p.ids.size(); ++i) sample.Offer(p.vectors.data() + i * dim);
     return Status::OK();
   }, rep);
   if (!copied.ok()) return copied.status();
   rep.from_lsn = *copied;
-  if (train) VECWAL_RETURN_IF_ERROR(TrainOn(idx, to, sample.vectors(), rep));
+  // The sample is drawn from the copy once the source is let go, in scan
+  // order as the other way draws it; a sample as big as the copy is the copy.
+  if (!idx.is_trained() && how.train_sample >= ids.size()) {
+    VECWAL_RETURN_IF_ERROR(TrainOn(idx, to, vectors, rep));
+  } else if (!idx.is_trained()) {
+    TrainingSample sample(dim, how.train_sample, how.seed);
+    for (size_t i = 0; i < ids.size(); ++i) sample.Offer(vectors.data() + i * dim);
+    VECWAL_RETURN_IF_ERROR(TrainOn(idx, to, sample.vectors(), rep));
+  }
   idx.Reserve(ids.size());
   for (size_t at = 0; at < ids.size(); at += how.batch) {
     const size_t n = std::min(how.batch, ids.size() - at);

@@ -113,13 +113,18 @@ BOOST_AUTO_TEST_CASE(a_training_sample_keeps_each_offered_vector_equally_likely)
 
 BOOST_AUTO_TEST_CASE(a_training_sample_is_drawn_up_to_its_size) {
   FlatStore s;
-  auto to = Options(s.t / "ivf", "IVF4,Flat");
-  ReindexOptions how;
-  how.train_sample = 40;
-  auto rep = Reindex(*s.d, to, how);
-  BOOST_REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
-  BOOST_TEST(rep->trained_on == 40u);
-  ExpectEqual(*OpenOrDie(to), s.m, false);
+  for (const bool copy_first : {false, true}) {
+    BOOST_TEST_CONTEXT("copy_first " << copy_first) {
+      auto to = Options(s.t / ("ivf" + std::to_string(copy_first)), "IVF4,Flat");
+      ReindexOptions how;
+      how.train_sample = 40;
+      how.copy_first = copy_first;
+      auto rep = Reindex(*s.d, to, how);
+      BOOST_REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
+      BOOST_TEST(rep->trained_on == 40u);
+      ExpectEqual(*OpenOrDie(to), s.m, false);
+    }
+  }
 }
 
 BOOST_AUTO_TEST_CASE(reindex_refuses_a_directory_in_use_another_dimension_and_an_empty_source_to_train_on) {
