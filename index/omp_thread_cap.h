@@ -1,10 +1,10 @@
 // OmpThreadCap: one OpenMP thread a query for one FAISS call.
 #pragma once
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cstddef>
+
+#include "index/vector_index.h"
 
 namespace vecwal::index {
 
@@ -16,18 +16,11 @@ namespace vecwal::index {
 // single-query HNSW searches beside writes and merges did not get through
 // half their work in 90 s with every thread, and passed in under 30 s with
 // one. This caps the calling thread's team at one thread a query for one
-// FAISS call (BENCHMARKS.md, thirteenth session).
-class OmpThreadCap {
+// FAISS call (BENCHMARKS.md, thirteenth session): FaissThreadCap, at the
+// call's queries.
+class OmpThreadCap : public FaissThreadCap {
  public:
-  explicit OmpThreadCap(size_t queries) : saved_(omp_get_max_threads()) {
-    if (queries < static_cast<size_t>(saved_)) omp_set_num_threads(static_cast<int>(std::max<size_t>(queries, 1)));
-  }
-  ~OmpThreadCap() { omp_set_num_threads(saved_); }
-  OmpThreadCap(const OmpThreadCap&) = delete;
-  OmpThreadCap& operator=(const OmpThreadCap&) = delete;
-
- private:
-  int saved_;
+  explicit OmpThreadCap(size_t queries) : FaissThreadCap(std::max<size_t>(queries, 1)) {}
 };
 
 }  // namespace vecwal::index
