@@ -1,5 +1,9 @@
 // DurableIndexImpl: the store behind DurableIndex (durable_index.h), with
 // its locks, threads and the index's state. Only recovery/ includes this.
+// Its methods are defined by part: durable_index.cc (open, recovery, close,
+// stats), durable_index_writes.cc, durable_index_merges.cc (applies and
+// merges), durable_index_reads.cc, durable_index_checkpoints.cc and
+// durable_index_maintenance.cc (scrub, backup).
 #pragma once
 
 #include <array>
@@ -64,6 +68,7 @@ class DurableIndexImpl final : public DurableIndex {
   using DurableIndex::UpsertAsync;
 
  private:
+  using Clock = std::chrono::steady_clock;
   DurableIndexImpl() = default;
   enum class Need { kAbsent, kPresent, kAny };
   Status Write(const wal::Op& op, uint64_t id, Need need);
@@ -253,6 +258,15 @@ class DurableIndexImpl final : public DurableIndex {
 
   mutable std::mutex fail_mu_;
   Status failed_;
+};
+
+// An async write, from its placement until its callback has run.
+struct DurableIndexImpl::AsyncWrite {
+  wal::Op op;
+  std::vector<std::byte> bytes;
+  uint64_t seq = 0;
+  WriteCallback done;
+  std::atomic<bool> refused{false};  // the log refused it before placing it
 };
 
 }  // namespace vecwal::recovery
