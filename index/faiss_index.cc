@@ -1,17 +1,16 @@
 // The FAISS CPU backend of VectorIndex. Every FAISS call is wrapped: FAISS
-// throws, and an exception must not cross into the durable layer.
+// throws, and an exception must not cross into the durable layer. A flat
+// index's checkpoint export is flat_export.cc, its load flat_loader.cc.
 #include <omp.h>
 
 #include <faiss/Index.h>
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexFlatCodes.h>
-#include <faiss/IndexHNSW.h>
 #include <faiss/Index2Layer.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexNSG.h>
 #include <faiss/IndexIVF.h>
 #include <faiss/IndexPreTransform.h>
-#include <faiss/impl/FaissException.h>
 #include <faiss/impl/IDSelector.h>
 #include <faiss/impl/io.h>
 #include <faiss/index_factory.h>
@@ -21,94 +20,20 @@
 #include <faiss/utils/distances.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
-#include <future>
 #include <optional>
 #include <typeinfo>
-#include <unistd.h>
-#include <unordered_map>
-#include <unordered_set>
 
+#include "index/faiss_parts.h"
 #include "index/faiss_search_params.h"
-#include "index/id_table.h"
+#include "index/flat_export.h"
 #include "index/omp_thread_cap.h"
 #include "index/page_prefaulter.h"
 #include "index/vector_index.h"
 #include "io/prefault.h"
 
 namespace vecwal::index {
-
-const char* ToString(Metric m) { return m == Metric::kL2 ? "l2" : "ip"; }
-
-Status VectorIndex::AddRows(std::span<const uint64_t> ids, std::span<const std::byte* const> rows) {
-  if (rows.size() != ids.size())
-    return Status::InvalidArgument("add of " + std::to_string(ids.size()) + " ids with " +
-                                   std::to_string(rows.size()) + " vectors");
-  const size_t bytes = size_t{spec().dim} * sizeof(float);
-  std::vector<float> packed(rows.size() * spec().dim);
-  for (size_t i = 0; i < rows.size(); ++i) std::memcpy(packed.data() + i * spec().dim, rows[i], bytes);
-  return Add(ids, packed);
-}
-
-Status VectorIndex::ScanLive(size_t, const LiveVisitor&) const {
-  return Status::NotSupported("index '" + spec().description + "' cannot list its vectors");
-}
-
-Status VectorIndex::Compact() {
-  VECWAL_ASSIGN_OR_RETURN(auto c, BeginCompaction());
-  if (c == nullptr) return Status::OK();
-  for (;;) {
-    VECWAL_ASSIGN_OR_RETURN(bool more, c->CopyNext());
-    if (!more) break;
-    VECWAL_RETURN_IF_ERROR(c->AddCopied());
-  }
-  return FinishCompaction(std::move(c));
-}
-
-Result<Metric> ParseMetric(const std::string& s) {
-  if (s == "l2" || s == "L2") return Metric::kL2;
-  if (s == "ip" || s == "inner_product") return Metric::kInnerProduct;
-  return Status::InvalidArgument("unknown metric '" + s + "' (l2, ip)");
-}
-
-Status CheckFinite(std::span<const float> rows, size_t dim, const std::function<std::string(size_t row)>& name) {
-  for (size_t i = 0; i < rows.size(); ++i)
-    if (!std::isfinite(rows[i]))
-      return Status::InvalidArgument(name(i / dim) + ": component " + std::to_string(i % dim) + " is " +
-                                     (std::isnan(rows[i]) ? "NaN" : "infinite"));
-  return Status::OK();
-}
-
-Status CheckResultSize(size_t nq, size_t k) {
-  static const uint64_t memory =
-      static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  constexpr size_t kHitBytes = sizeof(uint64_t) + sizeof(float);
-  size_t bytes = 0;
-  if (__builtin_mul_overflow(nq, k, &bytes) || __builtin_mul_overflow(bytes, kHitBytes, &bytes) || bytes > memory)
-    return Status::InvalidArgument("k = " + std::to_string(k) + " for " + std::to_string(nq) +
-                                   " queries: their results would take more than this machine's " +
-                                   std::to_string(memory) + " bytes of memory");
-  return Status::OK();
-}
-
 namespace {
-
-constexpr uint64_t kTableMagic = 0x3142415453574556ull;  // "VEWSTAB1": the slot table after the FAISS bytes
-
-// The id and slot tables are open-addressed: see index/id_table.h.
-using IdTable = IdMap<uint64_t>;
-using SlotSet = IdSet;
-
-template <typename F>
-Status Guard(const std::string& what, F&& f) {
-  try {
-    f();
-    return Status::OK();
-  } catch (const std::exception& e) {
-    return Status::InvalidArgument(what + ": " + e.what());
-  }
-}
 
 // Buffers FAISS's many small writes into 1 MiB pieces for the sink, and
 // hands its big ones (the vectors: one write of the whole array) straight
@@ -149,23 +74,6 @@ struct SpanReader : faiss::IOReader {
   size_t pos = 0;
 };
 
-// Replay adds a window (ReplayWindow: 16 MiB) at a time: fault in four
-// windows ahead, and no more (its reserve is an upper bound, and pages
-// faulted past the last add are RSS for good). One window ahead was enough
-// while replay copied each vector twice; with one copy the adds caught up
-// with the faults and took them on themselves (an add's own page faults
-// cost more than a populate's, and the log's reader waited for them).
-constexpr size_t kReplayPrefaultLead = 64 << 20;
-// A checkpoint load fills every page of its codes, so it faults them all
-// in from the start (the lead is the whole storage). On a VM whose balloon
-// reports free memory to the host, pages a process just freed are cheap to
-// fault only for a second or two (dev driver, a 3 GB load: median 3.46 s
-// against 3.94 s with a 64 MiB lead, 11 loads each).
-constexpr unsigned kPrefaultThreads = 2;
-constexpr size_t kPrefaultMin = 64 << 20;  // below this the faults are not worth a thread
-
-faiss::MetricType ToFaiss(Metric m) { return m == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT; }
-
 // The bytes flat codes grow to where `need` outgrows `capacity`: doubling,
 // as one insert would, so that growing by adds is amortized O(1) a byte.
 size_t GrownCapacity(size_t need, size_t capacity) { return std::max(need, 2 * capacity); }
@@ -179,232 +87,6 @@ struct FlatRoom final : IndexRoom {
   uint64_t changes;
   std::vector<uint8_t> codes;
 };
-
-// The export of an IndexIDMap2 over flat codes. Its bytes are FAISS's own
-// serialization, taken at the start with the codes left out (`head_`, then
-// the codes, then `tail_`: the id map and our slot table); the codes are
-// read from the live index as the export goes, except rows that changed
-// since its start, which Preserve kept. Only a removal changes or drops a row
-// below the start's row count (it moves the last row into the hole); adds
-// write past the end, where every row the export still needs was kept when
-// the removal that freed it dropped it.
-//
-// The codes are copied once, from the index into the caller's room (a
-// checkpoint's staging buffer), not into a piece of our own and then again
-// into the stage (perf had put 65% of one slow 3 GB checkpoint's samples in
-// those two copies; on this VM's quiet minutes the one left is 8%; the
-// checkpoint's wall time moved within the noise). The room's end falls
-// anywhere, inside a row too, so the cursor counts bytes; a row the cursor
-// is inside when it changes is kept whole, and the rest of it comes from
-// the kept bytes, which are the ones the first part was copied from.
-class FlatExport final : public IndexExport {
- public:
-  // `slots`: FAISS's id map (row -> slot) now; `id_of`: the live table, read
-  // as the export goes; `next_slot`: the table's next slot now.
-  FlatExport(const faiss::IndexFlatCodes& flat, FlatExport** registration, std::vector<faiss::Index::idx_t> slots,
-             const IdTable& id_of, uint64_t next_slot)
-      : flat_(flat),
-        registration_(registration),
-        rows_(static_cast<size_t>(flat.ntotal)),
-        code_size_(flat.code_size),
-        slots_(std::move(slots)),
-        id_of_(id_of),
-        next_slot_(next_slot) {
-    *registration_ = this;
-  }
-  ~FlatExport() override { *registration_ = nullptr; }
-
-  std::vector<std::byte>& head() { return head_; }
-  std::vector<std::byte>& tail() { return tail_; }
-
-  // The id of `slot` is about to leave the table.
-  void PreserveId(uint64_t slot, uint64_t id) {
-    if (slot < next_slot_) kept_ids_.emplace(slot, id);
-  }
-
-  // Row `row` is about to change or go.
-  void Preserve(size_t row) {
-    if ((row + 1) * code_size_ <= cursor_ || row >= rows_ || kept_.count(row)) return;
-    const auto* p = reinterpret_cast<const std::byte*>(flat_.codes.data()) + row * code_size_;
-    kept_.emplace(row, std::vector<std::byte>(p, p + code_size_));
-  }
-
-  Result<size_t> Next(std::span<std::byte> room) override {
-    size_t n = 0;
-    auto take = [&](const std::vector<std::byte>& from, size_t& pos) {
-      const size_t k = std::min(from.size() - pos, room.size() - n);
-      std::memcpy(room.data() + n, from.data() + pos, k);
-      pos += k;
-      n += k;
-    };
-    while (n < room.size()) {
-      if (head_pos_ < head_.size()) {
-        take(head_, head_pos_);
-      } else if (cursor_ < rows_ * code_size_) {
-        VECWAL_RETURN_IF_ERROR(NextCodes(room, n));
-      } else if (tail_pos_ < tail_.size()) {
-        take(tail_, tail_pos_);
-      } else if (table_pos_ < table_.size()) {
-        take(table_, table_pos_);
-      } else if (table_row_ <= slots_.size()) {
-        table_.clear();
-        table_pos_ = 0;
-        VECWAL_RETURN_IF_ERROR(NextTable(table_, kTablePieceBytes));
-      } else {
-        break;
-      }
-    }
-    return n;
-  }
-
- private:
-  static constexpr size_t kTablePieceBytes = 64 << 10;
-
-  // Copies codes from the cursor into room[n, room.size()).
-  Status NextCodes(std::span<std::byte> room, size_t& n) {
-    const size_t end = std::min(rows_ * code_size_, cursor_ + (room.size() - n));
-    const auto* live = reinterpret_cast<const std::byte*>(flat_.codes.data());
-    while (cursor_ < end) {
-      const size_t row = cursor_ / code_size_;
-      const size_t row_end = std::min(end, (row + 1) * code_size_);
-      if (auto it = kept_.find(row); it != kept_.end()) {
-        std::memcpy(room.data() + n, it->second.data() + (cursor_ - row * code_size_), row_end - cursor_);
-        n += row_end - cursor_;
-        cursor_ = row_end;
-        if (cursor_ == (row + 1) * code_size_) kept_.erase(it);
-        continue;
-      }
-      size_t next = row + 1;  // unchanged rows, copied in one piece
-      while (next * code_size_ < end && !kept_.count(next)) ++next;
-      const size_t run_end = std::min(end, next * code_size_);
-      if (run_end > flat_.codes.size())
-        return Status::Corruption("index export: row " + std::to_string((run_end - 1) / code_size_) +
-                                  " left the index without being kept (a bug; no checkpoint is written)");
-      std::memcpy(room.data() + n, live + cursor_, run_end - cursor_);
-      n += run_end - cursor_;
-      cursor_ = run_end;
-    }
-    return Status::OK();
-  }
-
-  // The slot table as FaissIndex::WriteTable writes it: magic, next slot,
-  // live count, (slot, id) in row order, no dead slots (a flat index removes).
-  // Row `slots_.size()` stands for the closing dead count.
-  Status NextTable(std::vector<std::byte>& out, size_t limit) {
-    auto put = [&](uint64_t v) {
-      const auto* b = reinterpret_cast<const std::byte*>(&v);
-      out.insert(out.end(), b, b + sizeof v);
-    };
-    if (table_row_ == 0 && !table_started_) {
-      table_started_ = true;
-      put(kTableMagic);
-      put(next_slot_);
-      put(slots_.size());
-    }
-    for (; table_row_ < slots_.size() && out.size() < limit; ++table_row_) {
-      const auto slot = static_cast<uint64_t>(slots_[table_row_]);
-      auto it = id_of_.find(slot);
-      uint64_t id = 0;
-      if (it != id_of_.end()) {
-        id = it->second;
-      } else if (auto k = kept_ids_.find(slot); k != kept_ids_.end()) {
-        id = k->second;
-      } else {
-        return Status::Corruption("index export: slot " + std::to_string(slot) +
-                                  " left the table without being kept (a bug; no checkpoint is written)");
-      }
-      put(slot);
-      put(id);
-    }
-    if (table_row_ == slots_.size() && out.size() < limit) {
-      put(0);  // dead slots
-      ++table_row_;
-    }
-    return Status::OK();
-  }
-
-  const faiss::IndexFlatCodes& flat_;
-  FlatExport** const registration_;
-  const size_t rows_, code_size_;
-  std::vector<std::byte> head_, tail_;
-  size_t head_pos_ = 0, tail_pos_ = 0;
-  size_t cursor_ = 0;  // bytes of the codes written
-  std::unordered_map<size_t, std::vector<std::byte>> kept_;
-  const std::vector<faiss::Index::idx_t> slots_;
-  const IdTable& id_of_;
-  const uint64_t next_slot_;
-  IdTable kept_ids_;
-  std::vector<std::byte> table_;  // the slot table's next piece
-  size_t table_pos_ = 0;
-  size_t table_row_ = 0;
-  bool table_started_ = false;
-};
-
-// Copies FAISS's serialization except one write: the flat codes.
-struct SplitWriter : faiss::IOWriter {
-  SplitWriter(const void* codes, size_t codes_bytes, FlatExport& e) : codes(codes), codes_bytes(codes_bytes), ex(e) {
-    name = "vecwal export";
-  }
-  size_t operator()(const void* p, size_t size, size_t n) override {
-    if (!seen && codes_bytes > 0 && p == codes && size * n == codes_bytes) {
-      seen = true;
-      return n;
-    }
-    const auto* b = static_cast<const std::byte*>(p);
-    auto& to = seen || codes_bytes == 0 ? ex.tail() : ex.head();
-    to.insert(to.end(), b, b + size * n);
-    return n;
-  }
-  const void* codes;
-  size_t codes_bytes;
-  FlatExport& ex;
-  bool seen = false;
-};
-
-// The slot table that follows the FAISS bytes (FaissIndex::WriteTable),
-// parsed and checked: every slot below the next slot, no id or slot twice.
-struct SlotTables {
-  uint64_t next_slot = 0;
-  IdTable slot_of;  // live id -> slot
-  IdTable id_of;    // live slot -> id
-  SlotSet dead;     // tombstoned slots
-};
-
-Result<SlotTables> ParseSlotTable(std::span<const std::byte> b) {
-  size_t pos = 0;
-  auto get = [&](uint64_t* v) {
-    if (b.size() - pos < 8) return false;
-    std::memcpy(v, b.data() + pos, 8);
-    pos += 8;
-    return true;
-  };
-  auto bad = [&](const std::string& what) {
-    return Status::Corruption("index slot table: " + what + " at byte " + std::to_string(pos));
-  };
-  SlotTables t;
-  uint64_t magic = 0, n = 0, dead = 0;
-  if (!get(&magic) || magic != kTableMagic) return bad("bad magic");
-  if (!get(&t.next_slot) || !get(&n)) return bad("truncated");
-  if (n > b.size() / 16) return bad("live count " + std::to_string(n) + " larger than the table");
-  // Sized once: growing an open-addressed table rehashes every entry again.
-  t.slot_of.reserve(n);
-  t.id_of.reserve(n);
-  for (uint64_t i = 0; i < n; ++i) {
-    uint64_t slot, id;
-    if (!get(&slot) || !get(&id)) return bad("truncated live entry");
-    if (slot >= t.next_slot || !t.slot_of.emplace(id, slot).second || !t.id_of.emplace(slot, id).second)
-      return bad("inconsistent entry for id " + std::to_string(id));
-  }
-  if (!get(&dead) || dead > b.size() / 8) return bad("truncated dead count");
-  for (uint64_t i = 0; i < dead; ++i) {
-    uint64_t slot;
-    if (!get(&slot)) return bad("truncated dead entry");
-    if (slot >= t.next_slot || t.id_of.count(slot) || !t.dead.insert(slot).second)
-      return bad("inconsistent dead slot " + std::to_string(slot));
-  }
-  if (pos != b.size()) return bad("trailing bytes");
-  return t;
-}
 
 std::unique_ptr<faiss::Index> WithIds(faiss::Index* raw);
 faiss::IndexIVF* LabelledIvf(faiss::Index* raw);
@@ -1116,41 +798,6 @@ class FaissIndex final : public VectorIndex {
   Compaction* compaction_ = nullptr;  // likewise
 };
 
-// What a flat load builds from the section's tail (the bytes after the
-// vectors: u64 n, n x i64 id map, then our slot table): FAISS's id map and its
-// reverse, and our two tables, the reverse map on a thread of its own.
-struct TailTables {
-  std::vector<faiss::Index::idx_t> id_map;
-  std::unordered_map<faiss::Index::idx_t, faiss::Index::idx_t> rev_map;  // IndexIDMap2's type
-  SlotTables slots;
-};
-
-Result<TailTables> BuildTailTables(std::span<const std::byte> tail, int64_t ntotal) {
-  uint64_t n = 0;
-  if (tail.size() < 8) return Status::Corruption("flat index: truncated id map");
-  std::memcpy(&n, tail.data(), 8);
-  if (n != static_cast<uint64_t>(ntotal) || (tail.size() - 8) / 8 < n)
-    return Status::Corruption("flat index: id map of " + std::to_string(n) + " entries for " +
-                              std::to_string(ntotal) + " vectors");
-  TailTables t;
-  t.id_map.resize(n);
-  if (n) std::memcpy(t.id_map.data(), tail.data() + 8, n * 8);
-  // IndexIDMap2::construct_rev_map, sized once: unsized, the table rehashed
-  // every entry about twenty times on the way to a million.
-  auto rev = std::async(std::launch::async, [&t] {
-    return Guard("loading a flat index", [&t] {
-      t.rev_map.reserve(t.id_map.size());
-      for (size_t i = 0; i < t.id_map.size(); ++i) t.rev_map[t.id_map[i]] = static_cast<faiss::Index::idx_t>(i);
-    });
-  });
-  Result<SlotTables> slots = Status::Corruption("flat index: slot table not parsed");
-  Status parsed = Guard("loading a flat index", [&] { slots = ParseSlotTable(tail.subspan(8 + n * 8)); });
-  VECWAL_RETURN_IF_ERROR(rev.get());
-  VECWAL_RETURN_IF_ERROR(parsed);
-  VECWAL_ASSIGN_OR_RETURN(t.slots, std::move(slots));
-  return t;
-}
-
 // The IVF index that `raw` is, or that a transform in front of it (OPQ, PCA,
 // a rotation) passes labels to; null where there is none.
 faiss::IndexIVF* LabelledIvf(faiss::Index* raw) {
@@ -1205,147 +852,48 @@ Result<std::unique_ptr<VectorIndex>> NewFaissIndex(const IndexSpec& spec) {
   return std::unique_ptr<VectorIndex>(std::make_unique<FaissIndex>(spec, std::move(idx)));
 }
 
-namespace {
-
-// Loads an IndexIDMap2 over IndexFlatL2/IP as FAISS 1.7.3 writes it:
-//   "IxM2" header, "IxF2"|"IxFI" header, u64 floats, codes, u64 n, n x i64 id map,
-// then our slot table. A header: i32 d, i64 ntotal, i64 x2 (unused), u8
-// is_trained, i32 metric (no metric_arg for L2 and inner product).
-class FlatLoader final : public IndexLoader {
- public:
-  static std::unique_ptr<FlatLoader> Make(const IndexSpec& spec, std::span<const std::byte> head, uint64_t total) {
-    size_t pos = 0;
-    auto get = [&](auto* v) {
-      if (head.size() - pos < sizeof(*v)) return false;
-      std::memcpy(v, head.data() + pos, sizeof(*v));
-      pos += sizeof(*v);
-      return true;
-    };
-    uint32_t outer = 0, inner = 0;
-    Header a, b;
-    uint64_t floats = 0;
-    if (!get(&outer) || outer != faiss::fourcc("IxM2") || !ReadHeader(get, &a) || !get(&inner) ||
-        !ReadHeader(get, &b) || !get(&floats))
-      return nullptr;
-    const int metric = ToFaiss(spec.metric);
-    const uint32_t want_inner = faiss::fourcc(spec.metric == Metric::kL2 ? "IxF2" : "IxFI");
-    const uint64_t row = uint64_t{spec.dim} * sizeof(float);
-    // Sizes are bounded by the section before they are multiplied: no product can wrap.
-    if (inner != want_inner || a.d != static_cast<int32_t>(spec.dim) || b.d != a.d || a.metric != metric ||
-        b.metric != metric || a.ntotal != b.ntotal || a.ntotal < 0 || row == 0 || uint64_t(a.ntotal) > total / row ||
-        floats > total || floats * sizeof(float) != uint64_t(a.ntotal) * row ||
-        pos + floats * sizeof(float) + 8 > total)
-      return nullptr;
-    return std::unique_ptr<FlatLoader>(new FlatLoader(spec, pos, floats * sizeof(float), total, a, b));
-  }
-
-  Status Feed(std::span<const std::byte> piece) override {
-    if (piece.size() > total_ - pos_) return Status::Corruption("flat index loader: more bytes than the section holds");
-    // Up to codes_begin_: parsed from the head already.
-    const uint64_t end = pos_ + piece.size();
-    auto part = [&](uint64_t from, uint64_t to) {
-      from = std::max(from, pos_);
-      to = std::min(to, end);
-      return from < to ? piece.subspan(static_cast<size_t>(from - pos_), static_cast<size_t>(to - from))
-                       : std::span<const std::byte>();
-    };
-    auto codes = part(codes_begin_, codes_begin_ + codes_bytes_);
-    if (!codes.empty()) {
-      auto* c = reinterpret_cast<const uint8_t*>(codes.data());
-      flat_->codes.insert(flat_->codes.end(), c, c + codes.size());  // into reserved room: no zero-fill
-      if (prefault_) prefault_->Advance(reinterpret_cast<std::byte*>(flat_->codes.data() + flat_->codes.size()));
-    }
-    const uint64_t tail_begin = tail_offset();
-    auto rest = part(tail_begin, total_);
-    if (early_) {  // the tables were built from a read of their own: these bytes must match it
-      const uint64_t at = std::max(pos_, tail_begin) - tail_begin;
-      if (!rest.empty() && std::memcmp(tail_.data() + at, rest.data(), rest.size()) != 0)
-        return Status::Corruption("flat index loader: the section's tail read back other bytes than at first, "
-                                  "at byte " + std::to_string(tail_begin + at));
-    } else {
-      tail_.insert(tail_.end(), rest.begin(), rest.end());
-    }
-    pos_ = end;
-    return Status::OK();
-  }
-
-  uint64_t tail_offset() const override { return codes_begin_ + codes_bytes_; }
-
-  Status FeedTail(std::span<const std::byte> tail) override {
-    if (early_ || pos_ > tail_offset() || tail.size() != total_ - tail_offset())
-      return Status::InvalidArgument("flat index loader: a tail of " + std::to_string(tail.size()) +
-                                     " bytes, fed at byte " + std::to_string(pos_) + ", does not fit");
-    tail_.assign(tail.begin(), tail.end());
-    early_ = true;
-    tables_ = std::async(std::launch::async, [this] { return BuildTailTables(tail_, outer_.ntotal); });
-    return Status::OK();
-  }
-
-  Result<std::unique_ptr<VectorIndex>> Finish() override;
-
- private:
-  struct Header {
-    int32_t d = 0;
-    int64_t ntotal = 0;
-    bool trained = false;
-    int32_t metric = -1;
-  };
-  template <typename Get>
-  static bool ReadHeader(Get& get, Header* h) {
-    int64_t unused = 0;
-    uint8_t trained = 0;
-    if (!get(&h->d) || !get(&h->ntotal) || !get(&unused) || !get(&unused) || !get(&trained) || !get(&h->metric))
-      return false;
-    h->trained = trained != 0;
+// The table WriteTable writes, parsed and checked: every slot below the next
+// slot, no id or slot twice.
+Result<SlotTables> ParseSlotTable(std::span<const std::byte> b) {
+  size_t pos = 0;
+  auto get = [&](uint64_t* v) {
+    if (b.size() - pos < 8) return false;
+    std::memcpy(v, b.data() + pos, 8);
+    pos += 8;
     return true;
+  };
+  auto bad = [&](const std::string& what) {
+    return Status::Corruption("index slot table: " + what + " at byte " + std::to_string(pos));
+  };
+  SlotTables t;
+  uint64_t magic = 0, n = 0, dead = 0;
+  if (!get(&magic) || magic != kTableMagic) return bad("bad magic");
+  if (!get(&t.next_slot) || !get(&n)) return bad("truncated");
+  if (n > b.size() / 16) return bad("live count " + std::to_string(n) + " larger than the table");
+  // Sized once: growing an open-addressed table rehashes every entry again.
+  t.slot_of.reserve(n);
+  t.id_of.reserve(n);
+  for (uint64_t i = 0; i < n; ++i) {
+    uint64_t slot, id;
+    if (!get(&slot) || !get(&id)) return bad("truncated live entry");
+    if (slot >= t.next_slot || !t.slot_of.emplace(id, slot).second || !t.id_of.emplace(slot, id).second)
+      return bad("inconsistent entry for id " + std::to_string(id));
   }
-
-  FlatLoader(const IndexSpec& spec, uint64_t codes_begin, uint64_t codes_bytes, uint64_t total, Header a, Header b)
-      : spec_(spec), codes_begin_(codes_begin), codes_bytes_(codes_bytes), total_(total), outer_(a) {
-    if (spec.metric == Metric::kL2) flat_ = std::make_unique<faiss::IndexFlatL2>(static_cast<faiss::Index::idx_t>(spec.dim));
-    else flat_ = std::make_unique<faiss::IndexFlatIP>(static_cast<faiss::Index::idx_t>(spec.dim));
-    flat_->is_trained = b.trained;
-    flat_->codes.reserve(codes_bytes);
-    auto* data = reinterpret_cast<std::byte*>(flat_->codes.data());
-    if (codes_bytes >= kPrefaultMin)  // faults the storage in ahead of the copy, on other cores
-      prefault_ = std::make_unique<PagePrefaulter>(data, data + codes_bytes, codes_bytes, kPrefaultThreads);
+  if (!get(&dead) || dead > b.size() / 8) return bad("truncated dead count");
+  for (uint64_t i = 0; i < dead; ++i) {
+    uint64_t slot;
+    if (!get(&slot)) return bad("truncated dead entry");
+    if (slot >= t.next_slot || t.id_of.count(slot) || !t.dead.insert(slot).second)
+      return bad("inconsistent dead slot " + std::to_string(slot));
   }
-
-  const IndexSpec spec_;
-  const uint64_t codes_begin_, codes_bytes_, total_;
-  const Header outer_;
-  uint64_t pos_ = 0;
-  std::unique_ptr<faiss::IndexFlat> flat_;
-  std::vector<std::byte> tail_;
-  bool early_ = false;  // tail_ came whole from FeedTail
-  std::future<Result<TailTables>> tables_;  // after tail_, which it reads: joined first
-  std::unique_ptr<PagePrefaulter> prefault_;  // after flat_: goes first
-};
-
-}  // namespace
-
-std::unique_ptr<IndexLoader> NewIndexLoader(const IndexSpec& spec, std::span<const std::byte> head, uint64_t total) {
-  return FlatLoader::Make(spec, head, total);
+  if (pos != b.size()) return bad("trailing bytes");
+  return t;
 }
 
-Result<std::unique_ptr<VectorIndex>> FlatLoader::Finish() {
-  prefault_.reset();
-  if (pos_ != total_) return Status::Corruption("flat index loader: section ended early");
-  if (flat_->codes.size() != codes_bytes_) return Status::Corruption("flat index loader: codes incomplete");
-  VECWAL_ASSIGN_OR_RETURN(TailTables t, tables_.valid() ? tables_.get() : BuildTailTables(tail_, outer_.ntotal));
-  std::unique_ptr<faiss::IndexIDMap2> map;
-  VECWAL_RETURN_IF_ERROR(Guard("loading a flat index", [&] {
-    map = std::make_unique<faiss::IndexIDMap2>(flat_.get());  // wants the index empty: ntotal is set below
-    map->own_fields = true;
-  }));
-  faiss::IndexFlat* flat = flat_.release();
-  flat->ntotal = outer_.ntotal;
-  map->ntotal = outer_.ntotal;
-  map->is_trained = outer_.trained;
-  map->id_map = std::move(t.id_map);
-  map->rev_map = std::move(t.rev_map);
-  auto fi = std::make_unique<FaissIndex>(spec_, std::move(map), FaissIndex::Removable{});
-  VECWAL_RETURN_IF_ERROR(fi->AdoptTable(std::move(t.slots)));
+Result<std::unique_ptr<VectorIndex>> AdoptLoadedFlat(const IndexSpec& spec, std::unique_ptr<faiss::IndexIDMap2> map,
+                                                     SlotTables slots) {
+  auto fi = std::make_unique<FaissIndex>(spec, std::move(map), FaissIndex::Removable{});
+  VECWAL_RETURN_IF_ERROR(fi->AdoptTable(std::move(slots)));
   return std::unique_ptr<VectorIndex>(std::move(fi));
 }
 
