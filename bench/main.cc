@@ -178,6 +178,9 @@ int main(int argc, char** argv) {
     sub->add_option("--search-batch-hold-us", xc.search_batch_hold_us,
                     "how long a chunk of 20 queries or more (Flat) may grow to while nobody waits; 0: no growth")
         ->capture_default_str();
+    sub->add_option("--grow-storage-ahead-from", xc.grow_storage_ahead_from,
+                    "bytes of Flat storage from which it grows beside the writes, not in the merge that needs it")
+        ->capture_default_str();
     sub->add_option("--writer-slice-us", xc.writer_slice_us,
                     "time slice writer threads ask the kernel for; 0: the default slice")
         ->capture_default_str();
@@ -185,6 +188,10 @@ int main(int argc, char** argv) {
   };
   auto* ingest = app.add_subcommand("ingest", "durable upserts, single and batched; vs RocksDB sync puts, raw device");
   add_workload_options(ingest);
+  ingest->add_option("--grow-to", xc.grow_to,
+                     "also: the writers grow an empty store to this many vectors; their longest upsert with the "
+                     "storage grown ahead vs in the merge that needs it (0: not measured)")
+      ->capture_default_str();
   auto* search = app.add_subcommand("search", "batched k-NN through the store vs FAISS CPU search of the same index");
   add_workload_options(search);
   auto* mixed = app.add_subcommand("mixed", "writers + searchers + checkpoints at once, vs each alone");

@@ -38,6 +38,7 @@ std::unique_ptr<recovery::DurableIndex> OpenStore(const StoreWorkloadConfig& c, 
   o.merge_hold_us = c.merge_hold_us;
   o.search_hold_us = c.search_hold_us;
   o.search_batch_hold_us = c.search_batch_hold_us;
+  o.grow_storage_ahead_from = c.grow_storage_ahead_from;
   o.stall_writes_at_intervals = c.stall_writes_at_intervals;
   o.wal.thread_slice_us = c.writer_slice_us;
   o.search = {c.nprobe, c.ef_search};
@@ -114,14 +115,47 @@ double BatchedBytesPerSec(const StoreWorkloadConfig& c, const std::vector<float>
   return batches * static_cast<double>(c.batch * c.dim * sizeof(float));
 }
 
+// c.writers threads upsert ids [0, c.grow_to) into an empty store, no
+// checkpoints; `ahead`: its storage grows beside them (c's setting), or in
+// the merge that needs it. The longest upsert (ms) and the upserts a second.
+std::pair<double, double> GrowingUpserts(const StoreWorkloadConfig& c, const std::vector<float>& data, bool ahead) {
+  Scratch s(c.dir);
+  StoreWorkloadConfig g = c;
+  if (!ahead) g.grow_storage_ahead_from = UINT64_MAX;
+  auto d = OpenStore(g, s.path() + "/db", 0);
+  std::atomic<uint64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::vector<double> longest(static_cast<size_t>(c.writers), 0);
+  const auto t0 = Clock::now();
+  std::vector<std::thread> ts;
+  for (int t = 0; t < c.writers; ++t)
+    ts.emplace_back([&, t] {
+      for (uint64_t id = next++; id < c.grow_to && !failed; id = next++) {
+        const auto t1 = Clock::now();
+        if (!d->Upsert(id, {data.data() + (id % 4096) * c.dim, c.dim}).ok()) failed = true;
+        longest[static_cast<size_t>(t)] = std::max(longest[static_cast<size_t>(t)], Seconds(Clock::now() - t1) * 1e3);
+      }
+    });
+  for (auto& t : ts) t.join();
+  if (failed) throw std::runtime_error("an upsert into the growing store failed");
+  return {*std::max_element(longest.begin(), longest.end()), static_cast<double>(c.grow_to) / Seconds(Clock::now() - t0)};
+}
+
 }  // namespace
 
 std::vector<Row> RunIngestBench(const StoreWorkloadConfig& c) {
   const std::string w = fmt::format("ingest, {}-d {}", c.dim, c.description);
   const size_t bytes_per_vector = c.dim * sizeof(float);
-  std::vector<double> single, rocks, batched, pipelined, beside, raw;
+  std::vector<double> single, rocks, batched, pipelined, beside, raw, grow_ms, grow_rate, merge_ms, merge_rate;
   const auto data = RandomVectors(std::max<size_t>(c.batch, 4096), c.dim, 1);
   for (int r = 0; r < c.repeat; ++r) {
+    if (c.grow_to > 0) {
+      for (bool ahead : {r % 2 == 0, r % 2 != 0}) {  // which goes first alternates
+        const auto [ms, rate] = GrowingUpserts(c, data, ahead);
+        (ahead ? grow_ms : merge_ms).push_back(ms);
+        (ahead ? grow_rate : merge_rate).push_back(rate);
+      }
+    }
     {
       Scratch s(c.dir);
       auto d = OpenStore(c, s.path() + "/db", 256);
@@ -155,6 +189,13 @@ std::vector<Row> RunIngestBench(const StoreWorkloadConfig& c) {
                   true, ""});
   rows.push_back({fmt::format("{}, batches of {} beside a searcher of {}+", w, c.batch, c.vectors), "vector B/s",
                   Median(beside), "the same batches, no searcher", Median(batched), true, ""});
+  if (c.grow_to > 0) {
+    const std::string g = fmt::format("{}, {} threads growing an empty store to {}", w, c.writers, c.grow_to);
+    rows.push_back({g, "longest upsert ms", Median(grow_ms), "storage grown in the merge that needs it",
+                    Median(merge_ms), false, ""});
+    rows.push_back({g, "upserts/s", Median(grow_rate), "storage grown in the merge that needs it", Median(merge_rate),
+                    true, ""});
+  }
   return rows;
 }
 

@@ -38,6 +38,11 @@ struct StoreWorkloadConfig {
   uint64_t merge_hold_us = recovery::DurableIndexOptions{}.merge_hold_us;
   uint64_t search_hold_us = recovery::DurableIndexOptions{}.search_hold_us;
   uint64_t search_batch_hold_us = recovery::DurableIndexOptions{}.search_batch_hold_us;
+  uint64_t grow_storage_ahead_from = recovery::DurableIndexOptions{}.grow_storage_ahead_from;
+  // ingest: the writers upsert new ids into an empty store until it holds
+  // this many (0: not measured); their longest upsert, and their rate, with
+  // the storage grown ahead and grown in the merge that needs it.
+  size_t grow_to = 0;
   // Search knobs (0: FAISS's own), given to the store and to the FAISS
   // baseline alike: nprobe for IVF, ef_search for HNSW.
   size_t nprobe = 0, ef_search = 0;

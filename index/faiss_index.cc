@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <typeinfo>
 
@@ -86,6 +87,23 @@ struct FlatRoom final : IndexRoom {
   const faiss::IndexFlatCodes* flat;
   uint64_t changes;
   std::vector<uint8_t> codes;
+};
+
+// A growth under way (VectorIndex::BeginGrowth): storage of twice the
+// capacity, filled in steps from the live one, and what changed below its
+// fill since it began, which TakeGrowth copies again.
+struct FlatGrowth {
+  const faiss::IndexFlatCodes* flat;
+  std::vector<uint8_t> codes;  // capacity: the grown storage's; size: the bytes copied so far
+  size_t low = SIZE_MAX;       // the fewest bytes the live storage held since: copied again from there
+  SlotSet dirty;               // rows written below the fill (a removal moves the last row into a hole)
+  bool whole = false;          // copied up to the live storage's end, at the last step
+
+  // Row `pos` takes row `last`'s bytes, and the storage ends at `last`.
+  void Moved(size_t pos, size_t last, size_t code_size) {
+    if (pos * code_size < codes.size()) dirty.insert(pos);
+    low = std::min(low, last * code_size);
+  }
 };
 
 std::unique_ptr<faiss::Index> WithIds(faiss::Index* raw);
@@ -224,6 +242,9 @@ class FaissIndex final : public VectorIndex {
       prefault_.reset();  // the add moves the storage
     VECWAL_RETURN_IF_ERROR(Guard("adding to '" + spec_.description + "'", [&] { append(slots); }));
     if (prefault_) prefault_->Advance(reinterpret_cast<std::byte*>(flat->codes.data() + flat->codes.size()));
+    // Adds that outgrew the storage before the growth was taken grew it as
+    // much themselves: the growth would add nothing.
+    if (growth_ != nullptr && growth_->flat->codes.capacity() >= growth_->codes.capacity()) growth_.reset();
     for (size_t i = 0; i < ids.size(); ++i) {
       slot_of_[ids[i]] = next_slot_ + i;
       id_of_[next_slot_ + i] = ids[i];
@@ -252,7 +273,7 @@ class FaissIndex final : public VectorIndex {
     }
     if (auto* flat = SwappableFlat()) {
       auto& map = *static_cast<faiss::IndexIDMap2*>(index_.get());
-      for (auto slot : slots) RemoveBySwap(map, *flat, slot, export_);
+      for (auto slot : slots) RemoveBySwap(map, *flat, slot, export_, growth_.get());
       return Status::OK();
     }
     return Guard("removing from '" + spec_.description + "'",
@@ -375,6 +396,7 @@ class FaissIndex final : public VectorIndex {
     if (flat == nullptr) return;
     prefault_.reset();
     ++changes_;
+    growth_.reset();  // the reserve may move the storage, and grow it as much
     flat->codes.reserve(n * flat->code_size);
     auto* data = reinterpret_cast<std::byte*>(flat->codes.data());
     if (flat->codes.capacity() - flat->codes.size() >= kPrefaultMin)
@@ -442,6 +464,13 @@ class FaissIndex final : public VectorIndex {
                              need - codes.size());
       return nullptr;
     }
+    // A growth under way is finished here, which copies only what it has
+    // not, and TakeGrowth puts it in place.
+    if (std::lock_guard l(growth_mu_); growth_ != nullptr && need <= growth_->codes.capacity()) {
+      while (CopyGrowth(SIZE_MAX)) {
+      }
+      return nullptr;
+    }
     auto room = std::make_unique<FlatRoom>(flat, changes_);
     try {
       room->codes.reserve(GrownCapacity(need, codes.capacity()));  // what the adds would reserve
@@ -459,8 +488,70 @@ class FaissIndex final : public VectorIndex {
     if (room == nullptr || room->flat != flat || room->changes != changes_ || room->codes.size() != flat->codes.size())
       return;
     prefault_.reset();  // it follows the old storage
+    growth_.reset();    // which grew as much as the growth would
     flat->codes.swap(room->codes);
     ++changes_;
+  }
+
+  bool BeginGrowth(size_t min_bytes) override {
+    auto* flat = SwappableFlat();  // every row it writes below its end is one RemoveBySwap moves
+    if (growth_ != nullptr && growth_->flat == flat) return true;
+    growth_.reset();
+    if (flat == nullptr) return false;
+    const auto& codes = flat->codes;
+    // From half full: copying the half takes about as long as filling the
+    // other half, at a fast ingest (copies here run at a few GB/s).
+    if (codes.capacity() == 0 || codes.capacity() < min_bytes || codes.size() < codes.capacity() / 2) return false;
+    auto g = std::make_unique<FlatGrowth>();
+    g->flat = flat;
+    try {
+      g->codes.reserve(GrownCapacity(codes.capacity() + 1, codes.capacity()));  // address space; faulted in steps
+    } catch (const std::bad_alloc&) {
+      return false;  // the adds grow it as they need, and fail as they would have
+    }
+    growth_ = std::move(g);
+    return true;
+  }
+
+  bool GrowStep(size_t bytes) override {
+    std::lock_guard l(growth_mu_);
+    return CopyGrowth(bytes);
+  }
+
+  // GrowStep's copy, under growth_mu_ (PrepareRoom finishes a growth too).
+  bool CopyGrowth(size_t bytes) const {
+    FlatGrowth* g = growth_.get();
+    auto* flat = FlatCodes();
+    if (g == nullptr || g->flat != flat) return false;
+    const auto& live = flat->codes;
+    const size_t from = std::min(g->codes.size(), live.size());
+    const size_t to = from + std::min(live.size() - from, std::max<size_t>(bytes / flat->code_size, 1) * flat->code_size);
+    if (from < g->codes.size()) g->low = std::min(g->low, from);  // shrunk below the fill since the last step
+    g->codes.resize(from);
+    (void)PrefaultForWrite(reinterpret_cast<std::byte*>(g->codes.data()) + from, to - from);
+    g->codes.insert(g->codes.end(), live.begin() + static_cast<ptrdiff_t>(from), live.begin() + static_cast<ptrdiff_t>(to));
+    g->whole = to == live.size();
+    return !g->whole;
+  }
+
+  std::unique_ptr<IndexRoom> TakeGrowth() override {
+    if (growth_ == nullptr || !growth_->whole) return nullptr;
+    std::unique_ptr<FlatGrowth> g = std::move(growth_);
+    auto* flat = FlatCodes();
+    if (g->flat != flat) return nullptr;
+    auto& live = flat->codes;
+    const size_t cs = flat->code_size;
+    const size_t keep = std::min({g->low, g->codes.size(), live.size()});
+    for (uint64_t row : g->dirty)
+      if ((row + 1) * cs <= keep) std::memcpy(g->codes.data() + row * cs, live.data() + row * cs, cs);
+    g->codes.resize(keep);
+    g->codes.insert(g->codes.end(), live.begin() + static_cast<ptrdiff_t>(keep), live.end());  // what came since
+    prefault_.reset();  // it follows the old storage
+    live.swap(g->codes);
+    ++changes_;
+    auto old = std::make_unique<FlatRoom>(flat, changes_);
+    old->codes.swap(g->codes);
+    return old;
   }
 
   Result<std::unique_ptr<IndexCompaction>> BeginCompaction() override {
@@ -484,6 +575,7 @@ class FaissIndex final : public VectorIndex {
       return Status::InvalidArgument("not a compaction of '" + spec_.description + "' in progress");
     VECWAL_RETURN_IF_ERROR(mine->CopyAll());  // what the caller left uncopied, and what was added since
     prefault_.reset();  // the index and its storage are replaced
+    growth_.reset();
     ++changes_;
     index_ = mine->TakeFresh();
     dead_ = SlotSet(mine->dead().begin(), mine->dead().end());
@@ -644,7 +736,7 @@ class FaissIndex final : public VectorIndex {
   // store move gigabytes. Order inside flat codes means nothing to a search,
   // so the last vector moves into the hole instead: O(d).
   static void RemoveBySwap(faiss::IndexIDMap2& map, faiss::IndexFlatCodes& flat, faiss::Index::idx_t slot,
-                           FlatExport* ex) {
+                           FlatExport* ex, FlatGrowth* growth) {
     auto it = map.rev_map.find(slot);
     if (it == map.rev_map.end()) return;
     const size_t pos = static_cast<size_t>(it->second), last = static_cast<size_t>(flat.ntotal) - 1;
@@ -653,6 +745,7 @@ class FaissIndex final : public VectorIndex {
       ex->Preserve(pos);
       ex->Preserve(last);
     }
+    if (growth != nullptr) growth->Moved(pos, last, cs);
     if (pos != last) {
       std::memcpy(flat.codes.data() + pos * cs, flat.codes.data() + last * cs, cs);
       const faiss::Index::idx_t moved = map.id_map[last];
@@ -795,6 +888,10 @@ class FaissIndex final : public VectorIndex {
   // beside searches is taken only where nothing changed since.
   uint64_t changes_ = 0;
   FlatExport* export_ = nullptr;  // the export in progress, which unregisters itself
+  std::unique_ptr<FlatGrowth> growth_;  // BeginGrowth's, until taken or ended
+  // Copies into growth_ are made with the index held shared, by GrowStep
+  // and by PrepareRoom: one at a time.
+  mutable std::mutex growth_mu_;
   Compaction* compaction_ = nullptr;  // likewise
 };
 

@@ -38,6 +38,9 @@ class ForwardingIndex : public VectorIndex {
   void Reserve(size_t n) override { inner_->Reserve(n); }
   std::unique_ptr<IndexRoom> PrepareRoom(size_t more) const override { return inner_->PrepareRoom(more); }
   void TakeRoom(IndexRoom& room) override { inner_->TakeRoom(room); }
+  bool BeginGrowth(size_t min_bytes) override { return inner_->BeginGrowth(min_bytes); }
+  bool GrowStep(size_t bytes) override { return inner_->GrowStep(bytes); }
+  std::unique_ptr<IndexRoom> TakeGrowth() override { return inner_->TakeGrowth(); }
   Result<std::unique_ptr<IndexCompaction>> BeginCompaction() override { return inner_->BeginCompaction(); }
   Status FinishCompaction(std::unique_ptr<IndexCompaction> c) override {
     return inner_->FinishCompaction(std::move(c));

@@ -76,6 +76,11 @@ Status DurableIndexImpl::Close() {
   }
   applied_cv_.notify_all();
   if (applier_.joinable()) applier_.join();
+  {
+    std::lock_guard m(merge_mu_);  // no merge step starts a grower after this
+    stop_growing_ = true;
+  }
+  if (grower_.joinable()) grower_.join();  // the growth stays the index's, and goes with it
   Status drained, s;
   std::vector<std::pair<std::shared_ptr<AsyncWrite>, Status>> tell;
   {
@@ -281,6 +286,7 @@ DurableIndexStats DurableIndexImpl::Stats() const {
     s.recent_writes = recent_->size() + (merging_ != nullptr ? merging_->size() : 0);
   }
   s.compactions = compactions_.load();
+  s.storage_growths = storage_growths_.load();
   s.checkpoints = checkpoints_.load();
   s.last_checkpoint_s = static_cast<double>(last_checkpoint_ns_.load()) / 1e9;
   s.stalled_writes = stalled_writes_.load();

@@ -95,6 +95,14 @@ struct DurableIndexOptions {
   // every search for seconds. Steps grow while nobody waits for them, and a
   // step that someone waited for is followed by as long with nothing held.
   uint64_t merge_hold_us = 5000;
+  // A Flat index's storage of at least this many bytes grows beside the
+  // writes: once half full, a thread of the store's copies it into storage
+  // twice the size, in steps between the merges, which take it once whole (a
+  // merge that needs the room first finishes the copy). Smaller storage grows
+  // in the merge that needs it, which copies it whole there: a merge (and so
+  // the writers at their bound) waited 1.9 s for one doubling of 768 MB here.
+  // 0: every storage grows ahead.
+  uint64_t grow_storage_ahead_from = 64 << 20;
   // Time slice (io/time_slice.h) asked for by the store's applier thread and
   // by each thread the first time it makes a blocking write here: a woken
   // writer then preempts CPU-bound threads (searches) rather than waiting out
@@ -196,6 +204,9 @@ struct DurableIndexStats {
   // Removed vectors a graph index (HNSW) still holds, and its rebuilds
   // without them since Open (see compact_tombstone_ratio).
   uint64_t tombstones = 0, compactions = 0;
+  // Since Open: the index's storage grown beside the writes and put in
+  // place (see grow_storage_ahead_from).
+  uint64_t storage_growths = 0;
   // Since Open: checkpoints written (by Checkpoint(), Train() or
   // automatically), and how long the latest took. Automatic ones are taken
   // on a thread of the store's (no write waits for one); one that fails

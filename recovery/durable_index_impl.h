@@ -98,6 +98,11 @@ class DurableIndexImpl final : public DurableIndex {
   // RecentHardBound() writes are unmerged.
   void MergeToBound();
   void NoteMergeStep();  // counts a step and wakes the writers waiting for one
+  // Under merge_mu_ and state_mu_ held exclusively, after a merge step's
+  // adds: begins a growth of the index's storage where one is due, copied
+  // on grower_; each merge step takes it once whole.
+  void StartGrowth();
+  void GrowStorage();  // grower_: copies the growth in steps, each with state_mu_ shared
   // Under recent_mu_ (either way): the id's entry in the newest recent
   // writes, else in the set a merge is moving; nothing: the index answers.
   std::optional<RecentWrites::Found> FindRecentLocked(uint64_t id) const;
@@ -183,6 +188,13 @@ class DurableIndexImpl final : public DurableIndex {
   std::atomic<bool> trained_{false};
   std::atomic<size_t> merge_left_{0};           // merging_'s rows not yet added
   std::atomic<int> bound_waiters_{0};           // writers in MergeToBound
+  // The thread copying a growth of the index's storage (index::VectorIndex::
+  // BeginGrowth), started and joined under merge_mu_; while it runs it
+  // takes state_mu_ shared for each step, and no other lock.
+  std::thread grower_;
+  std::atomic<bool> growing_{false};      // grower_ has steps left: none starts meanwhile
+  std::atomic<bool> stop_growing_{false};  // Close: set under merge_mu_
+  std::atomic<uint64_t> storage_growths_{0};
   std::mutex step_mu_;                          // a leaf: for step_cv_, merge_steps_ changes under it
   std::condition_variable step_cv_;             // a merge step was taken
   // A compaction of the index built beside writes, which the checkpoint

@@ -163,7 +163,7 @@ bool DurableIndexImpl::MergeStepLocked(std::chrono::nanoseconds* pause) {
   const size_t planned = timed << std::min<size_t>(c.unwatched, 20);
   // The step's room, made beside searches; a set about to begin has at most
   // as many rows as ids.
-  std::unique_ptr<index::IndexRoom> room;
+  std::unique_ptr<index::IndexRoom> room, grown;
   {
     std::shared_lock w(state_mu_);
     room = index_->PrepareRoom(std::min(planned, begins ? merging_->size() : c.added.size() - c.at));
@@ -176,6 +176,7 @@ bool DurableIndexImpl::MergeStepLocked(std::chrono::nanoseconds* pause) {
   {
     std::unique_lock w(state_mu_);
     std::unique_lock r(recent_mu_);
+    if ((grown = index_->TakeGrowth()) != nullptr) ++storage_growths_;  // a growth whole since the last step
     if (room != nullptr) index_->TakeRoom(*room);
     if (begins) {
       s = index_->Remove(merging_->ids());
@@ -205,10 +206,12 @@ bool DurableIndexImpl::MergeStepLocked(std::chrono::nanoseconds* pause) {
       index_lsn_ = merging_last_lsn_;
       ++merges_;
     }
+    if (s.ok()) StartGrowth();
     waited = state_mu_.has_waiters() || recent_mu_.has_waiters();
     c.unwatched = waited || bound_waiters_.load() > 0 ? 0 : c.unwatched + 1;
   }
   room.reset();  // a taken room holds the old storage: freed here, not in the hold
+  grown.reset();
   if (s.ok()) c.at += n;
   merge_left_ = c.added.size() - c.at;
   if (!s.ok()) {
@@ -224,6 +227,24 @@ bool DurableIndexImpl::MergeStepLocked(std::chrono::nanoseconds* pause) {
   }
   if (n > 0) NoteMergeStep();  // once the rows it added are off merge_left_
   return true;
+}
+
+void DurableIndexImpl::StartGrowth() {
+  if (stop_growing_ || growing_.load() || !index_->BeginGrowth(opts_.grow_storage_ahead_from)) return;
+  if (grower_.joinable()) grower_.join();  // it has no steps left, and takes no lock after
+  growing_ = true;
+  grower_ = std::thread([this] { GrowStorage(); });
+}
+
+// Steps of a thirty-second of the storage, 8 MiB at most: each holds merges
+// back for its copy and faults (a few ms here), and searches go on beside it.
+void DurableIndexImpl::GrowStorage() {
+  for (bool more = true; more && !stop_growing_.load();) {
+    std::shared_lock w(state_mu_);
+    const size_t bytes = index_->capacity() * opts_.spec.dim * sizeof(float);
+    more = index_->GrowStep(std::clamp<size_t>(bytes / 32, 4 << 10, 8 << 20));
+  }
+  growing_ = false;
 }
 
 // A writer whose apply left the unmerged writes at the bound takes merge

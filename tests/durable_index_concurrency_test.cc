@@ -19,6 +19,7 @@
 #include <span>
 #include <utility>
 
+#include "index/forwarding_index.h"
 #include "index/vector_index.h"
 #include "recovery/durable_index.h"
 #include "tests/durable_index_util.h"
@@ -298,6 +299,68 @@ BOOST_AUTO_TEST_CASE(searches_find_every_returned_write_while_merges_move_the_st
   BOOST_TEST(errors.count() == 0, errors.ToString());
   BOOST_TEST(d->Size() == kBatch * kBatches);
   BOOST_TEST(d->Stats().merges >= 10u);
+}
+
+// A Flat store's storage grows beside its writes (grow_storage_ahead_from):
+// the store's thread copies it in steps while merges remove rows below what
+// it copied and add rows around it. Searches go on beside it; the store
+// equals its writers' models after, and after a reopen.
+BOOST_AUTO_TEST_CASE(storage_grown_beside_writes_holds_every_write) {
+  test::TempDir dir;
+  auto o = Options(dir.path());
+  o.recent_writes_merge_at = 32;
+  o.grow_storage_ahead_from = 0;
+  // Steps of a few rows, each 200 us longer: at this size a growth would be
+  // whole before the next merge, and no write would land beside it.
+  struct SlowGrowth final : index::ForwardingIndex {
+    using ForwardingIndex::ForwardingIndex;
+    bool GrowStep(size_t bytes) override {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+      return inner_->GrowStep(bytes / 4);
+    }
+  };
+  o.wrap_index = [](std::unique_ptr<index::VectorIndex> inner) -> Result<std::unique_ptr<index::VectorIndex>> {
+    return std::unique_ptr<index::VectorIndex>(std::make_unique<SlowGrowth>(std::move(inner)));
+  };
+  Model all;
+  {
+    auto d = OpenOrDie(o);
+    constexpr int kThreads = 3;
+    std::vector<Model> models(kThreads);
+    std::atomic<int> errors{0};
+    std::atomic<bool> writing{true};
+    std::thread searcher([&] {
+      std::mt19937_64 rng(9);
+      while (writing)
+        if (!d->Search(Vec(rng), 3).ok()) ++errors;
+    });
+    std::vector<std::thread> ts;
+    for (int t = 0; t < kThreads; ++t)
+      ts.emplace_back([&, t] {
+        std::mt19937_64 rng(70 + t);
+        Model& m = models[t];
+        for (uint64_t i = 0; i < 2500; ++i) {
+          const uint64_t id = t * 1'000'000 + rng() % (100 + i);  // mostly new ids, some written again
+          if (rng() % 4 == 0) {
+            if (d->Remove(id).ok() != (m.rows.count(id) != 0)) ++errors;
+            m.rows.erase(id);
+          } else {
+            auto v = Vec(rng);
+            if (!d->Upsert(id, v).ok()) ++errors;
+            m.rows[id] = {v, {}};
+          }
+        }
+      });
+    for (auto& t : ts) t.join();
+    writing = false;
+    searcher.join();
+    BOOST_TEST(errors.load() == 0);
+    BOOST_TEST_MESSAGE("storage growths: " << d->Stats().storage_growths);
+    BOOST_TEST(d->Stats().storage_growths >= 2u);
+    for (auto& m : models) all.rows.insert(m.rows.begin(), m.rows.end());
+    ExpectEqual(*d, all);
+  }
+  ExpectEqual(*OpenOrDie(o), all);
 }
 
 // A graph index keeps removed vectors as tombstones; a checkpoint that finds
@@ -793,13 +856,13 @@ BOOST_AUTO_TEST_CASE(concurrent_writers_searchers_checkpoints_and_scrubs) {
         for (uint64_t id : res->ids)
           if (id != index::kNoId && (id % 1000 >= 100 || (r == 1 && !writer_1(id))))
             ++errors;  // only ids that were written, and that the filter passes
-        std::this_thread::sleep_for(std::chrono::microseconds(500));  // leave the writers a core
+        std::this_thread::sleep_for(std::chrono::microseconds(200));  // leave the writers a core
       }
     });
   ts.emplace_back([&] {
     while (!stop) {
       if (!d->Checkpoint().ok()) ++errors;
-      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   });
   std::vector<uint64_t> backed_up;  // the LSN of each backup
@@ -808,14 +871,14 @@ BOOST_AUTO_TEST_CASE(concurrent_writers_searchers_checkpoints_and_scrubs) {
       auto info = d->Backup(dir / ("backup-" + std::to_string(b)));
       if (!info.ok()) ++errors;
       else backed_up.push_back(info->lsn);
-      std::this_thread::sleep_for(std::chrono::milliseconds(40));
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   });
   ts.emplace_back([&] {  // a scrub reads back the log the writers append to: no damage there
     while (!stop) {
       auto s = d->Scrub();
       if (!s.ok() || !s->problems.empty() || s->repaired_at_lsn != 0) ++errors;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   });
   for (int w = 0; w < 3; ++w) ts[w].join();

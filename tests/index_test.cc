@@ -572,6 +572,124 @@ BOOST_AUTO_TEST_CASE(a_room_made_ahead_is_put_in_place_only_if_the_index_did_not
   }
 }
 
+// Adds ids from 1,000,000 on to `f` until its storage is just over half
+// full, where a growth begins.
+void FillPastHalf(Filled& f) {
+  for (uint64_t id = 1'000'000; f.idx->size() < f.idx->capacity() / 2 + 1; ++id)
+    BOOST_REQUIRE(f.idx->Add(std::vector<uint64_t>{id}, RandomVectors(1, id)).ok());
+}
+
+// A growth of a flat index's storage (BeginGrowth) is copied in steps
+// between writes: removals move the last row into a hole below what it has
+// copied and shrink the storage, adds fill the storage again, over rows it
+// copied too. What TakeGrowth puts in place is the live storage, row for row,
+// at twice the capacity. Random removals, adds and steps, against a model.
+BOOST_AUTO_TEST_CASE(a_growth_copied_between_removals_and_adds_is_the_live_index_when_taken) {
+  for (const std::string desc : {"Flat", "SQ8"}) {
+    for (uint64_t seed : {1, 2, 3, 4}) {
+      BOOST_TEST_CONTEXT(desc << ", seed " << seed) {
+        auto f = MakeFilled(desc, 200, 5, seed);
+        std::map<uint64_t, std::vector<float>> model;  // id -> its vector as the index gives it back
+        auto add = [&](uint64_t id) {
+          const auto v = RandomVectors(1, id);
+          BOOST_REQUIRE(AddAsRows(*f.idx, {id}, v).ok());
+          model[id] = *f.idx->Reconstruct(id);
+        };
+        for (uint64_t id : f.ids) model[id] = *f.idx->Reconstruct(id);
+        uint64_t next_id = 1'000'000;
+        while (f.idx->size() < f.idx->capacity() / 2 + 1) add(next_id++);
+        const size_t cap = f.idx->capacity();
+        BOOST_TEST(!f.idx->BeginGrowth((cap + 1) * kDim * sizeof(float)));  // smaller than asked: none
+        BOOST_REQUIRE(f.idx->BeginGrowth(0));
+        BOOST_TEST(f.idx->TakeGrowth() == nullptr);  // nothing copied yet
+        std::mt19937_64 rng(seed);
+        int steps = 0, removals = 0;
+        for (bool more = true; more;) {
+          const auto pick = rng() % 4;
+          if (pick == 0 && !model.empty()) {
+            auto it = std::next(model.begin(), static_cast<long>(rng() % model.size()));
+            BOOST_REQUIRE(f.idx->Remove(std::vector<uint64_t>{it->first}).ok());
+            model.erase(it);
+            ++removals;
+          } else if (pick == 1 && f.idx->size() < cap) {
+            add(next_id++);
+          } else {
+            more = f.idx->GrowStep((1 + rng() % 6) * kDim);  // a row or a few a step (SQ8: a byte a component)
+            ++steps;
+          }
+        }
+        BOOST_TEST(steps > 10);
+        BOOST_TEST(removals > 10);
+        // Writes after it turned whole are taken with it (a removal first: the
+        // storage may be full).
+        BOOST_REQUIRE(f.idx->Remove(std::vector<uint64_t>{model.begin()->first}).ok());
+        model.erase(model.begin());
+        add(next_id++);
+        auto old = f.idx->TakeGrowth();
+        BOOST_REQUIRE(old != nullptr);
+        old.reset();
+        BOOST_TEST(f.idx->capacity() == 2 * cap);
+        BOOST_TEST(f.idx->size() == model.size());
+        for (const auto& [id, v] : model) BOOST_TEST(*f.idx->Reconstruct(id) == v, boost::test_tools::per_element());
+        if (desc == "Flat") {  // each vector finds itself first, under its own id
+          std::vector<float> q;
+          std::vector<uint64_t> want;
+          for (const auto& [id, v] : model) {
+            q.insert(q.end(), v.begin(), v.end());
+            want.push_back(id);
+          }
+          auto r = f.idx->Search(q, 1);
+          BOOST_REQUIRE(r.ok());
+          for (size_t i = 0; i < want.size(); ++i) BOOST_TEST(r->ids[i] == want[i]);
+        }
+      }
+    }
+  }
+}
+
+// Room asked for that the storage cannot hold, while a growth that can is
+// under way, finishes the growth (copying only what it had not) rather than
+// copying the whole storage again into a room of its own.
+BOOST_AUTO_TEST_CASE(room_the_storage_cannot_hold_finishes_the_growth_under_way) {
+  auto f = MakeFilled("Flat", 200, 5, 23);
+  FillPastHalf(f);
+  const size_t cap = f.idx->capacity(), held = f.idx->size();
+  BOOST_REQUIRE(f.idx->BeginGrowth(0));
+  BOOST_TEST(f.idx->GrowStep(kDim * sizeof(float)));  // one row of many
+  BOOST_TEST(f.idx->PrepareRoom(cap - held) == nullptr);  // fits as it is
+  BOOST_TEST(f.idx->TakeGrowth() == nullptr);  // not whole yet
+  BOOST_TEST(f.idx->PrepareRoom(cap - held + 1) == nullptr);  // finished, nothing else made
+  auto old = f.idx->TakeGrowth();
+  BOOST_REQUIRE(old != nullptr);
+  BOOST_TEST(f.idx->capacity() == 2 * cap);
+  const auto more = RandomVectors(cap - held + 1, 24);
+  BOOST_REQUIRE(AddAsRows(*f.idx, Ids(cap - held + 1, 5'000'000), more).ok());
+  BOOST_TEST(f.idx->capacity() == 2 * cap);  // the adds fit
+  auto r = f.idx->Search(f.vecs, 1);
+  BOOST_REQUIRE(r.ok());
+  for (size_t i = 0; i < f.ids.size(); ++i) BOOST_TEST(r->ids[i] == f.ids[i]);
+}
+
+// Adds that outgrow the storage before its growth is taken grow it as much
+// themselves: the growth ends, and nothing is put in place.
+BOOST_AUTO_TEST_CASE(a_growth_ends_where_adds_outgrow_the_storage_first) {
+  auto f = MakeFilled("Flat", 200, 5, 21);
+  FillPastHalf(f);
+  const size_t cap = f.idx->capacity();
+  BOOST_REQUIRE(f.idx->BeginGrowth(0));
+  BOOST_TEST(f.idx->GrowStep(kDim * sizeof(float)));  // one row of many
+  const auto more = RandomVectors(cap - f.idx->size() + 1, 22);
+  BOOST_REQUIRE(f.idx->Add(Ids(cap - f.idx->size() + 1, 5'000'000), more).ok());
+  const size_t grown = f.idx->capacity();
+  BOOST_TEST(grown > cap);
+  BOOST_TEST(!f.idx->GrowStep(1 << 20));
+  BOOST_TEST(f.idx->TakeGrowth() == nullptr);
+  BOOST_TEST(f.idx->capacity() == grown);
+  auto r = f.idx->Search(std::span(more).first(kDim), 1);
+  BOOST_REQUIRE(r.ok());
+  BOOST_TEST(r->ids[0] == 5'000'000u);
+}
+
 // An export writes exactly what Serialize wrote when it began, however the
 // index changes while it goes: removals move rows (each one the export has
 // not written yet must be kept as it was), adds reuse the freed rows. Its
