@@ -526,8 +526,7 @@ class FaissIndex final : public VectorIndex {
     const auto& live = flat->codes;
     const size_t from = std::min(g->codes.size(), live.size());
     const size_t to = from + std::min(live.size() - from, std::max<size_t>(bytes / flat->code_size, 1) * flat->code_size);
-    if (from < g->codes.size()) g->low = std::min(g->low, from);  // shrunk below the fill since the last step
-    g->codes.resize(from);
+    g->codes.resize(from);  // below the fill only where removals shrank the storage: Moved lowered `low` then
     (void)PrefaultForWrite(reinterpret_cast<std::byte*>(g->codes.data()) + from, to - from);
     g->codes.insert(g->codes.end(), live.begin() + static_cast<ptrdiff_t>(from), live.begin() + static_cast<ptrdiff_t>(to));
     g->whole = to == live.size();
